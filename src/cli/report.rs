@@ -1,0 +1,274 @@
+//! The operator commands over the store: status, list, show, retry, cancel, purge, resume.
+//! They read through the store's reader pool and write with single short statements, so
+//! they work while the daemon runs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use super::{CmdResult, Failure};
+use crate::clock;
+use crate::config::Config;
+use crate::limits::{Budget, BudgetView};
+use crate::store::{ListFilter, Row, Store};
+
+pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
+    let counts = store.status_counts().await?;
+    let pauses = store.pauses().await?;
+    let stored = store.buckets().await?;
+    let now = SystemTime::now();
+    let mut buckets: BTreeMap<&str, BudgetView> = BTreeMap::new();
+    for (name, limit) in [
+        ("import", &cfg.limits.import),
+        ("status", &cfg.limits.status),
+        ("metadata", &cfg.limits.metadata),
+    ] {
+        let mut b = Budget::new(name, limit, now);
+        b.restore(&stored, now);
+        buckets.insert(name, b.view(now));
+    }
+    // The most severe pause first: a 401 stops everything.
+    let paused = pauses
+        .iter()
+        .find(|p| p.scope == "all")
+        .or_else(|| pauses.first())
+        .map(|p| {
+            json!({"reason": p.reason, "scope": p.scope, "http_status": p.http_status,
+                   "since": p.since, "next_probe": p.next_probe})
+        });
+    let in_flight = counts.counts.get("running").copied().unwrap_or(0)
+        + counts.counts.get("submitting").copied().unwrap_or(0);
+    let oldest_age = counts
+        .oldest_pending
+        .as_deref()
+        .and_then(clock::parse_iso)
+        .and_then(|t| now.duration_since(t).ok())
+        .map(|d| d.as_secs());
+    if as_json {
+        let out = json!({
+            "counts": counts.counts,
+            "in_flight": in_flight,
+            "paused": paused,
+            "pauses": pauses,
+            "buckets": buckets,
+            "oldest_pending": counts.oldest_pending,
+            "oldest_pending_age_secs": oldest_age,
+            "last_error": counts.last_error,
+            "credits_used": counts.credits_used,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    let line: Vec<String> = counts
+        .counts
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    println!("rows:      {}", line.join(", "));
+    println!(
+        "in flight: {in_flight}   credits used: {}",
+        counts.credits_used
+    );
+    match oldest_age {
+        Some(a) => println!(
+            "oldest pending: {} ago",
+            humantime::format_duration(Duration::from_secs(a))
+        ),
+        None => println!("oldest pending: none"),
+    }
+    for (name, b) in &buckets {
+        let reset = clock::iso(SystemTime::UNIX_EPOCH + Duration::from_secs(b.reset));
+        let blocked = b
+            .blocked_until
+            .as_deref()
+            .map(|u| format!(", blocked until {u}"))
+            .unwrap_or_default();
+        println!(
+            "budget {name:<8} {}/{} left, resets {reset} ({}){blocked}",
+            b.remaining, b.limit, b.source
+        );
+    }
+    if pauses.is_empty() {
+        println!("paused:    no");
+    }
+    for p in &pauses {
+        println!(
+            "PAUSED ({}): {} since {}; next probe {} (`importlyd resume` to retry now)",
+            p.scope, p.reason, p.since, p.next_probe
+        );
+    }
+    if let Some(e) = &counts.last_error {
+        println!(
+            "last error: row {} at {}: {}",
+            e.id, e.updated_at, e.last_error
+        );
+    }
+    Ok(())
+}
+
+pub async fn list(
+    store: &Store,
+    state: Option<String>,
+    since: Option<String>,
+    limit: Option<u32>,
+    as_json: bool,
+) -> CmdResult {
+    let rows = store
+        .list(&ListFilter {
+            state,
+            since,
+            limit,
+        })
+        .await?;
+    if as_json {
+        let out: Vec<Value> = rows.iter().map(row_json).collect();
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<10}  {:>3}  {:<20}  URL / ERROR",
+        "ID", "STATE", "TRY", "UPDATED"
+    );
+    for r in &rows {
+        let note = match (&r.state[..], &r.last_error, &r.media_url) {
+            ("completed", _, Some(m)) => format!(" -> {m}"),
+            (_, Some(e), _) if r.state != "completed" => format!("  [{}]", shorten(e, 60)),
+            _ => String::new(),
+        };
+        println!(
+            "{:>6}  {:<10}  {:>3}  {:<20}  {}{}",
+            r.id,
+            r.state,
+            r.attempts,
+            &r.updated_at[..r.updated_at.len().min(19)],
+            shorten(&r.url, 70),
+            note
+        );
+    }
+    Ok(())
+}
+
+fn shorten(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// A row as JSON, with `options` and `result` as objects rather than strings.
+pub fn row_json(r: &Row) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    for k in ["options", "result"] {
+        if let Some(s) = v.get(k).and_then(Value::as_str)
+            && let Ok(parsed) = serde_json::from_str::<Value>(s)
+        {
+            v[k] = parsed;
+        }
+    }
+    v
+}
+
+pub async fn show(store: &Store, id: i64, as_json: bool) -> CmdResult {
+    let Some(row) = store.row(id).await? else {
+        return Err(Failure {
+            code: 1,
+            message: format!("no row with id {id}"),
+        });
+    };
+    let attempts = store.attempts(id).await?;
+    if as_json {
+        let out = json!({"row": row_json(&row), "attempts": attempts});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    let v = row_json(&row);
+    if let Value::Object(m) = &v {
+        for (k, val) in m {
+            let text = match val {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{k:>16}: {text}");
+        }
+    }
+    println!("\n{} logged exchanges (oldest first):", attempts.len());
+    for a in &attempts {
+        let status = a
+            .http_status
+            .map(|s| s.to_string())
+            .or_else(|| a.error.clone())
+            .unwrap_or_default();
+        println!(
+            "  {}  #{} {} {} -> {} ({})",
+            a.started_at, a.attempt, a.method, a.endpoint, status, a.outcome
+        );
+    }
+    Ok(())
+}
+
+pub async fn retry(
+    store: &Store,
+    ids: Vec<i64>,
+    all_failed: bool,
+    since: Option<String>,
+) -> CmdResult {
+    if ids.is_empty() && !all_failed {
+        return Err(Failure::usage("give row ids or --failed"));
+    }
+    let done = store.retry(&ids, all_failed, since.as_deref()).await?;
+    println!("{} rows back to pending", done.len());
+    let skipped: Vec<i64> = ids.iter().copied().filter(|i| !done.contains(i)).collect();
+    if !skipped.is_empty() {
+        println!("not failed, left as they are: {skipped:?}");
+    }
+    Ok(())
+}
+
+pub async fn cancel(store: &Store, ids: Vec<i64>) -> CmdResult {
+    let done = store.cancel(&ids).await?;
+    println!("cancelled {} rows", done.len());
+    let mut refused = false;
+    for id in ids.iter().filter(|i| !done.contains(i)) {
+        refused = true;
+        match store.row(*id).await? {
+            Some(r) if r.state == "running" || r.state == "submitting" => println!(
+                "row {id} is {} at Importly (job {}): it cannot be cancelled from here and will finish",
+                r.state,
+                r.importly_job_id.as_deref().unwrap_or("not yet known")
+            ),
+            Some(r) => println!(
+                "row {id} is {}: only pending rows can be cancelled",
+                r.state
+            ),
+            None => println!("row {id} does not exist"),
+        }
+    }
+    if refused {
+        return Err(Failure {
+            code: 1,
+            message: "some rows were not cancelled".into(),
+        });
+    }
+    Ok(())
+}
+
+pub async fn purge(store: &Store, completed_only: bool, before: String) -> CmdResult {
+    let n = store.purge(&before, completed_only).await?;
+    println!("deleted {n} rows last changed before {before}");
+    Ok(())
+}
+
+pub async fn resume(store: &Store) -> CmdResult {
+    let n = store.clear_pauses().await?;
+    if n == 0 {
+        println!("not paused");
+    } else {
+        println!("pause lifted; a running daemon resumes within poll.queue_interval");
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `importlyd run`: the daemon in the foreground. Signals: SIGTERM/SIGINT stop it cleanly,
+//! SIGHUP re-reads the config and the key (an invalid config is logged and ignored).
+
+use std::path::PathBuf;
+
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{CmdResult, Failure, logging};
+use crate::apikey;
+use crate::config::Config;
+use crate::importly::Client;
+use crate::scheduler::{Control, Scheduler};
+use crate::store::Store;
+
+pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
+    logging::init(&cfg.log);
+    let key = apikey::load(&cfg).map_err(|e| Failure::usage(e.to_string()))?;
+    let store = Store::open(&cfg.database.path).await?;
+    let client = Client::new(&cfg.api.base_url, key, cfg.api.request_timeout)
+        .map_err(|e| Failure::usage(format!("config key `api.base_url`: {e}")))?;
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(4);
+    let signals = tokio::spawn(watch_signals(shutdown.clone(), tx, cfg_path));
+    tracing::info!(
+        database = %cfg.database.path.display(),
+        base_url = %cfg.api.base_url,
+        version = env!("CARGO_PKG_VERSION"),
+        "importlyd started"
+    );
+    notify(&[NotifyState::Ready]);
+    let result = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
+        .run(rx)
+        .await;
+    notify(&[NotifyState::Stopping]);
+    signals.abort();
+    store.close().await;
+    result.map_err(|e| Failure {
+        code: 1,
+        message: format!("{e:#}"),
+    })?;
+    tracing::info!("importlyd stopped");
+    Ok(())
+}
+
+/// Best effort: without systemd there is no socket and nothing to tell.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+async fn watch_signals(
+    shutdown: CancellationToken,
+    control: mpsc::Sender<Control>,
+    cfg_path: Option<PathBuf>,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                if let Some(c) = reload(cfg_path.as_deref()) {
+                    let _ = control.send(c).await;
+                }
+                notify(&[NotifyState::Ready]);
+            }
+        }
+    }
+    tracing::info!("stopping: finishing calls in flight");
+    shutdown.cancel();
+}
+
+fn reload(path: Option<&std::path::Path>) -> Option<Control> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: new config rejected; the old one stays in force");
+            return None;
+        }
+    };
+    let key = match apikey::load(&config) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: could not read the API key; keeping the old one");
+            None
+        }
+    };
+    Some(Control::Reload {
+        config: Box::new(config),
+        key,
+    })
+}

@@ -1,0 +1,262 @@
+//! `importlyd ticket`: a support ticket for one row, in the shape Importly's support asks
+//! for: the job id or request payload, timestamps of the failing requests, what came back.
+//! Built only from the database and the non-secret config; the API key is never read here.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::report::row_json;
+use super::{CmdResult, Failure, TicketFormat};
+use crate::config::Config;
+use crate::store::{ListFilter, Row, Store, StoredAttempt};
+
+pub async fn command(
+    store: &Store,
+    cfg: &Config,
+    id: Option<i64>,
+    format: TicketFormat,
+    failed: bool,
+    since: Option<String>,
+    dir: Option<PathBuf>,
+) -> CmdResult {
+    match (id, failed) {
+        (Some(id), false) => {
+            let Some(row) = store.row(id).await? else {
+                return Err(Failure {
+                    code: 1,
+                    message: format!("no row with id {id}"),
+                });
+            };
+            let attempts = store.attempts(id).await?;
+            print!("{}", render(&build(&row, &attempts, cfg), format));
+            Ok(())
+        }
+        (None, true) => {
+            let dir = dir.ok_or_else(|| Failure::usage("--failed needs --dir PATH"))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Failure::usage(format!("--dir {}: {e}", dir.display())))?;
+            let rows = store
+                .list(&ListFilter {
+                    state: Some("failed".into()),
+                    since,
+                    limit: None,
+                })
+                .await?;
+            let ext = match format {
+                TicketFormat::Text => "txt",
+                TicketFormat::Markdown => "md",
+                TicketFormat::Json => "json",
+            };
+            for row in &rows {
+                let attempts = store.attempts(row.id).await?;
+                let path = dir.join(format!("ticket-{}.{ext}", row.id));
+                std::fs::write(&path, render(&build(row, &attempts, cfg), format)).map_err(
+                    |e| Failure {
+                        code: 1,
+                        message: format!("writing {}: {e}", path.display()),
+                    },
+                )?;
+            }
+            println!("wrote {} tickets to {}", rows.len(), dir.display());
+            Ok(())
+        }
+        _ => Err(Failure::usage("give one row id, or --failed --dir PATH")),
+    }
+}
+
+/// The ticket's content, format-independent; `--format json` prints it as is.
+pub fn build(row: &Row, attempts: &[StoredAttempt], cfg: &Config) -> Value {
+    let mut job_ids: Vec<String> = attempts.iter().filter_map(|a| a.job_id.clone()).collect();
+    job_ids.extend(row.importly_job_id.clone());
+    job_ids.dedup();
+    job_ids.sort();
+    job_ids.dedup();
+    // The payload as it was last sent; before any send, as it would be.
+    let payload = attempts
+        .iter()
+        .rev()
+        .find_map(|a| a.request_body.as_deref())
+        .and_then(|b| serde_json::from_str::<Value>(b).ok())
+        .or_else(|| crate::importly::submit_body(&row.url, &row.options).ok());
+    let what = match (&row.state[..], row.last_error.as_deref()) {
+        ("failed", Some(e)) => format!("failed: {}", first_line(e)),
+        (state, _) => format!("is {state}"),
+    };
+    let subject = format!(
+        "Importly {} {} ({}){}",
+        row.kind,
+        what,
+        row.url,
+        job_ids
+            .first()
+            .map(|j| format!(", job {j}"))
+            .unwrap_or_default()
+    );
+    let timeline: Vec<Value> = attempts
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+            if let Some(r) = a
+                .rate_limit
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<Value>(r).ok())
+            {
+                v["rate_limit"] = r;
+            }
+            v["error_text"] = json!(error_text(a));
+            v
+        })
+        .collect();
+    json!({
+        "subject": subject,
+        "generated_at": crate::clock::now_iso(),
+        "daemon_version": env!("CARGO_PKG_VERSION"),
+        "row": row_json(row),
+        "job_ids": job_ids,
+        "request_payload": payload,
+        "attempts": timeline,
+        "config": {
+            "base_url": cfg.api.base_url,
+            "request_timeout": humantime::format_duration(cfg.api.request_timeout).to_string(),
+            "limits": cfg.limits,
+            "retry": cfg.retry,
+        },
+    })
+}
+
+/// What went wrong in one exchange, in a line: the body's `error`, the transport error, or
+/// the start of the body.
+fn error_text(a: &StoredAttempt) -> Option<String> {
+    if let Some(e) = &a.error {
+        return Some(e.clone());
+    }
+    let body = a.response_body.as_deref()?;
+    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
+        v.get("error")
+            .or_else(|| v.pointer("/data/error"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    from_json.or_else(|| Some(body.chars().take(200).collect()))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+pub fn render(t: &Value, format: TicketFormat) -> String {
+    match format {
+        TicketFormat::Json => {
+            let mut s = serde_json::to_string_pretty(t).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        TicketFormat::Text => render_text(t, false),
+        TicketFormat::Markdown => render_text(t, true),
+    }
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn render_text(t: &Value, md: bool) -> String {
+    let mut out = String::new();
+    let h = |title: &str| {
+        if md {
+            format!("\n## {title}\n\n")
+        } else {
+            format!("\n{title}\n{}\n", "-".repeat(title.len()))
+        }
+    };
+    let code = |body: &str| {
+        if md {
+            format!("```json\n{body}\n```\n")
+        } else {
+            format!("{body}\n")
+        }
+    };
+    if md {
+        out.push_str(&format!("# {}\n", s(t, "/subject")));
+    } else {
+        out.push_str(&format!("Subject: {}\n", s(t, "/subject")));
+    }
+    out.push_str(&h("Summary"));
+    let bullet = if md { "- " } else { "  " };
+    let job_ids: Vec<&str> = t["job_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (k, v) in [
+        ("Row", t["row"]["id"].to_string()),
+        (
+            "Importly job id(s)",
+            if job_ids.is_empty() {
+                "none (no job was created)".into()
+            } else {
+                job_ids.join(", ")
+            },
+        ),
+        ("Media URL", s(t, "/row/url").into()),
+        ("Kind", s(t, "/row/kind").into()),
+        ("Final state", s(t, "/row/state").into()),
+        ("Last error", s(t, "/row/last_error").into()),
+        ("Attempts counted", t["row"]["attempts"].to_string()),
+        ("Queued at (UTC)", s(t, "/row/created_at").into()),
+        ("Finished at (UTC)", s(t, "/row/completed_at").into()),
+        ("importlyd version", s(t, "/daemon_version").into()),
+        ("Ticket generated (UTC)", s(t, "/generated_at").into()),
+    ] {
+        out.push_str(&format!("{bullet}{k}: {v}\n"));
+    }
+    out.push_str(&h("Request payload"));
+    out.push_str(&code(
+        &serde_json::to_string_pretty(&t["request_payload"]).unwrap_or_default(),
+    ));
+    let attempts = t["attempts"].as_array().cloned().unwrap_or_default();
+    out.push_str(&h(&format!(
+        "Timeline ({} logged exchanges, UTC)",
+        attempts.len()
+    )));
+    for (i, a) in attempts.iter().enumerate() {
+        let status = a["http_status"]
+            .as_i64()
+            .map(|s| format!("HTTP {s}"))
+            .unwrap_or_else(|| "no HTTP answer".into());
+        out.push_str(&format!(
+            "{}{}. {} -> {}  {} {}  {} ({})\n",
+            if md { "" } else { "  " },
+            i + 1,
+            s(a, "/started_at"),
+            s(a, "/finished_at"),
+            s(a, "/method"),
+            s(a, "/endpoint"),
+            status,
+            s(a, "/outcome"),
+        ));
+        let indent = if md { "   " } else { "     " };
+        if let Some(e) = a["error_text"].as_str() {
+            out.push_str(&format!("{indent}error: {e}\n"));
+        }
+        if let Some(j) = a["job_id"].as_str() {
+            out.push_str(&format!("{indent}job id: {j}\n"));
+        }
+        if a["rate_limit"].is_object() {
+            out.push_str(&format!("{indent}rate limit: {}\n", a["rate_limit"]));
+        }
+        if let Some(b) = a["response_body"].as_str() {
+            let cut = if a["body_truncated"].as_bool() == Some(true) {
+                " (truncated at 16 KiB)"
+            } else {
+                ""
+            };
+            out.push_str(&format!("{indent}response body{cut}: {b}\n"));
+        }
+    }
+    out.push_str(&h("Client configuration (no secrets)"));
+    out.push_str(&code(
+        &serde_json::to_string_pretty(&t["config"]).unwrap_or_default(),
+    ));
+    out
+}

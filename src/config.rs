@@ -1,0 +1,321 @@
+//! The daemon's configuration: built-in defaults, then the TOML file, then
+//! `IMPORTLYD_<SECTION>__<KEY>` environment variables (later wins).
+//!
+//! Every error names the key at fault, because the CLI turns it into a one-line message and
+//! exit status 2.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("config key `{key}`: {reason}")]
+    Key { key: String, reason: String },
+    #[error("config: {0}")]
+    Other(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub api: ApiConfig,
+    pub limits: LimitsConfig,
+    pub retry: RetryConfig,
+    pub poll: PollConfig,
+    pub pause: PauseConfig,
+    pub metadata: MetadataConfig,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub path: PathBuf,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("importlyd.db"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub base_url: String,
+    pub key_file: String,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.importly.io".into(),
+            key_file: String::new(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// No serde default here: the built-in defaults differ per bucket, so [`Config::load`]
+/// layers the file over a serialised [`Config::default`], key by key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketLimit {
+    pub requests: u64,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Jobs in progress at once; `0` for buckets without a concurrency limit (status).
+    pub concurrent: u32,
+}
+
+impl BucketLimit {
+    fn new(requests: u64, concurrent: u32) -> Self {
+        Self {
+            requests,
+            window: Duration::from_secs(3600),
+            concurrent,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub import: BucketLimit,
+    pub status: BucketLimit,
+    pub metadata: BucketLimit,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            import: BucketLimit::new(240, 2),
+            status: BucketLimit::new(3600, 0),
+            metadata: BucketLimit::new(1000, 5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            base_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollConfig {
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub queue_interval: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            status_interval: Duration::from_secs(5),
+            queue_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PauseConfig {
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+impl Default for PauseConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub keep_attempts: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+            keep_attempts: 50,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+impl Config {
+    /// Layers defaults, the file (if given; it must exist then) and the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let defaults = config::Config::try_from(&Config::default())
+            .map_err(|e| ConfigError::Other(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    reason: "no such file".into(),
+                });
+            }
+            builder = builder
+                .add_source(config::File::from(path.to_owned()).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("IMPORTLYD")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = builder.build().map_err(|e| from_config_error(e, path))?;
+        let cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| from_config_error(e, path))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str, reason: &str| {
+            Err(ConfigError::Key {
+                key: k.into(),
+                reason: reason.into(),
+            })
+        };
+        match reqwest::Url::parse(&self.api.base_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => return key("api.base_url", "must be an http(s) URL"),
+        }
+        if self.database.path.as_os_str().is_empty() {
+            return key("database.path", "must not be empty");
+        }
+        if self.api.request_timeout.is_zero() {
+            return key("api.request_timeout", "must be greater than zero");
+        }
+        for (name, b) in [
+            ("import", &self.limits.import),
+            ("status", &self.limits.status),
+            ("metadata", &self.limits.metadata),
+        ] {
+            if b.requests == 0 {
+                return key(&format!("limits.{name}.requests"), "must be at least 1");
+            }
+            if b.window < Duration::from_secs(1) {
+                return key(&format!("limits.{name}.window"), "must be at least 1s");
+            }
+            if name != "status" && b.concurrent == 0 {
+                return key(&format!("limits.{name}.concurrent"), "must be at least 1");
+            }
+        }
+        if self.retry.max_attempts == 0 {
+            return key("retry.max_attempts", "must be at least 1");
+        }
+        if self.retry.base_delay.is_zero() {
+            return key("retry.base_delay", "must be greater than zero");
+        }
+        if self.retry.max_delay < self.retry.base_delay {
+            return key("retry.max_delay", "must not be less than retry.base_delay");
+        }
+        if self.poll.status_interval.is_zero() {
+            return key("poll.status_interval", "must be greater than zero");
+        }
+        if self.poll.queue_interval.is_zero() {
+            return key("poll.queue_interval", "must be greater than zero");
+        }
+        if self.pause.probe_interval.is_zero() {
+            return key("pause.probe_interval", "must be greater than zero");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return key(
+                "log.level",
+                "is not a valid level or filter (e.g. info, debug)",
+            );
+        }
+        if self.log.keep_attempts == 0 {
+            return key("log.keep_attempts", "must be at least 1");
+        }
+        if !self.admin.listen.is_empty()
+            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return key(
+                "admin.listen",
+                "must be empty or an address like 127.0.0.1:9187",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The `config` crate puts the key in its message ("... for key `retry.max_attempts` ...");
+/// we keep that text and add the file name.
+fn from_config_error(e: config::ConfigError, path: Option<&Path>) -> ConfigError {
+    match (e, path) {
+        (config::ConfigError::FileParse { cause, .. }, Some(p)) => ConfigError::File {
+            path: p.to_owned(),
+            reason: cause.to_string(),
+        },
+        (e, _) => ConfigError::Other(e.to_string()),
+    }
+}

@@ -1,0 +1,270 @@
+//! Turns a status code and body into an [`Outcome`]. Pure, so every documented case is a
+//! unit test.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::{JobState, Outcome, RateHeaders};
+
+/// Which call an answer belongs to: a 2xx means different things for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    Submit,
+    Status,
+}
+
+/// Classifies one HTTP answer. `now` is when it arrived.
+pub fn classify(
+    call: Call,
+    status: u16,
+    headers: &RateHeaders,
+    body: &[u8],
+    now: SystemTime,
+) -> Outcome {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let message = || error_message(json.as_ref(), body, status);
+    match status {
+        200..=299 => classify_success(call, json),
+        429 => classify_429(json.as_ref(), headers, now),
+        401 => Outcome::Unauthorized { message: message() },
+        402 => Outcome::InsufficientCredits { message: message() },
+        404 => Outcome::NotFound { message: message() },
+        // A request timeout or "too early" is the transport's problem, not the row's.
+        408 | 425 => transient(format!("HTTP {status}: {}", message()), headers),
+        400..=499 => Outcome::BadRequest { message: message() },
+        _ => transient(format!("HTTP {status}: {}", message()), headers),
+    }
+}
+
+fn transient(reason: String, headers: &RateHeaders) -> Outcome {
+    Outcome::Transient {
+        reason,
+        retry_after: headers.retry_after.map(Duration::from_secs),
+        ambiguous: false,
+    }
+}
+
+fn classify_success(call: Call, json: Option<Value>) -> Outcome {
+    let transient = |reason: &str| Outcome::Transient {
+        reason: reason.into(),
+        retry_after: None,
+        ambiguous: false,
+    };
+    let Some(json) = json else {
+        return transient("2xx answer that is not JSON");
+    };
+    let Some(data) = json.get("data").filter(|d| d.is_object()) else {
+        return transient("2xx answer without a `data` object");
+    };
+    match call {
+        // Any 2xx with a job id is an accepted job, whatever state it already reports.
+        Call::Submit => match data.get("jobId").and_then(job_id_text) {
+            Some(job_id) => Outcome::Accepted { job_id },
+            None => transient("2xx answer to a submit without `data.jobId`"),
+        },
+        Call::Status => {
+            let state = match data.get("status").and_then(Value::as_str) {
+                Some("queued") => JobState::Queued,
+                Some("processing") => JobState::Processing,
+                Some("completed") => JobState::Completed,
+                Some("failed") => JobState::Failed,
+                _ => return transient("2xx status answer without a known `data.status`"),
+            };
+            Outcome::Job {
+                state,
+                data: data.clone(),
+            }
+        }
+    }
+}
+
+/// Job ids are strings in the docs; accept numbers too rather than lose a job.
+fn job_id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn classify_429(json: Option<&Value>, headers: &RateHeaders, now: SystemTime) -> Outcome {
+    let field = |k: &str| json.and_then(|j| j.get(k));
+    let is_concurrency = field("concurrentLimit").is_some()
+        || field("currentConcurrent").is_some()
+        || field("error")
+            .and_then(Value::as_str)
+            .is_some_and(|e| e.to_ascii_lowercase().contains("concurren"));
+    if is_concurrency && field("retryAfter").is_none() {
+        let num = |k: &str| field(k).and_then(Value::as_u64).map(|n| n as u32);
+        return Outcome::ConcurrencyLimited {
+            limit: num("concurrentLimit"),
+            current: num("currentConcurrent"),
+        };
+    }
+    // Honour whichever is later: the body's retryAfter (s), the Retry-After header (s), the
+    // body's reset (unix ms) and the X-RateLimit-Reset header (unix s).
+    let retry_after_body = field("retryAfter").and_then(as_secs);
+    let mut until = now;
+    for secs in [retry_after_body, headers.retry_after]
+        .into_iter()
+        .flatten()
+    {
+        until = until.max(now + Duration::from_secs(secs));
+    }
+    if let Some(ms) = field("reset").and_then(Value::as_u64) {
+        until = until.max(UNIX_EPOCH + Duration::from_millis(ms));
+    }
+    if let Some(reset) = headers.reset
+        && headers.remaining == Some(0)
+    {
+        until = until.max(UNIX_EPOCH + Duration::from_secs(reset));
+    }
+    if until == now {
+        // A 429 that says nothing about when: wait a little rather than hammer.
+        until = now + Duration::from_secs(1);
+    }
+    Outcome::RateLimited {
+        until,
+        retry_after: retry_after_body
+            .or(headers.retry_after)
+            .map(Duration::from_secs),
+    }
+}
+
+fn as_secs(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64))
+}
+
+fn error_message(json: Option<&Value>, body: &[u8], status: u16) -> String {
+    let from_json = json.and_then(|j| {
+        j.get("error")
+            .or_else(|| j.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    match from_json {
+        Some(m) => m,
+        None => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("HTTP {status} with an empty body")
+            } else {
+                text.chars().take(300).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn accepted_submit() {
+        let body = br#"{"success":true,"data":{"jobId":"abc","status":"queued","message":"Import queued."}}"#;
+        assert_eq!(
+            classify(Call::Submit, 200, &RateHeaders::default(), body, at(0)),
+            Outcome::Accepted {
+                job_id: "abc".into()
+            }
+        );
+    }
+
+    #[test]
+    fn completed_status_keeps_data() {
+        let body = br#"{"success":true,"data":{"jobId":"abc","status":"completed","mediaUrl":"m","creditsUsed":3}}"#;
+        match classify(Call::Status, 200, &RateHeaders::default(), body, at(0)) {
+            Outcome::Job {
+                state: JobState::Completed,
+                data,
+            } => assert_eq!(data["creditsUsed"], 3),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbled_2xx_is_transient() {
+        let out = classify(
+            Call::Status,
+            200,
+            &RateHeaders::default(),
+            b"<html>oops",
+            at(0),
+        );
+        assert!(matches!(out, Outcome::Transient { .. }), "{out:?}");
+    }
+
+    #[test]
+    fn rate_limit_waits_for_the_latest_hint() {
+        let body = br#"{"success":false,"error":"Rate limit exceeded. Limit: 240 requests per 1 h","limit":240,"remaining":0,"reset":1709901234000,"retryAfter":3600,"endpoint":"/import"}"#;
+        let now = at(1_709_900_000);
+        match classify(Call::Submit, 429, &RateHeaders::default(), body, now) {
+            Outcome::RateLimited { until, retry_after } => {
+                assert_eq!(until, at(1_709_903_600)); // retryAfter beats the earlier reset
+                assert_eq!(retry_after, Some(Duration::from_secs(3600)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let later_reset = br#"{"success":false,"error":"Rate limit exceeded","reset":1709999999000,"retryAfter":5}"#;
+        match classify(Call::Submit, 429, &RateHeaders::default(), later_reset, now) {
+            Outcome::RateLimited { until, .. } => assert_eq!(until, at(1_709_999_999)),
+            other => panic!("unexpected {other:?}"),
+        }
+        let headers = RateHeaders {
+            retry_after: Some(7200),
+            ..Default::default()
+        };
+        match classify(Call::Submit, 429, &headers, body, now) {
+            Outcome::RateLimited { until, .. } => assert_eq!(until, at(1_709_907_200)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn concurrency_limit_is_its_own_kind() {
+        let body = br#"{"success":false,"error":"Concurrent limit exceeded. Max 2 concurrent import jobs allowed.","concurrentLimit":2,"currentConcurrent":2,"endpoint":"/import"}"#;
+        assert_eq!(
+            classify(Call::Submit, 429, &RateHeaders::default(), body, at(0)),
+            Outcome::ConcurrencyLimited {
+                limit: Some(2),
+                current: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_the_policy() {
+        let h = RateHeaders::default();
+        let err = br#"{"success":false,"error":"nope"}"#;
+        assert!(
+            matches!(classify(Call::Submit, 400, &h, err, at(0)), Outcome::BadRequest { message } if message == "nope")
+        );
+        assert!(matches!(
+            classify(Call::Submit, 401, &h, err, at(0)),
+            Outcome::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            classify(Call::Submit, 402, &h, err, at(0)),
+            Outcome::InsufficientCredits { .. }
+        ));
+        assert!(matches!(
+            classify(Call::Submit, 404, &h, err, at(0)),
+            Outcome::NotFound { .. }
+        ));
+        assert!(matches!(
+            classify(Call::Submit, 500, &h, err, at(0)),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(Call::Submit, 503, &h, b"", at(0)),
+            Outcome::Transient { .. }
+        ));
+    }
+}

@@ -1,0 +1,374 @@
+//! The Importly API client. It owns HTTP and nothing else: every exchange comes back as an
+//! [`Exchange`] carrying a classified [`Outcome`] and what a support ticket needs (request
+//! body, timestamps, status, rate-limit headers, response body). It knows nothing of the
+//! database or of rows.
+
+mod classify;
+mod headers;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+pub use classify::{Call, classify};
+pub use headers::RateHeaders;
+
+/// Response bodies are kept for tickets up to this size.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Which kind of job a call is about; picks the endpoints and the bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    Import,
+    Metadata,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Import => "import",
+            JobKind::Metadata => "metadata",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        match s {
+            "import" => Some(JobKind::Import),
+            "metadata" => Some(JobKind::Metadata),
+            _ => None,
+        }
+    }
+
+    pub fn submit_path(self) -> &'static str {
+        match self {
+            JobKind::Import => "/import",
+            JobKind::Metadata => "/metadata",
+        }
+    }
+
+    pub fn status_path(self) -> &'static str {
+        match self {
+            JobKind::Import => "/import/status",
+            JobKind::Metadata => "/metadata/status",
+        }
+    }
+}
+
+/// Where a job stands on Importly's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+}
+
+/// What one HTTP exchange means for the queue. The scheduler decides what to do with it;
+/// this type only says what happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// 2xx with a `data.jobId` from a submit.
+    Accepted { job_id: String },
+    /// 2xx from a status call.
+    Job { state: JobState, data: Value },
+    /// 429 "Rate limit exceeded": nothing may go to this bucket before `until`.
+    RateLimited {
+        until: SystemTime,
+        retry_after: Option<Duration>,
+    },
+    /// 429 "Concurrent limit exceeded".
+    ConcurrencyLimited {
+        limit: Option<u32>,
+        current: Option<u32>,
+    },
+    /// 400 (and other 4xx that retrying cannot fix).
+    BadRequest { message: String },
+    /// 404: on a submit the media URL is not reachable; on a status call the job is gone.
+    NotFound { message: String },
+    /// 401: the key is wrong for every request, not just this one.
+    Unauthorized { message: String },
+    /// 402: the account cannot cover a new job.
+    InsufficientCredits { message: String },
+    /// 5xx, timeout, connection error, garbled 2xx: worth retrying. `ambiguous` is true when
+    /// a submit may have reached Importly anyway (the request went out, no answer came).
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+        ambiguous: bool,
+    },
+}
+
+impl Outcome {
+    /// A short stable name for logs, tickets and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Job { state, .. } => match state {
+                JobState::Queued => "job_queued",
+                JobState::Processing => "job_processing",
+                JobState::Completed => "job_completed",
+                JobState::Failed => "job_failed",
+            },
+            Outcome::RateLimited { .. } => "rate_limited",
+            Outcome::ConcurrencyLimited { .. } => "concurrency_limited",
+            Outcome::BadRequest { .. } => "bad_request",
+            Outcome::NotFound { .. } => "not_found",
+            Outcome::Unauthorized { .. } => "unauthorized",
+            Outcome::InsufficientCredits { .. } => "insufficient_credits",
+            Outcome::Transient {
+                ambiguous: true, ..
+            } => "ambiguous_submit",
+            Outcome::Transient { .. } => "transient",
+        }
+    }
+}
+
+/// One request and its answer, as a ticket shows it.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub method: &'static str,
+    /// Path and query, e.g. `/import/status?id=abc`.
+    pub endpoint: String,
+    pub request_body: Option<String>,
+    pub started_at: SystemTime,
+    pub finished_at: SystemTime,
+    pub http_status: Option<u16>,
+    /// The transport error when there was no HTTP answer.
+    pub error: Option<String>,
+    pub headers: RateHeaders,
+    /// The body, cut at [`MAX_BODY`] bytes.
+    pub response_body: Option<String>,
+    pub body_truncated: bool,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    key: Arc<RwLock<SecretString>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("key", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl Client {
+    pub fn new(base_url: &str, key: SecretString, timeout: Duration) -> anyhow::Result<Client> {
+        let base = reqwest::Url::parse(base_url)?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("importlyd/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Client {
+            http,
+            base,
+            key: Arc::new(RwLock::new(key)),
+        })
+    }
+
+    /// Swaps the key in place (SIGHUP); calls already under way keep the old one.
+    pub fn set_key(&self, key: SecretString) {
+        let mut guard = self.key.write().unwrap_or_else(|p| p.into_inner());
+        *guard = key;
+    }
+
+    fn bearer(&self) -> String {
+        let guard = self.key.read().unwrap_or_else(|p| p.into_inner());
+        format!("Bearer {}", guard.expose_secret())
+    }
+
+    /// `POST /import` or `POST /metadata` with `body` exactly as given.
+    pub async fn submit(&self, kind: JobKind, body: &Value) -> Exchange {
+        let path = kind.submit_path();
+        let text = body.to_string();
+        let url = self.url(path, None);
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(text.clone());
+        self.send(req, "POST", path.to_owned(), Some(text), Call::Submit)
+            .await
+    }
+
+    /// `GET /import/status?id=` or `GET /metadata/status?id=`.
+    pub async fn status(&self, kind: JobKind, job_id: &str) -> Exchange {
+        let path = kind.status_path();
+        let url = self.url(path, Some(job_id));
+        let endpoint = match url.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let req = self.http.get(url);
+        self.send(req, "GET", endpoint, None, Call::Status).await
+    }
+
+    fn url(&self, path: &str, id: Option<&str>) -> reqwest::Url {
+        let mut url = self.base.clone();
+        // Keep a base path prefix if the base URL has one (e.g. behind a proxy).
+        let prefix = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{prefix}{path}"));
+        if let Some(id) = id {
+            url.query_pairs_mut().clear().append_pair("id", id);
+        }
+        url
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &'static str,
+        endpoint: String,
+        request_body: Option<String>,
+        call: Call,
+    ) -> Exchange {
+        let is_submit = call == Call::Submit;
+        let started_at = SystemTime::now();
+        let result = req
+            .header(reqwest::header::AUTHORIZATION, self.bearer())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await;
+        let mut ex = Exchange {
+            method,
+            endpoint,
+            request_body,
+            started_at,
+            finished_at: started_at,
+            http_status: None,
+            error: None,
+            headers: RateHeaders::default(),
+            response_body: None,
+            body_truncated: false,
+            outcome: Outcome::Transient {
+                reason: String::new(),
+                retry_after: None,
+                ambiguous: false,
+            },
+        };
+        match result {
+            Err(e) => {
+                ex.finished_at = SystemTime::now();
+                // A request that may have been written to the wire before failing could
+                // have created a job: Importly has no idempotency key.
+                let ambiguous = is_submit && !e.is_connect() && !e.is_builder();
+                let reason = transport_reason(e);
+                ex.error = Some(reason.clone());
+                ex.outcome = Outcome::Transient {
+                    reason,
+                    retry_after: None,
+                    ambiguous,
+                };
+            }
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                ex.http_status = Some(status);
+                ex.headers = RateHeaders::from_map(resp.headers());
+                let body = resp.bytes().await;
+                ex.finished_at = SystemTime::now();
+                match body {
+                    Ok(bytes) => {
+                        let (text, cut) = truncate_body(&bytes);
+                        ex.response_body = Some(text);
+                        ex.body_truncated = cut;
+                        ex.outcome = classify(call, status, &ex.headers, &bytes, ex.finished_at);
+                    }
+                    Err(e) => {
+                        let reason = format!("reading body: {}", transport_reason(e));
+                        ex.error = Some(reason.clone());
+                        ex.outcome = Outcome::Transient {
+                            reason,
+                            retry_after: None,
+                            ambiguous: is_submit && (200..300).contains(&status),
+                        };
+                    }
+                }
+            }
+        }
+        ex
+    }
+}
+
+/// A short human reason for a transport error, without the URL (it may carry a query id
+/// but never the key; still, the reason reads better without it).
+fn transport_reason(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body error"
+    } else if e.is_request() {
+        "request error"
+    } else {
+        "transport error"
+    };
+    let e = e.without_url();
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    format!("{kind}: {detail}")
+}
+
+/// Keeps at most [`MAX_BODY`] bytes, cut on a character boundary.
+fn truncate_body(bytes: &[u8]) -> (String, bool) {
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() <= MAX_BODY {
+        return (text.into_owned(), false);
+    }
+    let mut end = MAX_BODY;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_owned(), true)
+}
+
+/// Option keys that are ours, never sent to Importly.
+pub const LOCAL_OPTION_KEYS: [&str; 2] = ["preflight", "max_credits"];
+
+/// The submit body: the row's `options` object with `url` set and our own keys removed.
+/// Unknown keys pass through untouched.
+pub fn submit_body(url: &str, options: &str) -> Result<Value, String> {
+    let parsed: Value =
+        serde_json::from_str(options).map_err(|e| format!("options is not valid JSON: {e}"))?;
+    let Value::Object(mut map) = parsed else {
+        return Err("options is not a JSON object".into());
+    };
+    for k in LOCAL_OPTION_KEYS {
+        map.remove(k);
+    }
+    map.insert("url".into(), Value::String(url.to_owned()));
+    Ok(Value::Object(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_merges_options_and_drops_ours() {
+        let b = submit_body(
+            "https://e.com/a.mp4",
+            r#"{"videoQuality":"720p","preflight":true,"max_credits":3,"url":"x","custom":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            serde_json::json!({"url":"https://e.com/a.mp4","videoQuality":"720p","custom":1})
+        );
+        assert!(submit_body("https://e.com", "[1]").is_err());
+    }
+}

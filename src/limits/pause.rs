@@ -1,0 +1,215 @@
+//! Pauses: a 401 stops everything (the key is wrong for every request), a 402 stops new
+//! jobs (status polls of running ones go on). While paused, one request is let through every
+//! `pause.probe_interval` as a probe; any answer that proves the key or the credits good
+//! lifts the pause. Pauses live in the database so a restart keeps them and
+//! `importlyd resume` can lift them from another process.
+
+use std::time::{Duration, SystemTime};
+
+use crate::clock;
+use crate::store::StoredPause;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// 401: no request at all.
+    All,
+    /// 402 on imports: no new import jobs.
+    Import,
+    /// 402 on metadata: no new metadata jobs.
+    Metadata,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::All => "all",
+            Scope::Import => "import",
+            Scope::Metadata => "metadata",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "all" => Some(Scope::All),
+            "import" => Some(Scope::Import),
+            "metadata" => Some(Scope::Metadata),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pause {
+    pub scope: Scope,
+    pub reason: String,
+    pub http_status: Option<u16>,
+    pub since: SystemTime,
+    pub next_probe: SystemTime,
+}
+
+impl Pause {
+    pub fn to_stored(&self) -> StoredPause {
+        StoredPause {
+            scope: self.scope.as_str().into(),
+            reason: self.reason.clone(),
+            http_status: self.http_status.map(i64::from),
+            since: clock::iso(self.since),
+            next_probe: clock::iso(self.next_probe),
+        }
+    }
+
+    fn from_stored(p: &StoredPause) -> Option<Pause> {
+        Some(Pause {
+            scope: Scope::parse(&p.scope)?,
+            reason: p.reason.clone(),
+            http_status: p.http_status.and_then(|s| u16::try_from(s).ok()),
+            since: clock::parse_iso(&p.since)?,
+            next_probe: clock::parse_iso(&p.next_probe)?,
+        })
+    }
+}
+
+/// May a request go?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// Paused, but a probe is due: exactly one request may go.
+    Probe(Scope),
+    Closed {
+        until: SystemTime,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pauses {
+    list: Vec<Pause>,
+}
+
+impl Pauses {
+    /// Replaces the in-memory view with what the database holds (the truth: `resume`
+    /// deletes rows there).
+    pub fn load(&mut self, stored: &[StoredPause]) {
+        self.list = stored.iter().filter_map(Pause::from_stored).collect();
+    }
+
+    pub fn get(&self, scope: Scope) -> Option<&Pause> {
+        self.list.iter().find(|p| p.scope == scope)
+    }
+
+    pub fn all(&self) -> &[Pause] {
+        &self.list
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The gate for a new job of `kind` (`Import` or `Metadata`).
+    pub fn submit_gate(&self, kind: Scope, now: SystemTime) -> Gate {
+        self.gate(&[Scope::All, kind], now)
+    }
+
+    /// The gate for a status poll: only a 401 stops polling.
+    pub fn poll_gate(&self, now: SystemTime) -> Gate {
+        self.gate(&[Scope::All], now)
+    }
+
+    fn gate(&self, scopes: &[Scope], now: SystemTime) -> Gate {
+        let mut gate = Gate::Open;
+        for p in self.list.iter().filter(|p| scopes.contains(&p.scope)) {
+            gate = if p.next_probe <= now {
+                match gate {
+                    Gate::Closed { .. } => gate,
+                    _ => Gate::Probe(p.scope),
+                }
+            } else {
+                match gate {
+                    Gate::Closed { until } => Gate::Closed {
+                        until: until.min(p.next_probe),
+                    },
+                    _ => Gate::Closed {
+                        until: p.next_probe,
+                    },
+                }
+            };
+        }
+        gate
+    }
+
+    /// Starts (or refreshes) a pause; returns it for the caller to persist.
+    pub fn pause(
+        &mut self,
+        scope: Scope,
+        reason: String,
+        http_status: u16,
+        now: SystemTime,
+        probe_interval: Duration,
+    ) -> Pause {
+        let since = self.get(scope).map_or(now, |p| p.since);
+        let p = Pause {
+            scope,
+            reason,
+            http_status: Some(http_status),
+            since,
+            next_probe: now + probe_interval,
+        };
+        self.list.retain(|q| q.scope != scope);
+        self.list.push(p.clone());
+        p
+    }
+
+    /// A probe went out: the next one waits a whole interval.
+    pub fn probed(
+        &mut self,
+        scope: Scope,
+        now: SystemTime,
+        probe_interval: Duration,
+    ) -> Option<Pause> {
+        let p = self.list.iter_mut().find(|p| p.scope == scope)?;
+        p.next_probe = now + probe_interval;
+        Some(p.clone())
+    }
+
+    /// Lifts a pause; true if there was one.
+    pub fn lift(&mut self, scope: Scope) -> bool {
+        let before = self.list.len();
+        self.list.retain(|p| p.scope != scope);
+        before != self.list.len()
+    }
+
+    /// Makes every pause probe at once (SIGHUP: the key may have been fixed).
+    pub fn probe_now(&mut self, now: SystemTime) -> Vec<Pause> {
+        for p in &mut self.list {
+            p.next_probe = now;
+        }
+        self.list.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn unauthorized_closes_everything_credits_only_submits() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1000);
+        let iv = Duration::from_secs(300);
+        let mut p = Pauses::default();
+        p.pause(Scope::Import, "402".into(), 402, t0, iv);
+        assert_eq!(p.poll_gate(t0), Gate::Open);
+        assert!(matches!(
+            p.submit_gate(Scope::Import, t0),
+            Gate::Closed { .. }
+        ));
+        assert_eq!(p.submit_gate(Scope::Metadata, t0), Gate::Open);
+        assert_eq!(
+            p.submit_gate(Scope::Import, t0 + iv),
+            Gate::Probe(Scope::Import)
+        );
+        p.pause(Scope::All, "401".into(), 401, t0, iv);
+        assert!(matches!(p.poll_gate(t0), Gate::Closed { .. }));
+        assert!(p.lift(Scope::All));
+        assert_eq!(p.poll_gate(t0), Gate::Open);
+    }
+}

@@ -1,0 +1,523 @@
+//! The scheduler wires the parts together: it claims due rows from the store, asks the
+//! limiter whether a request may go, hands the HTTP call to the client in a task, and
+//! feeds the classified outcome back to the store and the limiter.
+//!
+//! One task owns all of this state, so there are no locks: HTTP calls run in a
+//! [`JoinSet`] and come back as [`Done`] messages. It holds no SQL and no HTTP details.
+
+mod outcome;
+mod record;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::config::Config;
+use crate::importly::{Client, Exchange, JobKind};
+use crate::limits::{Budget, Gate, Pauses, Scope, Slots};
+use crate::store::{Claimed, Store};
+
+pub use record::attempt_record;
+
+/// How long in-flight HTTP calls may run on after SIGTERM before they are abandoned.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Most rows claimed in one statement.
+const CLAIM_BATCH: u64 = 64;
+
+/// Messages from the outside (signals) to the running scheduler.
+#[derive(Debug)]
+pub enum Control {
+    /// SIGHUP: a new config and, if one could be read, a new key. Pauses probe at once.
+    Reload {
+        config: Box<Config>,
+        key: Option<SecretString>,
+    },
+}
+
+/// A job in progress at Importly that we poll.
+#[derive(Clone, Debug)]
+struct Job {
+    kind: JobKind,
+    job_id: String,
+    attempts: i64,
+    next_poll: SystemTime,
+    polling: bool,
+}
+
+/// What an HTTP task hands back.
+enum Done {
+    Submit {
+        row: Claimed,
+        kind: JobKind,
+        ex: Exchange,
+        probe: Option<Scope>,
+    },
+    Poll {
+        id: i64,
+        ex: Exchange,
+        probe: Option<Scope>,
+    },
+}
+
+/// Per-kind state: its budget, its concurrency and whether its queue may have due rows.
+struct Lane {
+    kind: JobKind,
+    budget: Budget,
+    slots: Slots,
+    /// Rows we have claimed and not yet heard back about.
+    submitting: HashSet<i64>,
+    /// False once a claim came back short; set again on each queue tick and on events.
+    maybe_due: bool,
+}
+
+pub struct Scheduler {
+    cfg: Arc<Config>,
+    store: Store,
+    client: Client,
+    lanes: [Lane; 2],
+    status: Budget,
+    pauses: Pauses,
+    jobs: HashMap<i64, Job>,
+    tasks: JoinSet<Done>,
+    shutdown: CancellationToken,
+    buckets_dirty: bool,
+    buckets_saved_at: SystemTime,
+}
+
+fn lane_index(kind: JobKind) -> usize {
+    match kind {
+        JobKind::Import => 0,
+        JobKind::Metadata => 1,
+    }
+}
+
+fn scope_of(kind: JobKind) -> Scope {
+    match kind {
+        JobKind::Import => Scope::Import,
+        JobKind::Metadata => Scope::Metadata,
+    }
+}
+
+impl Scheduler {
+    pub fn new(cfg: Config, store: Store, client: Client, shutdown: CancellationToken) -> Self {
+        let now = SystemTime::now();
+        let probe_delay = cfg.poll.status_interval;
+        let lane = |kind: JobKind, limit: &crate::config::BucketLimit, name| Lane {
+            kind,
+            budget: Budget::new(name, limit, now),
+            slots: Slots::new(limit.concurrent, probe_delay),
+            submitting: HashSet::new(),
+            maybe_due: true,
+        };
+        let lanes = [
+            lane(JobKind::Import, &cfg.limits.import, "import"),
+            lane(JobKind::Metadata, &cfg.limits.metadata, "metadata"),
+        ];
+        let status = Budget::new("status", &cfg.limits.status, now);
+        Scheduler {
+            cfg: Arc::new(cfg),
+            store,
+            client,
+            lanes,
+            status,
+            pauses: Pauses::default(),
+            jobs: HashMap::new(),
+            tasks: JoinSet::new(),
+            shutdown,
+            buckets_dirty: false,
+            buckets_saved_at: now,
+        }
+    }
+
+    /// Runs until the shutdown token is cancelled, then drains in-flight calls (bounded by
+    /// [`SHUTDOWN_GRACE`]) and returns.
+    pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
+        self.recover().await?;
+        let queue_interval = self.cfg.poll.queue_interval;
+        let mut next_tick = SystemTime::now();
+        loop {
+            let now = SystemTime::now();
+            if now >= next_tick {
+                self.tick().await;
+                next_tick = now + queue_interval;
+            }
+            self.dispatch_polls(now).await;
+            for i in 0..self.lanes.len() {
+                self.dispatch_submits(i, now).await;
+            }
+            self.save_buckets_if_due(now).await;
+            let wake = self.next_wake(now).min(next_tick);
+            let sleep = tokio::time::sleep(clock::until(wake).max(Duration::from_millis(1)));
+            tokio::select! {
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match joined {
+                        Ok(done) => self.handle(done).await,
+                        Err(e) => tracing::error!(error = %e, "HTTP task failed"),
+                    }
+                }
+                Some(c) = control.recv() => self.apply(c).await,
+                _ = sleep => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        self.drain().await;
+        Ok(())
+    }
+
+    /// Start-up: resolve rows a crash left in `submitting`, resume polling `running` ones,
+    /// and restore pauses and budgets.
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        let keep = self.cfg.log.keep_attempts;
+        let recovered = self.store.recover_submitting(keep).await?;
+        if !recovered.is_empty() {
+            tracing::warn!(
+                rows = ?recovered,
+                "rows were being submitted when the daemon stopped; back to pending \
+                 (a duplicate job at Importly is possible, see their tickets)"
+            );
+        }
+        let now = SystemTime::now();
+        for r in self.store.running().await? {
+            let kind = JobKind::parse(&r.kind).unwrap_or(JobKind::Import);
+            self.jobs.insert(
+                r.id,
+                Job {
+                    kind,
+                    job_id: r.importly_job_id,
+                    attempts: r.attempts,
+                    next_poll: now,
+                    polling: false,
+                },
+            );
+        }
+        if !self.jobs.is_empty() {
+            tracing::info!(jobs = self.jobs.len(), "resuming polls of running jobs");
+        }
+        let stored = self.store.buckets().await?;
+        for lane in &mut self.lanes {
+            lane.budget.restore(&stored, now);
+        }
+        self.status.restore(&stored, now);
+        self.pauses.load(&self.store.pauses().await?);
+        for p in self.pauses.all() {
+            tracing::warn!(scope = p.scope.as_str(), reason = %p.reason, "paused since a previous run");
+        }
+        Ok(())
+    }
+
+    /// Every `poll.queue_interval`: look for new rows, and re-read pauses (an operator's
+    /// `importlyd resume` deletes them in the database).
+    async fn tick(&mut self) {
+        for lane in &mut self.lanes {
+            lane.maybe_due = true;
+        }
+        match self.store.pauses().await {
+            Ok(stored) => {
+                let before = self.pauses.clone();
+                self.pauses.load(&stored);
+                if !before.is_empty() && self.pauses.is_empty() {
+                    tracing::info!("pause lifted");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read pauses"),
+        }
+    }
+
+    fn held(&self, kind: JobKind) -> u32 {
+        let lane = &self.lanes[lane_index(kind)];
+        let running = self.jobs.values().filter(|j| j.kind == kind).count();
+        u32::try_from(running + lane.submitting.len()).unwrap_or(u32::MAX)
+    }
+
+    async fn dispatch_submits(&mut self, li: usize, now: SystemTime) {
+        let kind = self.lanes[li].kind;
+        if !self.lanes[li].maybe_due || self.shutdown.is_cancelled() {
+            return;
+        }
+        let (gate_n, probe) = match self.pauses.submit_gate(scope_of(kind), now) {
+            Gate::Open => (u64::MAX, None),
+            Gate::Probe(scope) => (1, Some(scope)),
+            Gate::Closed { .. } => return,
+        };
+        let held = self.held(kind);
+        let lane = &mut self.lanes[li];
+        let free = u64::from(lane.slots.free(held, now));
+        let n = gate_n
+            .min(free)
+            .min(lane.budget.burst(now))
+            .min(CLAIM_BATCH);
+        if n == 0 {
+            return;
+        }
+        let claimed = match self
+            .store
+            .claim_due(kind.as_str(), n as u32, &clock::iso(now))
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming rows failed; retrying on the next tick");
+                lane.maybe_due = false;
+                return;
+            }
+        };
+        if (claimed.len() as u64) < n {
+            lane.maybe_due = false;
+        }
+        for row in claimed {
+            self.submit(li, row, probe, now).await;
+        }
+    }
+
+    async fn submit(&mut self, li: usize, row: Claimed, probe: Option<Scope>, now: SystemTime) {
+        let kind = self.lanes[li].kind;
+        let body = match crate::importly::submit_body(&row.url, &row.options) {
+            Ok(b) => b,
+            Err(reason) => {
+                // CHECK constraints make this unreachable for rows inserted normally; a row
+                // edited around them still fails cleanly rather than loop.
+                let keep = self.cfg.log.keep_attempts;
+                self.persist("fail a row with bad options", |s| {
+                    let reason = reason.clone();
+                    async move { s.fail(row.id, &reason, None, None, keep).await }
+                })
+                .await;
+                return;
+            }
+        };
+        if let Some(scope) = probe {
+            self.note_probe(scope, now).await;
+        }
+        let lane = &mut self.lanes[li];
+        lane.budget.take(now);
+        lane.submitting.insert(row.id);
+        self.buckets_dirty = true;
+        tracing::debug!(id = row.id, url = %row.url, kind = kind.as_str(), "submitting");
+        let client = self.client.clone();
+        self.tasks.spawn(async move {
+            let ex = client.submit(kind, &body).await;
+            Done::Submit {
+                row,
+                kind,
+                ex,
+                probe,
+            }
+        });
+    }
+
+    async fn dispatch_polls(&mut self, now: SystemTime) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let mut due: Vec<(SystemTime, i64)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.polling && j.next_poll <= now)
+            .map(|(id, j)| (j.next_poll, *id))
+            .collect();
+        due.sort_unstable();
+        for (_, id) in due {
+            let probe = match self.pauses.poll_gate(now) {
+                Gate::Open => None,
+                Gate::Probe(scope) => Some(scope),
+                Gate::Closed { .. } => return,
+            };
+            if self.status.burst(now) == 0 {
+                return;
+            }
+            if let Some(scope) = probe {
+                self.note_probe(scope, now).await;
+            }
+            self.status.take(now);
+            self.buckets_dirty = true;
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            job.polling = true;
+            let (kind, job_id) = (job.kind, job.job_id.clone());
+            let client = self.client.clone();
+            self.tasks.spawn(async move {
+                let ex = client.status(kind, &job_id).await;
+                Done::Poll { id, ex, probe }
+            });
+        }
+    }
+
+    async fn note_probe(&mut self, scope: Scope, now: SystemTime) {
+        tracing::info!(
+            scope = scope.as_str(),
+            "paused: sending one request as a probe"
+        );
+        if let Some(p) = self
+            .pauses
+            .probed(scope, now, self.cfg.pause.probe_interval)
+        {
+            let stored = p.to_stored();
+            self.persist("store pause", |s| {
+                let stored = stored.clone();
+                async move { s.set_pause(&stored).await }
+            })
+            .await;
+        }
+    }
+
+    /// The earliest time anything could be dispatched.
+    fn next_wake(&mut self, now: SystemTime) -> SystemTime {
+        let far = now + Duration::from_secs(3600);
+        let mut wake = far;
+        let poll_gate = self.pauses.poll_gate(now);
+        let next_poll = self
+            .jobs
+            .values()
+            .filter(|j| !j.polling)
+            .map(|j| j.next_poll)
+            .min();
+        if let Some(t) = next_poll {
+            let mut t = t.max(self.status.next_send_at(now));
+            if let Gate::Closed { until } = poll_gate {
+                t = t.max(until);
+            }
+            wake = wake.min(t);
+        }
+        for i in 0..self.lanes.len() {
+            let kind = self.lanes[i].kind;
+            let held = self.held(kind);
+            let gate = self.pauses.submit_gate(scope_of(kind), now);
+            let lane = &mut self.lanes[i];
+            if let Some(p) = lane.slots.probe_at() {
+                wake = wake.min(p);
+            }
+            if !lane.maybe_due || lane.slots.free(held, now) == 0 {
+                continue;
+            }
+            let mut t = lane.budget.next_send_at(now);
+            if let Gate::Closed { until } = gate {
+                t = t.max(until);
+            }
+            wake = wake.min(t);
+        }
+        if self.buckets_dirty {
+            wake = wake.min(self.buckets_saved_at + Duration::from_secs(1));
+        }
+        wake
+    }
+
+    async fn save_buckets_if_due(&mut self, now: SystemTime) {
+        if !self.buckets_dirty || now < self.buckets_saved_at + Duration::from_secs(1) {
+            return;
+        }
+        self.save_buckets(now).await;
+    }
+
+    async fn save_buckets(&mut self, now: SystemTime) {
+        let mut rows = self.status.snapshot();
+        for lane in &self.lanes {
+            rows.extend(lane.budget.snapshot());
+        }
+        if let Err(e) = self.store.save_buckets(&rows).await {
+            tracing::warn!(error = %e, "could not save rate-limit budgets");
+        }
+        self.buckets_dirty = false;
+        self.buckets_saved_at = now;
+    }
+
+    async fn apply(&mut self, c: Control) {
+        match c {
+            Control::Reload { config, key } => {
+                let now = SystemTime::now();
+                if let Some(key) = key {
+                    self.client.set_key(key);
+                }
+                for lane in &mut self.lanes {
+                    let limit = match lane.kind {
+                        JobKind::Import => &config.limits.import,
+                        JobKind::Metadata => &config.limits.metadata,
+                    };
+                    lane.budget.reconfigure(limit, now);
+                    lane.slots.reconfigure(limit.concurrent);
+                    lane.maybe_due = true;
+                }
+                self.status.reconfigure(&config.limits.status, now);
+                self.cfg = Arc::new(*config);
+                for p in self.pauses.probe_now(now) {
+                    let stored = p.to_stored();
+                    self.persist("store pause", |s| {
+                        let stored = stored.clone();
+                        async move { s.set_pause(&stored).await }
+                    })
+                    .await;
+                }
+                tracing::info!("reloaded configuration and API key");
+            }
+        }
+    }
+
+    /// After SIGTERM: wait (bounded) for calls in flight and record their outcomes, then
+    /// give back rows whose submit never got an answer.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok(done))) => self.handle(done).await,
+                Ok(Some(Err(e))) => tracing::error!(error = %e, "HTTP task failed"),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        calls = self.tasks.len(),
+                        "abandoning HTTP calls still in flight"
+                    );
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        let keep = self.cfg.log.keep_attempts;
+        match self.store.recover_submitting(keep).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::warn!(rows = ?ids, "submits abandoned at shutdown; rows back to pending")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not release rows at shutdown"),
+        }
+        self.save_buckets(SystemTime::now()).await;
+    }
+
+    /// Runs a store write until it succeeds (a full disk or a locked file is retried, not
+    /// dropped: a row must never be reported done that we could not record). Gives up only
+    /// at shutdown, leaving the row as it was for start-up recovery.
+    async fn persist<F, Fut, T>(&self, what: &str, mut f: F) -> Option<T>
+    where
+        F: FnMut(Store) -> Fut,
+        Fut: std::future::Future<Output = crate::store::Result<T>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut warned_at: Option<tokio::time::Instant> = None;
+        loop {
+            match f(self.store.clone()).await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    let due = warned_at.is_none_or(|w| w.elapsed() >= Duration::from_secs(30));
+                    if due {
+                        tracing::error!(error = %e, "{what}: database write failed; retrying");
+                        warned_at = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => {
+                    tracing::error!("{what}: giving up at shutdown; start-up recovery will resolve the row");
+                    return None;
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! What each classified outcome does to the row, the limiter and the pauses: the error
+//! policy table of the README, in code.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::{Done, Job, Scheduler, attempt_record, lane_index, scope_of};
+use crate::backoff;
+use crate::clock;
+use crate::importly::{Exchange, JobKind, JobState, Outcome};
+use crate::limits::Scope;
+use crate::store::{AttemptRecord, Claimed, Fate};
+
+impl Scheduler {
+    pub(super) async fn handle(&mut self, done: Done) {
+        match done {
+            Done::Submit {
+                row,
+                kind,
+                ex,
+                probe,
+            } => {
+                self.lanes[lane_index(kind)].submitting.remove(&row.id);
+                self.lanes[lane_index(kind)]
+                    .budget
+                    .observe(&ex.headers, ex.finished_at);
+                self.buckets_dirty = true;
+                self.lift_pauses(kind, &ex.outcome, probe).await;
+                self.on_submit(row, kind, ex).await;
+            }
+            Done::Poll { id, ex, probe } => {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.polling = false;
+                }
+                self.status.observe(&ex.headers, ex.finished_at);
+                self.buckets_dirty = true;
+                if probe.is_some() || !self.pauses.is_empty() {
+                    self.lift_pauses_after_poll(&ex.outcome).await;
+                }
+                self.on_poll(id, ex).await;
+            }
+        }
+    }
+
+    /// An answer that proves the key good lifts a 401 pause; one that proves the credits
+    /// good (an accepted job, or a concurrency refusal: credits are checked first) lifts a
+    /// 402 pause of that kind.
+    async fn lift_pauses(&mut self, kind: JobKind, outcome: &Outcome, probe: Option<Scope>) {
+        if self.pauses.is_empty() && probe.is_none() {
+            return;
+        }
+        let key_ok = !matches!(
+            outcome,
+            Outcome::Unauthorized { .. } | Outcome::Transient { .. }
+        );
+        let credits_ok = matches!(
+            outcome,
+            Outcome::Accepted { .. } | Outcome::ConcurrencyLimited { .. }
+        );
+        if key_ok {
+            self.lift(Scope::All).await;
+        }
+        if credits_ok {
+            self.lift(scope_of(kind)).await;
+        }
+    }
+
+    async fn lift_pauses_after_poll(&mut self, outcome: &Outcome) {
+        if !matches!(
+            outcome,
+            Outcome::Unauthorized { .. } | Outcome::Transient { .. }
+        ) {
+            self.lift(Scope::All).await;
+        }
+    }
+
+    async fn lift(&mut self, scope: Scope) {
+        if self.pauses.lift(scope) {
+            tracing::info!(
+                scope = scope.as_str(),
+                "pause lifted: Importly accepts us again"
+            );
+            self.persist("lift pause", |s| async move {
+                s.clear_pause(scope.as_str()).await
+            })
+            .await;
+            for lane in &mut self.lanes {
+                lane.maybe_due = true;
+            }
+        }
+    }
+
+    async fn pause(&mut self, scope: Scope, reason: String, status: u16) {
+        let now = SystemTime::now();
+        let interval = self.cfg.pause.probe_interval;
+        let first = self.pauses.get(scope).is_none();
+        let p = self.pauses.pause(scope, reason, status, now, interval);
+        if first {
+            tracing::error!(
+                scope = scope.as_str(),
+                reason = %p.reason,
+                next_probe = %clock::iso(p.next_probe),
+                "paused; fix it and send SIGHUP or run `importlyd resume`"
+            );
+        }
+        let stored = p.to_stored();
+        self.persist("store pause", |s| {
+            let stored = stored.clone();
+            async move { s.set_pause(&stored).await }
+        })
+        .await;
+    }
+
+    async fn on_submit(&mut self, row: Claimed, kind: JobKind, ex: Exchange) {
+        let keep = self.cfg.log.keep_attempts;
+        let attempt = row.attempts + 1;
+        let id = row.id;
+        let now = ex.finished_at;
+        match &ex.outcome {
+            Outcome::Accepted { job_id } => {
+                let record = attempt_record(&ex, attempt, Some(job_id));
+                let job_id = job_id.clone();
+                let stored = self
+                    .persist("mark row running", |s| {
+                        let (record, job_id) = (record.clone(), job_id.clone());
+                        async move { s.mark_running(id, &job_id, &record, keep).await }
+                    })
+                    .await;
+                if stored.is_none() {
+                    return;
+                }
+                tracing::info!(id, job_id = %job_id, url = %row.url, "submitted");
+                self.jobs.insert(
+                    id,
+                    Job {
+                        kind,
+                        job_id,
+                        attempts: row.attempts,
+                        next_poll: now + self.cfg.poll.status_interval,
+                        polling: false,
+                    },
+                );
+            }
+            Outcome::RateLimited { until, .. } => {
+                let until = *until;
+                self.lanes[lane_index(kind)].budget.block_until(until);
+                tracing::warn!(id, until = %clock::iso(until), bucket = kind.as_str(), "rate limited: snoozing the row and the bucket");
+                let why = format!("rate limited until {}", clock::iso(until));
+                self.snooze(id, until, why, attempt_record(&ex, attempt, None))
+                    .await;
+            }
+            Outcome::ConcurrencyLimited { limit, current } => {
+                let held = self.held(kind);
+                self.lanes[lane_index(kind)].slots.refused(held, now);
+                tracing::warn!(
+                    id,
+                    ours = held,
+                    ?limit,
+                    ?current,
+                    "concurrency limit: the account's other slots are busy"
+                );
+                let why = "concurrency limit reached; waiting for a free slot".to_owned();
+                self.snooze(id, now, why, attempt_record(&ex, attempt, None))
+                    .await;
+            }
+            Outcome::BadRequest { message } => {
+                let reason = format!(
+                    "rejected by Importly (HTTP {}): {message}",
+                    status_text(&ex)
+                );
+                self.fail_row(id, reason, None, attempt_record(&ex, attempt, None))
+                    .await;
+            }
+            Outcome::NotFound { message } => {
+                let reason = format!("media URL not publicly reachable (HTTP 404): {message}");
+                self.fail_row(id, reason, None, attempt_record(&ex, attempt, None))
+                    .await;
+            }
+            Outcome::Unauthorized { message } => {
+                let reason = format!("API key rejected (HTTP 401): {message}");
+                self.pause(Scope::All, reason.clone(), 401).await;
+                self.snooze(id, now, reason, attempt_record(&ex, attempt, None))
+                    .await;
+            }
+            Outcome::InsufficientCredits { message } => {
+                let reason = format!("out of credits (HTTP 402): {message}");
+                self.pause(scope_of(kind), reason.clone(), 402).await;
+                self.snooze(id, now, reason, attempt_record(&ex, attempt, None))
+                    .await;
+            }
+            Outcome::Transient {
+                reason,
+                retry_after,
+                ambiguous,
+            } => {
+                let policy = backoff::Policy {
+                    base: self.cfg.retry.base_delay,
+                    max: self.cfg.retry.max_delay,
+                };
+                let jitter: f64 = rand::random();
+                let delay = backoff::delay(policy, attempt as u32, *retry_after, jitter);
+                let due = now + delay;
+                let why = if *ambiguous {
+                    format!("{reason} (the submit may have reached Importly)")
+                } else {
+                    reason.clone()
+                };
+                let record = attempt_record(&ex, attempt, None);
+                let max = self.cfg.retry.max_attempts;
+                let fate = self
+                    .persist("reschedule row", |s| {
+                        let (why, record, due) = (why.clone(), record.clone(), clock::iso(due));
+                        async move {
+                            s.reschedule(id, &due, true, max, &why, Some(&record), keep)
+                                .await
+                        }
+                    })
+                    .await;
+                match fate {
+                    Some(Fate::Failed) => {
+                        tracing::error!(id, attempts = attempt, reason = %why, "failed: out of attempts")
+                    }
+                    Some(Fate::Pending) => {
+                        tracing::warn!(id, attempt, retry_in = ?delay, reason = %why, "submit failed; will retry")
+                    }
+                    None => {}
+                }
+            }
+            Outcome::Job { .. } => {
+                // The client classifies submit answers as Accepted or an error; this arm
+                // only guards against a future change there.
+                let reason = "unexpected answer to a submit".to_owned();
+                self.snooze(id, now, reason, attempt_record(&ex, attempt, None))
+                    .await;
+            }
+        }
+    }
+
+    async fn on_poll(&mut self, id: i64, ex: Exchange) {
+        let Some(job) = self.jobs.get(&id).cloned() else {
+            return;
+        };
+        let attempt = job.attempts + 1;
+        let now = ex.finished_at;
+        let interval = self.cfg.poll.status_interval;
+        match &ex.outcome {
+            Outcome::Job {
+                state: JobState::Completed,
+                data,
+            } => {
+                let media_url = data
+                    .get("mediaUrl")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let credits = data.get("creditsUsed").and_then(Value::as_i64);
+                let result = data.to_string();
+                let stored = self
+                    .persist("record completion", |s| {
+                        let (media_url, result) = (media_url.clone(), result.clone());
+                        async move { s.complete(id, media_url.as_deref(), credits, &result).await }
+                    })
+                    .await;
+                if stored.is_some() {
+                    tracing::info!(id, job_id = %job.job_id, media_url = media_url.as_deref().unwrap_or(""), credits, "completed");
+                    self.finish_job(id);
+                }
+            }
+            Outcome::Job {
+                state: JobState::Failed,
+                data,
+            } => {
+                let message = data
+                    .get("error")
+                    .or_else(|| data.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given");
+                let reason = format!("import job failed at Importly: {message}");
+                let record = attempt_record(&ex, attempt, Some(&job.job_id));
+                self.fail_row(id, reason, Some(data.to_string()), record)
+                    .await;
+                self.finish_job(id);
+            }
+            Outcome::Job { .. } => {
+                self.reschedule_poll(id, now + interval);
+            }
+            Outcome::NotFound { message } => {
+                let reason = format!("job not found or expired (HTTP 404): {message}");
+                let record = attempt_record(&ex, attempt, Some(&job.job_id));
+                self.fail_row(id, reason, None, record).await;
+                self.finish_job(id);
+            }
+            Outcome::RateLimited { until, .. } => {
+                self.status.block_until(*until);
+                tracing::warn!(id, until = %clock::iso(*until), "status polls rate limited");
+                self.log_poll_failure(id, &ex, attempt, &job.job_id).await;
+                self.reschedule_poll(id, *until);
+            }
+            Outcome::Unauthorized { message } => {
+                let reason = format!("API key rejected (HTTP 401): {message}");
+                self.pause(Scope::All, reason, 401).await;
+                self.log_poll_failure(id, &ex, attempt, &job.job_id).await;
+                self.reschedule_poll(id, now + interval);
+            }
+            _ => {
+                // A failed poll is Importly's or the network's trouble, not the job's: the
+                // job goes on at Importly, so keep polling, a little slower each time.
+                tracing::warn!(id, job_id = %job.job_id, outcome = ex.outcome.name(), "status poll failed; will poll again");
+                self.log_poll_failure(id, &ex, attempt, &job.job_id).await;
+                self.reschedule_poll(id, now + interval * 2);
+            }
+        }
+    }
+
+    fn reschedule_poll(&mut self, id: i64, at: SystemTime) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.next_poll = at;
+        }
+    }
+
+    /// The job's slot is free again: the lane may have room for a due row.
+    fn finish_job(&mut self, id: i64) {
+        if let Some(job) = self.jobs.remove(&id) {
+            self.lanes[lane_index(job.kind)].maybe_due = true;
+        }
+    }
+
+    async fn log_poll_failure(&mut self, id: i64, ex: &Exchange, attempt: i64, job_id: &str) {
+        let keep = self.cfg.log.keep_attempts;
+        let record = attempt_record(ex, attempt, Some(job_id));
+        self.persist("log a failed poll", |s| {
+            let record = record.clone();
+            async move { s.record_attempt(id, &record, keep).await }
+        })
+        .await;
+    }
+
+    /// Back to pending without counting an attempt (429, 401, 402).
+    async fn snooze(&mut self, id: i64, due: SystemTime, why: String, record: AttemptRecord) {
+        let keep = self.cfg.log.keep_attempts;
+        let max = self.cfg.retry.max_attempts;
+        self.persist("snooze row", |s| {
+            let (why, record, due) = (why.clone(), record.clone(), clock::iso(due));
+            async move {
+                s.reschedule(id, &due, false, max, &why, Some(&record), keep)
+                    .await
+            }
+        })
+        .await;
+        if due <= SystemTime::now() + Duration::from_millis(10) {
+            for lane in &mut self.lanes {
+                lane.maybe_due = true;
+            }
+        }
+    }
+
+    async fn fail_row(
+        &mut self,
+        id: i64,
+        reason: String,
+        result: Option<String>,
+        record: AttemptRecord,
+    ) {
+        let keep = self.cfg.log.keep_attempts;
+        tracing::error!(id, reason = %reason, "failed");
+        self.persist("fail row", |s| {
+            let (reason, result, record) = (reason.clone(), result.clone(), record.clone());
+            async move {
+                s.fail(id, &reason, result.as_deref(), Some(&record), keep)
+                    .await
+            }
+        })
+        .await;
+    }
+}
+
+fn status_text(ex: &Exchange) -> String {
+    ex.http_status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "?".into())
+}

@@ -1,0 +1,115 @@
+//! The failure log: one `import_attempts` row per HTTP exchange that went wrong, plus the
+//! submit that got a job id. It is what `importlyd ticket` prints.
+
+use serde::Serialize;
+use sqlx::SqliteConnection;
+
+use super::{Result, Store};
+
+/// One exchange, ready to store. Plain data: the scheduler fills it from the client's
+/// exchange, so the store need not know HTTP.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptRecord {
+    pub attempt: i64,
+    pub method: String,
+    pub endpoint: String,
+    pub request_body: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+    pub outcome: String,
+    /// JSON of the rate-limit headers; `None` when there were none.
+    pub rate_limit: Option<String>,
+    pub response_body: Option<String>,
+    pub body_truncated: bool,
+    pub job_id: Option<String>,
+}
+
+/// A stored attempt, as tickets and `show` read it.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct StoredAttempt {
+    pub id: i64,
+    pub import_id: i64,
+    pub attempt: i64,
+    pub method: String,
+    pub endpoint: String,
+    pub request_body: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+    pub outcome: String,
+    pub rate_limit: Option<String>,
+    pub response_body: Option<String>,
+    pub body_truncated: bool,
+    pub job_id: Option<String>,
+    pub daemon_version: String,
+}
+
+/// Inserts one record and trims the row's log to `keep` failure records. Accepted submits
+/// are kept whatever the count: they are the proof of which job a row started.
+pub(super) async fn insert(
+    conn: &mut SqliteConnection,
+    import_id: i64,
+    r: &AttemptRecord,
+    keep: u32,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO import_attempts (import_id, attempt, method, endpoint, request_body, \
+         started_at, finished_at, http_status, error, outcome, rate_limit, response_body, \
+         body_truncated, job_id, daemon_version) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(import_id)
+    .bind(r.attempt)
+    .bind(&r.method)
+    .bind(&r.endpoint)
+    .bind(&r.request_body)
+    .bind(&r.started_at)
+    .bind(&r.finished_at)
+    .bind(r.http_status)
+    .bind(&r.error)
+    .bind(&r.outcome)
+    .bind(&r.rate_limit)
+    .bind(&r.response_body)
+    .bind(r.body_truncated)
+    .bind(&r.job_id)
+    .bind(env!("CARGO_PKG_VERSION"))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM import_attempts WHERE import_id = ?1 AND outcome <> 'accepted' \
+         AND id < (SELECT min(id) FROM (SELECT id FROM import_attempts \
+                   WHERE import_id = ?1 AND outcome <> 'accepted' \
+                   ORDER BY id DESC LIMIT ?2))",
+    )
+    .bind(import_id)
+    .bind(i64::from(keep))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Logs an exchange that changed nothing about the row (e.g. a failed status poll).
+    pub async fn record_attempt(&self, import_id: i64, r: &AttemptRecord, keep: u32) -> Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        insert(&mut tx, import_id, r, keep).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The row's log, oldest first.
+    pub async fn attempts(&self, import_id: i64) -> Result<Vec<StoredAttempt>> {
+        Ok(sqlx::query_as::<_, StoredAttempt>(
+            "SELECT id, import_id, attempt, method, endpoint, request_body, started_at, \
+             finished_at, http_status, error, outcome, rate_limit, response_body, \
+             body_truncated, job_id, daemon_version \
+             FROM import_attempts WHERE import_id = ? ORDER BY id",
+        )
+        .bind(import_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+}

@@ -1,0 +1,112 @@
+//! Persistence for the limiter: pauses (401/402) and request budgets. Stored so that a
+//! restart neither forgets a pause nor grants a second burst.
+
+use serde::Serialize;
+
+use super::{Result, Store};
+use crate::clock;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct StoredPause {
+    /// `all` (401: nothing may be sent) or `import` / `metadata` (402: no new jobs).
+    pub scope: String,
+    pub reason: String,
+    pub http_status: Option<i64>,
+    pub since: String,
+    pub next_probe: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct StoredBucket {
+    pub name: String,
+    pub lim: i64,
+    pub remaining: i64,
+    /// Unix milliseconds.
+    pub reset_at: i64,
+    pub window_ms: i64,
+    pub blocked_until: Option<i64>,
+    pub updated_at: String,
+}
+
+impl Store {
+    pub async fn pauses(&self) -> Result<Vec<StoredPause>> {
+        Ok(sqlx::query_as::<_, StoredPause>(
+            "SELECT scope, reason, http_status, since, next_probe FROM pauses ORDER BY scope",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Sets or refreshes a pause; `since` is kept when the scope was already paused.
+    pub async fn set_pause(&self, p: &StoredPause) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pauses (scope, reason, http_status, since, next_probe) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason, \
+               http_status = excluded.http_status, next_probe = excluded.next_probe",
+        )
+        .bind(&p.scope)
+        .bind(&p.reason)
+        .bind(p.http_status)
+        .bind(&p.since)
+        .bind(&p.next_probe)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear_pause(&self, scope: &str) -> Result<()> {
+        sqlx::query("DELETE FROM pauses WHERE scope = ?")
+            .bind(scope)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// `importlyd resume`: lifts every pause; the daemon sees it on its next queue tick.
+    pub async fn clear_pauses(&self) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM pauses")
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn buckets(&self) -> Result<Vec<StoredBucket>> {
+        Ok(sqlx::query_as::<_, StoredBucket>(
+            "SELECT name, lim, remaining, reset_at, window_ms, blocked_until, updated_at \
+             FROM buckets ORDER BY name",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Saves all buckets in one transaction.
+    pub async fn save_buckets(&self, buckets: &[StoredBucket]) -> Result<()> {
+        if buckets.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_immediate().await?;
+        let now = clock::now_iso();
+        for b in buckets {
+            sqlx::query(
+                "INSERT INTO buckets (name, lim, remaining, reset_at, window_ms, blocked_until, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET lim = excluded.lim, \
+                   remaining = excluded.remaining, reset_at = excluded.reset_at, \
+                   window_ms = excluded.window_ms, blocked_until = excluded.blocked_until, \
+                   updated_at = excluded.updated_at",
+            )
+            .bind(&b.name)
+            .bind(b.lim)
+            .bind(b.remaining)
+            .bind(b.reset_at)
+            .bind(b.window_ms)
+            .bind(b.blocked_until)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The store owns every SQL statement of the daemon and its commands.
+//!
+//! One writer connection (a pool of one) serialises our writes, so we never fight ourselves
+//! for the lock; a small reader pool serves reads. WAL lets other processes read and
+//! insert while we run, and every write here is one short statement or one
+//! `BEGIN IMMEDIATE` transaction, never held across an HTTP call, so their busy timeout
+//! always covers our longest lock.
+
+mod attempts;
+mod limits;
+mod ops;
+mod queue;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+pub use attempts::{AttemptRecord, StoredAttempt};
+pub use limits::{StoredBucket, StoredPause};
+pub use ops::{EnqueueRow, ListFilter, StatusCounts};
+pub use queue::{Claimed, Fate};
+
+/// How long any of our statements waits for another process's lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// True for a failed CHECK/UNIQUE/NOT NULL constraint: the input was bad, not the disk.
+    pub fn is_constraint(&self) -> bool {
+        match self {
+            StoreError::Sql(sqlx::Error::Database(e)) => {
+                matches!(
+                    e.kind(),
+                    sqlx::error::ErrorKind::CheckViolation
+                        | sqlx::error::ErrorKind::UniqueViolation
+                        | sqlx::error::ErrorKind::NotNullViolation
+                        | sqlx::error::ErrorKind::ForeignKeyViolation
+                        | sqlx::error::ErrorKind::Other
+                ) && e.message().contains("constraint")
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Every column of `imports`.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Row {
+    pub id: i64,
+    pub url: String,
+    pub kind: String,
+    pub options: String,
+    pub external_id: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: String,
+    pub importly_job_id: Option<String>,
+    pub media_url: Option<String>,
+    pub credits_used: Option<i64>,
+    pub result: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub completed_at: Option<String>,
+}
+
+pub(crate) const ROW_COLUMNS: &str = "id, url, kind, options, external_id, state, attempts, \
+     next_attempt_at, importly_job_id, media_url, credits_used, result, last_error, \
+     created_at, updated_at, completed_at";
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store> {
+        let store = Store::open_unmigrated(path).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens without touching the schema (the operator commands that only read).
+    pub async fn open_unmigrated(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            return Err(StoreError::Invalid(format!(
+                "config key `database.path`: directory {} does not exist",
+                dir.display()
+            )));
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across process crashes in WAL mode; FULL would add an
+            // fsync per commit for power loss only.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Store { writer, reader })
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
