@@ -2,6 +2,8 @@
 //! (`JOURNAL_STREAM` set) the journal adds time stamps itself, so we leave ours and the
 //! colours out. `RUST_LOG` overrides `log.level`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -14,11 +16,12 @@ pub fn init(cfg: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !journal)
         .with_target(false);
     // try_init: a second init (tests, demo after run) is not an error worth dying for.
     let _ = match (cfg.format, journal) {
         (LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
-        (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
+        (LogFormat::Text, true) => builder.without_time().try_init(),
         (LogFormat::Text, false) => builder.try_init(),
     };
 }

@@ -6,6 +6,7 @@ mod enqueue;
 mod logging;
 mod report;
 mod run;
+mod systemd;
 mod ticket;
 
 use std::path::PathBuf;

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use sd_notify::NotifyState;
+
+use super::systemd::{notifier, notify};
+use crate::health::Health;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,18 +27,28 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     let shutdown = CancellationToken::new();
     let (tx, rx) = mpsc::channel(4);
     let signals = tokio::spawn(watch_signals(shutdown.clone(), tx, cfg_path));
+    let health = Health::new();
+    let admin = start_admin(&cfg, &store, &health, &shutdown).await?;
     tracing::info!(
         database = %cfg.database.path.display(),
         base_url = %cfg.api.base_url,
         version = env!("CARGO_PKG_VERSION"),
         "importlyd started"
     );
+    // READY only now: migrations ran, the database opened and the key was found.
     notify(&[NotifyState::Ready]);
+    let status = tokio::spawn(notifier(store.clone(), health.clone(), shutdown.clone()));
     let result = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
+        .with_health(health)
         .run(rx)
         .await;
     notify(&[NotifyState::Stopping]);
+    shutdown.cancel();
     signals.abort();
+    let _ = status.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     store.close().await;
     result.map_err(|e| Failure {
         code: 1,
@@ -45,11 +58,38 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     Ok(())
 }
 
-/// Best effort: without systemd there is no socket and nothing to tell.
-fn notify(state: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(state) {
-        tracing::debug!(error = %e, "sd_notify failed");
+/// Starts the admin listener when `admin.listen` is set.
+async fn start_admin(
+    cfg: &Config,
+    store: &Store,
+    health: &crate::health::SharedHealth,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Failure> {
+    if cfg.admin.listen.is_empty() {
+        return Ok(None);
     }
+    let addr: std::net::SocketAddr = cfg
+        .admin
+        .listen
+        .parse()
+        .map_err(|e| Failure::usage(format!("config key `admin.listen`: {e}")))?;
+    let prometheus = crate::admin::install_recorder();
+    let handle = crate::admin::serve(
+        addr,
+        store.clone(),
+        cfg.clone(),
+        health.clone(),
+        prometheus,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| {
+        Failure::usage(format!(
+            "config key `admin.listen`: cannot listen on {addr}: {e}"
+        ))
+    })?;
+    tracing::info!(%addr, "admin listener: /healthz and /metrics");
+    Ok(Some(handle))
 }
 
 async fn watch_signals(

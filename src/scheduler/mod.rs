@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::config::Config;
+use crate::health::{Health, SharedHealth};
 use crate::importly::{Client, Exchange, JobKind};
 use crate::limits::{Budget, Gate, Pauses, Scope, Slots};
 use crate::store::{Claimed, Store};
@@ -89,6 +90,7 @@ pub struct Scheduler {
     shutdown: CancellationToken,
     buckets_dirty: bool,
     buckets_saved_at: SystemTime,
+    health: SharedHealth,
 }
 
 fn lane_index(kind: JobKind) -> usize {
@@ -133,7 +135,14 @@ impl Scheduler {
             shutdown,
             buckets_dirty: false,
             buckets_saved_at: now,
+            health: Health::new(),
         }
+    }
+
+    /// Shares the loop's heartbeat and database state with the watchdog and `/healthz`.
+    pub fn with_health(mut self, health: SharedHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Runs until the shutdown token is cancelled, then drains in-flight calls (bounded by
@@ -143,6 +152,7 @@ impl Scheduler {
         let queue_interval = self.cfg.poll.queue_interval;
         let mut next_tick = SystemTime::now();
         loop {
+            self.health.beat();
             let now = SystemTime::now();
             if now >= next_tick {
                 self.tick().await;
@@ -501,8 +511,14 @@ impl Scheduler {
         let mut warned_at: Option<tokio::time::Instant> = None;
         loop {
             match f(self.store.clone()).await {
-                Ok(v) => return Some(v),
+                Ok(v) => {
+                    self.health.set_db_failing(false);
+                    return Some(v);
+                }
                 Err(e) => {
+                    // Still alive, only waiting for the disk: keep the watchdog fed.
+                    self.health.beat();
+                    self.health.set_db_failing(true);
                     let due = warned_at.is_none_or(|w| w.elapsed() >= Duration::from_secs(30));
                     if due {
                         tracing::error!(error = %e, "{what}: database write failed; retrying");

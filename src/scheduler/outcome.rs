@@ -14,6 +14,7 @@ use crate::store::{AttemptRecord, Claimed, Fate};
 
 impl Scheduler {
     pub(super) async fn handle(&mut self, done: Done) {
+        count(&done);
         match done {
             Done::Submit {
                 row,
@@ -378,4 +379,37 @@ fn status_text(ex: &Exchange) -> String {
     ex.http_status
         .map(|s| s.to_string())
         .unwrap_or_else(|| "?".into())
+}
+
+/// Prometheus counters and the poll latency histogram (no-ops without a recorder).
+fn count(done: &Done) {
+    let (call, ex, kind) = match done {
+        Done::Submit { ex, kind, .. } => ("submit", ex, kind.as_str()),
+        Done::Poll { ex, .. } => ("poll", ex, "status"),
+    };
+    let outcome = ex.outcome.name();
+    metrics::counter!("importlyd_requests_total", "call" => call, "outcome" => outcome)
+        .increment(1);
+    match &ex.outcome {
+        Outcome::RateLimited { .. } => {
+            metrics::counter!("importlyd_429_total", "kind" => "rate", "bucket" => kind)
+                .increment(1)
+        }
+        Outcome::ConcurrencyLimited { .. } => {
+            metrics::counter!("importlyd_429_total", "kind" => "concurrency", "bucket" => kind)
+                .increment(1)
+        }
+        Outcome::Transient { .. } if call == "submit" => {
+            metrics::counter!("importlyd_retries_total").increment(1)
+        }
+        _ => {}
+    }
+    if call == "poll" {
+        let secs = ex
+            .finished_at
+            .duration_since(ex.started_at)
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics::histogram!("importlyd_poll_latency_seconds").record(secs);
+    }
 }
