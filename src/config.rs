@@ -164,12 +164,19 @@ impl Default for PauseConfig {
 pub struct MetadataConfig {
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Fetch (or reuse) metadata before every import; a row's `options.preflight` wins.
+    pub preflight: bool,
+    /// Fail imports whose chosen format costs more; 0 = no limit. A row's
+    /// `options.max_credits` wins.
+    pub max_credits: i64,
 }
 
 impl Default for MetadataConfig {
     fn default() -> Self {
         Self {
             cache_ttl: Duration::from_secs(24 * 3600),
+            preflight: false,
+            max_credits: 0,
         }
     }
 }
@@ -292,6 +299,9 @@ impl Config {
                 "log.level",
                 "is not a valid level or filter (e.g. info, debug)",
             );
+        }
+        if self.metadata.max_credits < 0 {
+            return key("metadata.max_credits", "must be 0 (no limit) or more");
         }
         if self.log.keep_attempts == 0 {
             return key("log.keep_attempts", "must be at least 1");

@@ -6,6 +6,7 @@
 //! [`JoinSet`] and come back as [`Done`] messages. It holds no SQL and no HTTP details.
 
 mod outcome;
+mod preflight;
 mod record;
 
 use std::collections::{HashMap, HashSet};
@@ -288,6 +289,9 @@ impl Scheduler {
 
     async fn submit(&mut self, li: usize, row: Claimed, probe: Option<Scope>, now: SystemTime) {
         let kind = self.lanes[li].kind;
+        if let preflight::Verdict::Done = self.preflight(kind, &row).await {
+            return;
+        }
         let body = match crate::importly::submit_body(&row.url, &row.options) {
             Ok(b) => b,
             Err(reason) => {

@@ -250,20 +250,11 @@ impl Scheduler {
                 state: JobState::Completed,
                 data,
             } => {
-                let media_url = data
-                    .get("mediaUrl")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let credits = data.get("creditsUsed").and_then(Value::as_i64);
-                let result = data.to_string();
-                let stored = self
-                    .persist("record completion", |s| {
-                        let (media_url, result) = (media_url.clone(), result.clone());
-                        async move { s.complete(id, media_url.as_deref(), credits, &result).await }
-                    })
-                    .await;
-                if stored.is_some() {
-                    tracing::info!(id, job_id = %job.job_id, media_url = media_url.as_deref().unwrap_or(""), credits, "completed");
+                let stored = match job.kind {
+                    JobKind::Import => self.record_import(id, data).await,
+                    JobKind::Metadata => self.record_metadata(id, &job.job_id, data).await,
+                };
+                if stored {
                     self.finish_job(id);
                 }
             }
@@ -276,7 +267,7 @@ impl Scheduler {
                     .or_else(|| data.get("message"))
                     .and_then(Value::as_str)
                     .unwrap_or("no reason given");
-                let reason = format!("import job failed at Importly: {message}");
+                let reason = format!("{} job failed at Importly: {message}", job.kind.as_str());
                 let record = attempt_record(&ex, attempt, Some(&job.job_id));
                 self.fail_row(id, reason, Some(data.to_string()), record)
                     .await;
@@ -311,6 +302,63 @@ impl Scheduler {
                 self.reschedule_poll(id, now + interval * 2);
             }
         }
+    }
+
+    /// A completed import: media URL, credits and the whole `data`.
+    async fn record_import(&mut self, id: i64, data: &Value) -> bool {
+        let media_url = data
+            .get("mediaUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let credits = data.get("creditsUsed").and_then(Value::as_i64);
+        let result = data.to_string();
+        let stored = self
+            .persist("record completion", |s| {
+                let (media_url, result) = (media_url.clone(), result.clone());
+                async move { s.complete(id, media_url.as_deref(), credits, &result).await }
+            })
+            .await;
+        if stored.is_some() {
+            tracing::info!(
+                id,
+                media_url = media_url.as_deref().unwrap_or(""),
+                credits,
+                "completed"
+            );
+        }
+        stored.is_some()
+    }
+
+    /// A completed metadata job: the row and the cache, together.
+    async fn record_metadata(&mut self, id: i64, job_id: &str, data: &Value) -> bool {
+        let info = crate::guard::meta_info(data);
+        let (formats, result) = (info.formats.to_string(), data.to_string());
+        let stored = self
+            .persist("record metadata", |s| {
+                let (info, formats, result) = (info.clone(), formats.clone(), result.clone());
+                async move {
+                    s.complete_metadata(
+                        id,
+                        job_id,
+                        info.title.as_deref(),
+                        info.duration,
+                        &formats,
+                        &result,
+                    )
+                    .await
+                }
+            })
+            .await;
+        if stored.is_some() {
+            tracing::info!(
+                id,
+                title = info.title.as_deref().unwrap_or(""),
+                "metadata completed and cached"
+            );
+            // Import rows waiting on this URL's preflight may go now.
+            self.lanes[lane_index(JobKind::Import)].maybe_due = true;
+        }
+        stored.is_some()
     }
 
     fn reschedule_poll(&mut self, id: i64, at: SystemTime) {

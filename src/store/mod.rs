@@ -8,6 +8,7 @@
 
 mod attempts;
 mod limits;
+mod metadata;
 mod ops;
 mod queue;
 
@@ -21,6 +22,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 pub use attempts::{AttemptRecord, StoredAttempt};
 pub use limits::{StoredBucket, StoredPause};
+pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{EnqueueRow, ListFilter, StatusCounts};
 pub use queue::{Claimed, Fate};
 

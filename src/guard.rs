@@ -1,0 +1,137 @@
+//! The credit guard and the metadata it reads: pure functions over Importly's metadata
+//! `data`, so the scheduler only asks "what would this row cost?".
+//!
+//! With `preflight` (a row's `options` or `metadata.preflight` in the config) an import
+//! first has (or fetches) the URL's metadata; with `max_credits` it fails without spending
+//! anything when the chosen format costs more. The chosen format is the one whose `quality`
+//! equals the row's `videoQuality`, or the most expensive when none is asked for.
+
+use serde_json::Value;
+
+/// The parts of a completed metadata job the cache keeps in columns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaInfo {
+    pub title: Option<String>,
+    pub duration: Option<f64>,
+    /// `availableFormats` as given.
+    pub formats: Value,
+}
+
+/// The fields may sit in `data.result` or directly in `data`; accept both.
+pub fn meta_info(data: &Value) -> MetaInfo {
+    let src = data.get("result").filter(|r| r.is_object()).unwrap_or(data);
+    MetaInfo {
+        title: src.get("title").and_then(Value::as_str).map(str::to_owned),
+        duration: src.get("duration").and_then(Value::as_f64),
+        formats: src
+            .get("availableFormats")
+            .filter(|f| f.is_array())
+            .cloned()
+            .unwrap_or_else(|| Value::Array(Vec::new())),
+    }
+}
+
+/// What a row asks of the guard.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Guard {
+    pub preflight: bool,
+    pub max_credits: Option<i64>,
+    pub video_quality: Option<String>,
+}
+
+impl Guard {
+    /// From the row's `options`, falling back to the config defaults. A row's own
+    /// `"preflight": false` turns a global preflight off for it.
+    pub fn from_options(options: &str, default_preflight: bool, default_max: Option<i64>) -> Guard {
+        let v: Value = serde_json::from_str(options).unwrap_or(Value::Null);
+        let max_credits = v.get("max_credits").and_then(Value::as_i64).or(default_max);
+        Guard {
+            preflight: v
+                .get("preflight")
+                .and_then(Value::as_bool)
+                .unwrap_or(default_preflight || max_credits.is_some()),
+            max_credits,
+            video_quality: v
+                .get("videoQuality")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// The cost of the format the row would get: `quality == videoQuality`, else the highest.
+/// `None` when the metadata lists no costs.
+pub fn cost(formats: &Value, video_quality: Option<&str>) -> Option<i64> {
+    let list = formats.as_array()?;
+    let cost_of = |f: &Value| f.get("costInCredits").and_then(Value::as_i64);
+    if let Some(q) = video_quality
+        && let Some(c) = list
+            .iter()
+            .find(|f| f.get("quality").and_then(Value::as_str) == Some(q))
+            .and_then(cost_of)
+    {
+        return Some(c);
+    }
+    list.iter().filter_map(cost_of).max()
+}
+
+/// The guard's verdict on metadata already at hand: `Err(reason)` to fail the row.
+pub fn check(guard: &Guard, formats: &Value) -> Result<Option<i64>, String> {
+    let c = cost(formats, guard.video_quality.as_deref());
+    match (guard.max_credits, c) {
+        (Some(max), Some(c)) if c > max => Err(format!(
+            "credit guard: the {} format would cost {c} credits, more than max_credits = {max}; \
+             nothing was spent",
+            guard.video_quality.as_deref().unwrap_or("most expensive")
+        )),
+        (Some(max), None) => Err(format!(
+            "credit guard: the metadata lists no cost for this media, so max_credits = {max} \
+             cannot be checked; nothing was spent"
+        )),
+        _ => Ok(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn formats() -> Value {
+        json!([
+            {"quality": "360p", "costInCredits": 1},
+            {"quality": "720p", "costInCredits": 2},
+            {"quality": "1080p", "costInCredits": 4},
+            {"quality": null, "isAudioOnly": true, "costInCredits": 1}
+        ])
+    }
+
+    #[test]
+    fn cost_follows_the_quality_asked_for() {
+        assert_eq!(cost(&formats(), Some("720p")), Some(2));
+        assert_eq!(cost(&formats(), None), Some(4));
+        assert_eq!(cost(&formats(), Some("2160p")), Some(4));
+        assert_eq!(cost(&json!([]), None), None);
+    }
+
+    #[test]
+    fn guard_verdicts() {
+        let g = Guard::from_options(r#"{"videoQuality":"1080p","max_credits":3}"#, false, None);
+        assert!(g.preflight);
+        assert!(check(&g, &formats()).is_err());
+        let g = Guard::from_options(r#"{"videoQuality":"720p","max_credits":3}"#, false, None);
+        assert_eq!(check(&g, &formats()), Ok(Some(2)));
+        let g = Guard::from_options("{}", false, None);
+        assert!(!g.preflight);
+        let g = Guard::from_options(r#"{"preflight":false}"#, true, None);
+        assert!(!g.preflight);
+    }
+
+    #[test]
+    fn metadata_in_result_or_in_data() {
+        let nested = json!({"status":"completed","result":{"title":"t","duration":3.5,"availableFormats":[{"quality":"720p","costInCredits":2}]}});
+        let flat = json!({"status":"completed","title":"t","duration":3.5,"availableFormats":[{"quality":"720p","costInCredits":2}]});
+        assert_eq!(meta_info(&nested), meta_info(&flat));
+        assert_eq!(meta_info(&flat).title.as_deref(), Some("t"));
+    }
+}

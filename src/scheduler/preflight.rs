@@ -1,0 +1,142 @@
+//! Before a claimed row is sent: a metadata row whose URL is cached completes from the
+//! cache; an import row with the credit guard on waits for (or reuses) its URL's metadata
+//! and fails without a POST when the chosen format costs more than `max_credits`.
+//!
+//! The guard's metadata travels the ordinary queue: it inserts a `kind = 'metadata'` row
+//! and snoozes the import row until that row has filled the cache, so metadata fetches get
+//! the same limits, retries, pauses and tickets as everything else.
+
+use std::time::SystemTime;
+
+use super::Scheduler;
+use crate::clock;
+use crate::guard::{self, Guard};
+use crate::importly::JobKind;
+use crate::store::{Claimed, MetadataRow};
+
+/// What to do with a claimed row.
+pub(super) enum Verdict {
+    /// Send it.
+    Submit,
+    /// Dealt with here (completed from cache, failed, or snoozed).
+    Done,
+}
+
+impl Scheduler {
+    pub(super) async fn preflight(&mut self, kind: JobKind, row: &Claimed) -> Verdict {
+        let now = SystemTime::now();
+        let fresh_since = clock::iso(now.checked_sub(self.cfg.metadata.cache_ttl).unwrap_or(now));
+        match kind {
+            JobKind::Metadata => {
+                let cached = self.store.cached_metadata(&row.url, &fresh_since).await;
+                let Ok(Some(cached)) = cached else {
+                    return Verdict::Submit;
+                };
+                let id = row.id;
+                let done = self
+                    .persist("complete from metadata cache", |s| {
+                        let cached = cached.clone();
+                        async move { s.complete_from_cache(id, &cached).await }
+                    })
+                    .await;
+                if done.is_some() {
+                    tracing::info!(id, url = %row.url, fetched_at = %cached.fetched_at, "metadata completed from the cache, no API call");
+                    self.lanes[super::lane_index(kind)].maybe_due = true;
+                }
+                Verdict::Done
+            }
+            JobKind::Import => {
+                let default_max =
+                    (self.cfg.metadata.max_credits > 0).then_some(self.cfg.metadata.max_credits);
+                let g = Guard::from_options(&row.options, self.cfg.metadata.preflight, default_max);
+                if !g.preflight {
+                    return Verdict::Submit;
+                }
+                self.guard_import(row, &g, &fresh_since).await
+            }
+        }
+    }
+
+    async fn guard_import(&mut self, row: &Claimed, g: &Guard, fresh_since: &str) -> Verdict {
+        let keep = self.cfg.log.keep_attempts;
+        let id = row.id;
+        match self.store.cached_metadata(&row.url, fresh_since).await {
+            Ok(Some(cached)) => {
+                let formats = serde_json::from_str(&cached.formats).unwrap_or_default();
+                match guard::check(g, &formats) {
+                    Ok(cost) => {
+                        tracing::debug!(id, ?cost, "credit guard passed");
+                        Verdict::Submit
+                    }
+                    Err(reason) => {
+                        tracing::warn!(id, url = %row.url, reason = %reason, "failed by the credit guard");
+                        self.persist("fail row (credit guard)", |s| {
+                            let reason = reason.clone();
+                            async move { s.fail(id, &reason, None, None, keep).await }
+                        })
+                        .await;
+                        Verdict::Done
+                    }
+                }
+            }
+            Ok(None) => {
+                let url = row.url.clone();
+                let since = fresh_since.to_owned();
+                let state = self
+                    .persist("queue preflight metadata", |s| {
+                        let (url, since) = (url.clone(), since.clone());
+                        async move { s.ensure_metadata_row(&url, &since).await }
+                    })
+                    .await;
+                match state {
+                    Some(MetadataRow::Failed(reason)) => {
+                        let reason = format!("preflight metadata failed: {reason}");
+                        self.persist("fail row (preflight)", |s| {
+                            let reason = reason.clone();
+                            async move { s.fail(id, &reason, None, None, keep).await }
+                        })
+                        .await;
+                    }
+                    Some(m) => {
+                        if let MetadataRow::Queued(mid) = m {
+                            tracing::info!(
+                                id,
+                                metadata_row = mid,
+                                "credit guard: fetching metadata first"
+                            );
+                            self.lanes[super::lane_index(JobKind::Metadata)].maybe_due = true;
+                        }
+                        // Wait for the metadata row without counting an attempt.
+                        let due = SystemTime::now() + self.cfg.poll.status_interval;
+                        let max = self.cfg.retry.max_attempts;
+                        self.persist("wait for preflight metadata", |s| async move {
+                            s.reschedule(
+                                id,
+                                &clock::iso(due),
+                                false,
+                                max,
+                                "waiting for preflight metadata",
+                                None,
+                                keep,
+                            )
+                            .await
+                        })
+                        .await;
+                    }
+                    None => {}
+                }
+                Verdict::Done
+            }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "reading the metadata cache failed; retrying the row");
+                self.release_row(id).await;
+                Verdict::Done
+            }
+        }
+    }
+
+    async fn release_row(&mut self, id: i64) {
+        self.persist("release row", |s| async move { s.release(&[id]).await })
+            .await;
+    }
+}
