@@ -26,7 +26,7 @@ use crate::store::Store;
 )]
 pub struct Cli {
     /// TOML config file; every key has a default.
-    #[arg(long, global = true, env = "IMPORTLYD_CONFIG")]
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,

@@ -204,10 +204,21 @@ pub async fn show(store: &Store, id: i64, as_json: bool) -> CmdResult {
             .or_else(|| a.error.clone())
             .unwrap_or_default();
         println!(
-            "  {}  #{} {} {} -> {} ({})",
-            a.started_at, a.attempt, a.method, a.endpoint, status, a.outcome
+            "  {} -> {}  try {} {} {} -> {} ({})",
+            a.started_at, a.finished_at, a.attempt, a.method, a.endpoint, status, a.outcome
         );
+        if let Some(j) = &a.job_id {
+            println!("      job id: {j}");
+        }
+        if let Some(r) = &a.rate_limit {
+            println!("      rate limit: {r}");
+        }
+        if let Some(b) = &a.response_body {
+            let cut = if a.body_truncated { " (truncated)" } else { "" };
+            println!("      response body{cut}: {b}");
+        }
     }
+    println!("\n(`importlyd ticket {id}` formats this for Importly's support)");
     Ok(())
 }
 

@@ -97,11 +97,7 @@ pub fn build(row: &Row, attempts: &[StoredAttempt], cfg: &Config) -> Value {
         .iter()
         .map(|a| {
             let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
-            if let Some(r) = a
-                .rate_limit
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-            {
+            if let Some(r) = rate_limit_json(a.rate_limit.as_deref()) {
                 v["rate_limit"] = r;
             }
             v["error_text"] = json!(error_text(a));
@@ -117,7 +113,7 @@ pub fn build(row: &Row, attempts: &[StoredAttempt], cfg: &Config) -> Value {
         "request_payload": payload,
         "attempts": timeline,
         "config": {
-            "base_url": cfg.api.base_url,
+            "base_url": redact_userinfo(&cfg.api.base_url),
             "request_timeout": humantime::format_duration(cfg.api.request_timeout).to_string(),
             "limits": cfg.limits,
             "retry": cfg.retry,
@@ -125,20 +121,58 @@ pub fn build(row: &Row, attempts: &[StoredAttempt], cfg: &Config) -> Value {
     })
 }
 
-/// What went wrong in one exchange, in a line: the body's `error`, the transport error, or
-/// the start of the body.
+/// Outcomes of exchanges that went right: their body is the answer, not an error.
+const SUCCESS_OUTCOMES: [&str; 4] = ["accepted", "job_queued", "job_processing", "job_completed"];
+
+/// What went wrong in one exchange, in a line: the transport error, the body's `error`
+/// (or a failed job's `data.error` / `data.message`), or the start of a body that says
+/// nothing clearer. `None` for an exchange that went right.
 fn error_text(a: &StoredAttempt) -> Option<String> {
     if let Some(e) = &a.error {
         return Some(e.clone());
     }
     let body = a.response_body.as_deref()?;
-    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
-        v.get("error")
-            .or_else(|| v.pointer("/data/error"))
-            .and_then(Value::as_str)
+    let parsed = serde_json::from_str::<Value>(body).ok();
+    let mut pointers = vec!["/error", "/data/error"];
+    if a.outcome == "job_failed" {
+        pointers.push("/data/message");
+    }
+    let from_json = parsed.as_ref().and_then(|v| {
+        pointers
+            .iter()
+            .find_map(|p| v.pointer(p).and_then(Value::as_str))
             .map(str::to_owned)
     });
-    from_json.or_else(|| Some(body.chars().take(200).collect()))
+    if from_json.is_some() {
+        return from_json;
+    }
+    if SUCCESS_OUTCOMES.contains(&a.outcome.as_str()) {
+        return None;
+    }
+    Some(body.chars().take(200).collect())
+}
+
+/// The rate-limit headers of one answer, with the reset also as a UTC time.
+fn rate_limit_json(raw: Option<&str>) -> Option<Value> {
+    let mut v = serde_json::from_str::<Value>(raw?).ok()?;
+    if let Some(reset) = v.get("reset").and_then(Value::as_u64) {
+        v["reset_at"] = json!(crate::clock::iso(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(reset)
+        ));
+    }
+    Some(v)
+}
+
+/// The base URL as configured, minus any `user:password@` (a secret has no place in a ticket).
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{scheme}://[redacted]@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -219,13 +253,21 @@ fn render_text(t: &Value, md: bool) -> String {
         "Timeline ({} logged exchanges, UTC)",
         attempts.len()
     )));
+    // Inline code in markdown, so JSON bodies are not read as emphasis.
+    let inline = |text: &str| {
+        if md {
+            format!("`{text}`")
+        } else {
+            text.to_owned()
+        }
+    };
     for (i, a) in attempts.iter().enumerate() {
         let status = a["http_status"]
             .as_i64()
             .map(|s| format!("HTTP {s}"))
             .unwrap_or_else(|| "no HTTP answer".into());
         out.push_str(&format!(
-            "{}{}. {} -> {}  {} {}  {} ({})\n",
+            "{}{}. {} -> {}  {} {}  {} ({}, try {})\n",
             if md { "" } else { "  " },
             i + 1,
             s(a, "/started_at"),
@@ -234,6 +276,7 @@ fn render_text(t: &Value, md: bool) -> String {
             s(a, "/endpoint"),
             status,
             s(a, "/outcome"),
+            a["attempt"],
         ));
         let indent = if md { "   " } else { "     " };
         if let Some(e) = a["error_text"].as_str() {
@@ -242,8 +285,14 @@ fn render_text(t: &Value, md: bool) -> String {
         if let Some(j) = a["job_id"].as_str() {
             out.push_str(&format!("{indent}job id: {j}\n"));
         }
-        if a["rate_limit"].is_object() {
-            out.push_str(&format!("{indent}rate limit: {}\n", a["rate_limit"]));
+        // The payload is printed once above; an exchange that sent something else shows it.
+        if let Some(b) = a["request_body"].as_str()
+            && serde_json::from_str::<Value>(b).ok().as_ref() != Some(&t["request_payload"])
+        {
+            out.push_str(&format!("{indent}request body: {}\n", inline(b)));
+        }
+        if let Some(r) = a["rate_limit"].as_object() {
+            out.push_str(&format!("{indent}rate limit: {}\n", rate_limit_line(r)));
         }
         if let Some(b) = a["response_body"].as_str() {
             let cut = if a["body_truncated"].as_bool() == Some(true) {
@@ -251,12 +300,106 @@ fn render_text(t: &Value, md: bool) -> String {
             } else {
                 ""
             };
-            out.push_str(&format!("{indent}response body{cut}: {b}\n"));
+            out.push_str(&format!("{indent}response body{cut}: {}\n", inline(b)));
         }
     }
     out.push_str(&h("Client configuration (no secrets)"));
-    out.push_str(&code(
-        &serde_json::to_string_pretty(&t["config"]).unwrap_or_default(),
-    ));
+    let c = &t["config"];
+    let bucket = |name: &str| {
+        let b = &c["limits"][name];
+        let conc = match b["concurrent"].as_u64() {
+            Some(n) if n > 0 => format!(", {n} concurrent"),
+            _ => String::new(),
+        };
+        format!(
+            "{name} {} per {}{conc}",
+            b["requests"],
+            b["window"].as_str().unwrap_or("-")
+        )
+    };
+    for (k, v) in [
+        ("Base URL", s(c, "/base_url").to_owned()),
+        ("Request timeout", s(c, "/request_timeout").to_owned()),
+        (
+            "Limits",
+            ["import", "status", "metadata"]
+                .iter()
+                .map(|n| bucket(n))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        (
+            "Retry",
+            format!(
+                "at most {} attempts, backoff {} doubling to {}",
+                c["retry"]["max_attempts"],
+                s(c, "/retry/base_delay"),
+                s(c, "/retry/max_delay")
+            ),
+        ),
+    ] {
+        out.push_str(&format!("{bullet}{k}: {v}\n"));
+    }
     out
+}
+
+/// `99997/100000 left in the 1 h window (plan paid), resets 2026-...Z; Retry-After 30 s`
+fn rate_limit_line(r: &serde_json::Map<String, Value>) -> String {
+    let num = |k: &str| r.get(k).and_then(Value::as_u64).map(|n| n.to_string());
+    let text = |k: &str| r.get(k).and_then(Value::as_str);
+    let mut parts = Vec::new();
+    match (num("remaining"), num("limit")) {
+        (Some(rem), Some(lim)) => parts.push(format!("{rem}/{lim} left")),
+        (Some(rem), None) => parts.push(format!("{rem} left")),
+        _ => {}
+    }
+    if let Some(w) = text("window") {
+        parts.push(format!("in the {w} window"));
+    }
+    if let Some(p) = text("plan") {
+        parts.push(format!("(plan {p})"));
+    }
+    let mut line = parts.join(" ");
+    if let Some(at) = text("reset_at") {
+        line.push_str(&format!(", resets {at}"));
+    }
+    if let Some(ra) = num("retry_after") {
+        line.push_str(&format!("; Retry-After {ra} s"));
+    }
+    if line.is_empty() {
+        Value::Object(r.clone()).to_string()
+    } else {
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_redacted_from_the_base_url() {
+        assert_eq!(
+            redact_userinfo("https://user:pw@api.example.com/v1?x=a@b"),
+            "https://[redacted]@api.example.com/v1?x=a@b"
+        );
+        assert_eq!(
+            redact_userinfo("http://127.0.0.1:8787"),
+            "http://127.0.0.1:8787"
+        );
+    }
+
+    #[test]
+    fn rate_limit_reads_as_a_sentence() {
+        let v = rate_limit_json(Some(
+            r#"{"limit":240,"remaining":0,"reset":1764064800,"window":"1 h","plan":"paid","retry_after":30}"#,
+        ))
+        .unwrap();
+        assert_eq!(v["reset_at"], "2025-11-25T10:00:00.000Z");
+        assert_eq!(
+            rate_limit_line(v.as_object().unwrap()),
+            "0/240 left in the 1 h window (plan paid), resets 2025-11-25T10:00:00.000Z; \
+             Retry-After 30 s"
+        );
+    }
 }

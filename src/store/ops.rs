@@ -51,16 +51,20 @@ const STATES: [&str; 6] = [
 ];
 
 impl Store {
-    /// Inserts rows in one transaction; `INSERT OR IGNORE` on `external_id`, so feeding
+    /// Inserts rows in one transaction; a duplicate `external_id` is skipped, so feeding
     /// the same file twice adds nothing. Returns the ids of the rows inserted; a bad row
     /// rolls the whole batch back and names its line.
+    ///
+    /// `ON CONFLICT (external_id) DO NOTHING`, not `INSERT OR IGNORE`: SQLite's OR IGNORE
+    /// also swallows CHECK failures, which would drop a bad URL without a word.
     pub async fn enqueue(&self, rows: &[EnqueueRow]) -> Result<Vec<i64>> {
         let mut tx = self.begin_immediate().await?;
         let mut ids = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             let id: Option<i64> = sqlx::query_scalar(
-                "INSERT OR IGNORE INTO imports (url, kind, options, external_id) \
-                 VALUES (?, coalesce(?, 'import'), coalesce(?, '{}'), ?) RETURNING id",
+                "INSERT INTO imports (url, kind, options, external_id) \
+                 VALUES (?, coalesce(?, 'import'), coalesce(?, '{}'), ?) \
+                 ON CONFLICT (external_id) DO NOTHING RETURNING id",
             )
             .bind(&r.url)
             .bind(&r.kind)
@@ -132,7 +136,9 @@ impl Store {
         })
     }
 
-    /// Failed rows back to `pending` with a fresh attempt count; their history stays.
+    /// Failed rows back to `pending` with a fresh attempt count; their history stays (in
+    /// `import_attempts`, which keeps every earlier job id and final answer, so the old
+    /// job's id and `result` are cleared from the row itself).
     /// With `ids` empty and `all_failed`, every failed row (updated since `since`).
     pub async fn retry(
         &self,
@@ -144,7 +150,8 @@ impl Store {
         let now = clock::now_iso();
         let mut done: Vec<i64> = sqlx::query_scalar(
             "UPDATE imports SET state = 'pending', attempts = 0, next_attempt_at = ?3, \
-               importly_job_id = NULL, completed_at = NULL, updated_at = ?3 \
+               importly_job_id = NULL, result = NULL, completed_at = NULL, \
+               updated_at = ?3 \
              WHERE state = 'failed' \
                AND (id IN (SELECT value FROM json_each(?1)) \
                     OR (?2 AND (?4 IS NULL OR updated_at >= ?4))) \

@@ -1,0 +1,489 @@
+//! importlyd's benchmarks: the figures in BENCHMARKS.md come from here.
+//!
+//!     cargo bench --bench importlyd                 # all of them
+//!     cargo bench --bench importlyd -- claims       # one: utilisation, throughput, claims,
+//!                                                   #      pickup, idle, scale, ingest
+//!
+//! The daemon runs as the real release binary (`target/release/importlyd`), the simulator
+//! in this process on loopback, the database in a temp dir. These report; they assert
+//! nothing (timing belongs here, not in `cargo test`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use importlyd::sim::{BucketConfig, Sim, SimConfig};
+use importlyd::store::Store;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Connection, SqliteConnection};
+
+const KEY: &str = "bench-key";
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> R<()> {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    println!(
+        "importlyd benchmarks ({} cores)",
+        std::thread::available_parallelism()?.get()
+    );
+    if want("utilisation") {
+        utilisation().await?;
+    }
+    if want("throughput") {
+        throughput().await?;
+    }
+    if want("claims") {
+        claims().await?;
+    }
+    if want("pickup") {
+        pickup().await?;
+    }
+    if want("idle") {
+        idle().await?;
+    }
+    if want("scale") {
+        scale().await?;
+    }
+    if want("ingest") {
+        ingest().await?;
+    }
+    Ok(())
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    config: PathBuf,
+}
+
+fn env(base_url: &str, extra: &str) -> R<Env> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("bench.db");
+    let config = dir.path().join("importlyd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = {:?}\n[api]\nbase_url = {:?}\n[log]\nlevel = \"warn\"\n{extra}\n",
+            db.display().to_string(),
+            base_url
+        ),
+    )?;
+    Ok(Env { dir, db, config })
+}
+
+fn daemon(e: &Env) -> R<Child> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_importlyd"))
+        .arg("--config")
+        .arg(&e.config)
+        .arg("run")
+        .env("IMPORTLY_API_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            e.dir.path().join("daemon.log"),
+        )?))
+        .spawn()?)
+}
+
+fn stop(mut child: Child) -> R<()> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    Ok(())
+}
+
+async fn conn(db: &Path) -> R<SqliteConnection> {
+    let opts = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(db)
+        .create_if_missing(true)
+        .busy_timeout(Duration::from_secs(5));
+    Ok(SqliteConnection::connect_with(&opts).await?)
+}
+
+/// Inserts `n` rows in transactions of 1,000 with a recursive CTE.
+async fn insert_rows(c: &mut SqliteConnection, n: u64, prefix: &str) -> R<()> {
+    let mut done = 0;
+    while done < n {
+        let k = (n - done).min(1000);
+        sqlx::query(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?1) \
+             INSERT INTO imports (url) SELECT ?2 || (?3 + i) || '.mp4' FROM s",
+        )
+        .bind(k as i64)
+        .bind(format!("https://media.example.com/{prefix}/"))
+        .bind(done as i64)
+        .execute(&mut *c)
+        .await?;
+        done += k;
+    }
+    Ok(())
+}
+
+async fn count(c: &mut SqliteConnection, state: &str) -> R<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM imports WHERE state = ?")
+            .bind(state)
+            .fetch_one(&mut *c)
+            .await?,
+    )
+}
+
+async fn wait_done(c: &mut SqliteConnection, n: i64, limit: Duration) -> R<Duration> {
+    let start = Instant::now();
+    loop {
+        let done = count(c, "completed").await? + count(c, "failed").await?;
+        if done >= n {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return Err(format!("only {done}/{n} rows finished in {limit:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// CPU seconds (user + system) of a process, from /proc.
+fn cpu_secs(pid: u32) -> R<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// (VmRSS, VmHWM) in MiB.
+fn rss_mib(pid: u32) -> R<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Drain time against a tight import limit, over the ideal the limits allow.
+async fn utilisation() -> R<()> {
+    let (limit, window, rows) = (20u64, Duration::from_secs(10), 60u64);
+    let sim = Sim::start(SimConfig {
+        api_key: KEY.into(),
+        job_duration: Duration::from_millis(200),
+        import: BucketConfig::new(limit, window, 2),
+        ..SimConfig::default()
+    })
+    .await?;
+    let e = env(
+        &sim.base_url(),
+        "[limits.import]\nrequests = 1000\nwindow = \"10s\"\nconcurrent = 2\n\
+         [poll]\nstatus_interval = \"50ms\"\nqueue_interval = \"20ms\"",
+    )?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let mut c = conn(&e.db).await?;
+    insert_rows(&mut c, rows, "util").await?;
+    let child = daemon(&e)?;
+    let took = wait_done(&mut c, rows as i64, Duration::from_secs(120)).await?;
+    stop(child)?;
+    // Ideal: `rows` sends at `limit` per `window`; the first and last jobs add their own
+    // duration. Windows are aligned, so the ideal is measured from the first POST.
+    let stats = sim.stats();
+    let first = stats
+        .post_times
+        .first()
+        .map(|p| p.1)
+        .unwrap_or(SystemTime::now());
+    let last = stats
+        .post_times
+        .last()
+        .map(|p| p.1)
+        .unwrap_or(SystemTime::now());
+    let span = last.duration_since(first)?;
+    let ideal = window.as_secs_f64() * (rows as f64 / limit as f64 - 1.0) + 0.0;
+    println!(
+        "utilisation: {rows} rows, server limit {limit}/{window:?}, concurrency 2: drained in {:.2}s; \
+         first->last POST {:.2}s vs ideal {:.2}s (ratio {:.3}); 429s {}",
+        took.as_secs_f64(),
+        span.as_secs_f64(),
+        ideal,
+        span.as_secs_f64() / ideal,
+        stats.rate_limited + stats.concurrency_limited
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// Rows per second end to end with no limits and instant jobs.
+async fn throughput() -> R<()> {
+    let rows = 5_000u64;
+    let sim = Sim::start(SimConfig {
+        api_key: KEY.into(),
+        job_duration: Duration::from_millis(0),
+        import: BucketConfig::new(100_000_000, Duration::from_secs(3600), 32),
+        status: BucketConfig::new(100_000_000, Duration::from_secs(3600), 0),
+        ..SimConfig::default()
+    })
+    .await?;
+    let e = env(
+        &sim.base_url(),
+        "[limits.import]\nrequests = 100000000\nconcurrent = 32\n\
+         [limits.status]\nrequests = 100000000\n\
+         [poll]\nstatus_interval = \"1ms\"\nqueue_interval = \"20ms\"",
+    )?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let mut c = conn(&e.db).await?;
+    insert_rows(&mut c, rows, "tp").await?;
+    let child = daemon(&e)?;
+    let pid = child.id();
+    let took = wait_done(&mut c, rows as i64, Duration::from_secs(300)).await?;
+    let cpu = cpu_secs(pid)?;
+    stop(child)?;
+    println!(
+        "throughput: {rows} rows, concurrency 32, instant jobs: {:.1}s, {:.0} rows/s; daemon CPU {:.1}s",
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64(),
+        cpu
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// Claims per second from a table of 1,000,000 pending rows, store alone.
+async fn claims() -> R<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("claims.db");
+    let store = Store::open(&db).await?;
+    let mut c = conn(&db).await?;
+    let t = Instant::now();
+    insert_rows(&mut c, 1_000_000, "claims").await?;
+    println!(
+        "claims: inserted 1,000,000 rows in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    drop(c);
+    for batch in [1u32, 64] {
+        let t = Instant::now();
+        let mut claimed = 0usize;
+        while t.elapsed() < Duration::from_secs(5) {
+            let now = importlyd::clock::now_iso();
+            claimed += store.claim_due("import", batch, &now).await?.len();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "claims: batch {batch}: {claimed} rows in {secs:.1}s = {:.0} rows claimed/s",
+            claimed as f64 / secs
+        );
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// Idle daemon: time from an INSERT's commit in another process to the POST at the sim.
+async fn pickup() -> R<()> {
+    let sim = Sim::start(SimConfig {
+        api_key: KEY.into(),
+        job_duration: Duration::from_millis(10),
+        import: BucketConfig::new(100_000, Duration::from_secs(3600), 32),
+        ..SimConfig::default()
+    })
+    .await?;
+    let e = env(
+        &sim.base_url(),
+        "[limits.import]\nrequests = 100000\nconcurrent = 32\n[poll]\nstatus_interval = \"20ms\"",
+    )?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let child = daemon(&e)?;
+    let mut c = conn(&e.db).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut lat = Vec::new();
+    for i in 0..100 {
+        let url = format!("https://media.example.com/pickup/{i}.mp4");
+        sqlx::query("INSERT INTO imports (url) VALUES (?)")
+            .bind(&url)
+            .execute(&mut c)
+            .await?;
+        let committed = SystemTime::now();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = sim
+                .stats()
+                .post_times
+                .iter()
+                .find(|(u, _)| *u == url)
+                .map(|(_, t)| *t);
+            if let Some(t) = seen {
+                lat.push(t.duration_since(committed).unwrap_or_default());
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("row {i} not picked up in 5 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Let the daemon go idle again between samples.
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    stop(child)?;
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!(
+        "pickup: 100 inserts into an idle daemon (queue_interval 250ms default): p50 {:?}, p99 {:?}, max {:?}",
+        p(0.5),
+        p(0.99),
+        lat[lat.len() - 1]
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// CPU of an idle daemon over 60 s.
+async fn idle() -> R<()> {
+    let sim = Sim::start(SimConfig {
+        api_key: KEY.into(),
+        ..SimConfig::default()
+    })
+    .await?;
+    let e = env(&sim.base_url(), "")?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let child = daemon(&e)?;
+    let pid = child.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cpu_secs(pid)?;
+    let secs = 60.0;
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let used = cpu_secs(pid)? - before;
+    let (rss, _) = rss_mib(pid)?;
+    stop(child)?;
+    println!(
+        "idle: {used:.2} CPU-s over {secs:.0}s = {:.2}% of one core (100 Hz tick resolution); RSS {rss:.1} MiB",
+        used / secs * 100.0
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// Start-up and memory with 1,000,000 pending rows; RSS while 100,000 rows complete.
+async fn scale() -> R<()> {
+    let sim = Sim::start(SimConfig {
+        api_key: KEY.into(),
+        job_duration: Duration::from_millis(0),
+        import: BucketConfig::new(100_000_000, Duration::from_secs(3600), 32),
+        status: BucketConfig::new(100_000_000, Duration::from_secs(3600), 0),
+        ..SimConfig::default()
+    })
+    .await?;
+    let e = env(
+        &sim.base_url(),
+        "[limits.import]\nrequests = 100000000\nconcurrent = 32\n\
+         [limits.status]\nrequests = 100000000\n[poll]\nstatus_interval = \"1ms\"",
+    )?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let mut c = conn(&e.db).await?;
+    insert_rows(&mut c, 1_000_000, "scale").await?;
+    let t = Instant::now();
+    let child = daemon(&e)?;
+    let pid = child.id();
+    // Started = the first POST reached the simulator.
+    while sim.stats().import_posts == 0 {
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err("no POST within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let start_up = t.elapsed();
+    let mut samples = Vec::new();
+    loop {
+        let done = count(&mut c, "completed").await?;
+        let (rss, hwm) = rss_mib(pid)?;
+        samples.push((done, rss, hwm));
+        if done >= 100_000 || t.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop(child)?;
+    println!(
+        "scale: 1,000,000 pending rows: first POST after {:.0} ms",
+        start_up.as_secs_f64() * 1000.0
+    );
+    for (done, rss, hwm) in samples.iter().step_by((samples.len() / 8).max(1)) {
+        println!("scale:   {done:>7} completed: RSS {rss:.1} MiB (peak {hwm:.1} MiB)");
+    }
+    if let Some((done, rss, hwm)) = samples.last() {
+        println!("scale:   {done:>7} completed: RSS {rss:.1} MiB (peak {hwm:.1} MiB)");
+    }
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// INSERT rate of a separate writer while the daemon runs at full speed.
+async fn ingest() -> R<()> {
+    let sim = Sim::start(SimConfig {
+        api_key: KEY.into(),
+        job_duration: Duration::from_millis(0),
+        import: BucketConfig::new(100_000_000, Duration::from_secs(3600), 32),
+        status: BucketConfig::new(100_000_000, Duration::from_secs(3600), 0),
+        ..SimConfig::default()
+    })
+    .await?;
+    let e = env(
+        &sim.base_url(),
+        "[limits.import]\nrequests = 100000000\nconcurrent = 32\n\
+         [limits.status]\nrequests = 100000000\n[poll]\nstatus_interval = \"1ms\"",
+    )?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let mut c = conn(&e.db).await?;
+    insert_rows(&mut c, 2_000, "warm").await?;
+    let child = daemon(&e)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writer: its own pool, busy timeout 5 s, transactions of 1,000 rows.
+    let opts = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(&e.db)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    let (mut rows, mut errors) = (0u64, 0u64);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let res = sqlx::query(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000) \
+             INSERT INTO imports (url) SELECT 'https://media.example.com/ingest/' || ?1 || '-' || i || '.mp4' FROM s",
+        )
+        .bind(rows as i64)
+        .execute(&pool)
+        .await;
+        match res {
+            Ok(_) => rows += 1000,
+            Err(err) => {
+                errors += 1;
+                eprintln!("ingest error: {err}");
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let completed = count(&mut c, "completed").await?;
+    stop(child)?;
+    println!(
+        "ingest: {rows} rows in {secs:.1}s = {:.0} rows/s while the daemon completed {completed}; {errors} insert errors",
+        rows as f64 / secs
+    );
+    sim.shutdown().await;
+    Ok(())
+}
