@@ -267,9 +267,20 @@ impl Scheduler {
         if n == 0 {
             return;
         }
+        // A read first: an idle tick must not take the write lock that other processes'
+        // INSERTs wait for.
+        let now_iso = clock::iso(now);
+        match self.store.next_due(kind.as_str()).await {
+            Ok(Some(due)) if due <= now_iso => {}
+            Ok(_) => {
+                lane.maybe_due = false;
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the queue failed; claiming anyway"),
+        }
         let claimed = match self
             .store
-            .claim_due(kind.as_str(), n as u32, &clock::iso(now))
+            .claim_due(kind.as_str(), n as u32, &now_iso)
             .await
         {
             Ok(rows) => rows,
