@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -25,7 +26,8 @@ const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 #[derive(Clone)]
 struct AdminState {
     store: Store,
-    cfg: Config,
+    /// The config in force: SIGHUP replaces it, and the budgets shown follow.
+    cfg: watch::Receiver<Config>,
     health: SharedHealth,
     prometheus: Option<PrometheusHandle>,
 }
@@ -41,11 +43,11 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
 }
 
 /// Binds `addr` and serves until `shutdown`. Binding errors are returned so `run` can
-/// exit 2 naming `admin.listen`.
+/// exit 2 naming `admin.listen`. `cfg` follows reloads.
 pub async fn serve(
     addr: SocketAddr,
     store: Store,
-    cfg: Config,
+    cfg: watch::Receiver<Config>,
     health: SharedHealth,
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
@@ -119,11 +121,12 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     }
     if let Ok(stored) = s.store.buckets().await {
         let now = SystemTime::now();
+        let limits = s.cfg.borrow().limits.clone();
         out.push_str("# HELP importlyd_budget_remaining Requests left in the current window per bucket.\n# TYPE importlyd_budget_remaining gauge\n");
         for (name, limit) in [
-            ("import", &s.cfg.limits.import),
-            ("status", &s.cfg.limits.status),
-            ("metadata", &s.cfg.limits.metadata),
+            ("import", &limits.import),
+            ("status", &limits.status),
+            ("metadata", &limits.metadata),
         ] {
             let mut b = Budget::new(name, limit, now);
             b.restore(&stored, now);

@@ -30,6 +30,7 @@ pub async fn demo(rows: u32) -> CmdResult {
         api_key: DEMO_KEY.into(),
         job_duration: Duration::from_millis(600),
         import: BucketConfig::new(600, Duration::from_secs(60), 2),
+        status: BucketConfig::new(6000, Duration::from_secs(60), 0),
         ..SimConfig::default()
     };
     let sim = Sim::start(sim_cfg).await.map_err(fail)?;
@@ -39,6 +40,9 @@ pub async fn demo(rows: u32) -> CmdResult {
     cfg.api.base_url = sim.base_url();
     cfg.limits.import.requests = 600;
     cfg.limits.import.window = Duration::from_secs(60);
+    // A minute's window, so polls are not paced by what is left of the hour.
+    cfg.limits.status.requests = 6000;
+    cfg.limits.status.window = Duration::from_secs(60);
     cfg.retry.base_delay = Duration::from_millis(200);
     cfg.retry.max_delay = Duration::from_secs(2);
     cfg.poll.status_interval = Duration::from_millis(200);

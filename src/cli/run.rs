@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 
 use sd_notify::NotifyState;
+use secrecy::SecretString;
 
 use super::systemd::{notifier, notify};
 use crate::health::Health;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{CmdResult, Failure, logging};
@@ -26,9 +27,11 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
         .map_err(|e| Failure::usage(format!("config key `api.base_url`: {e}")))?;
     let shutdown = CancellationToken::new();
     let (tx, rx) = mpsc::channel(4);
-    let signals = tokio::spawn(watch_signals(shutdown.clone(), tx, cfg_path));
+    // The config in force, for the admin listener; SIGHUP publishes a new one.
+    let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
     let health = Health::new();
-    let admin = start_admin(&cfg, &store, &health, &shutdown).await?;
+    let admin = start_admin(&cfg, cfg_rx, &store, &health, &shutdown).await?;
+    let signals = tokio::spawn(watch_signals(shutdown.clone(), tx, cfg_path, cfg_tx));
     tracing::info!(
         database = %cfg.database.path.display(),
         base_url = %cfg.api.base_url,
@@ -37,12 +40,18 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     );
     // READY only now: migrations ran, the database opened and the key was found.
     notify(&[NotifyState::Ready]);
-    let status = tokio::spawn(notifier(store.clone(), health.clone(), shutdown.clone()));
+    let status = tokio::spawn(notifier(
+        store.clone(),
+        health.clone(),
+        shutdown.clone(),
+        cfg.poll.queue_interval,
+    ));
     let result = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
         .with_health(health)
         .run(rx)
         .await;
-    notify(&[NotifyState::Stopping]);
+    // The notifier sends STOPPING=1 once the token is cancelled (a signal did that already,
+    // unless the scheduler itself failed).
     shutdown.cancel();
     signals.abort();
     let _ = status.await;
@@ -61,6 +70,7 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
 /// Starts the admin listener when `admin.listen` is set.
 async fn start_admin(
     cfg: &Config,
+    current: watch::Receiver<Config>,
     store: &Store,
     health: &crate::health::SharedHealth,
     shutdown: &CancellationToken,
@@ -77,7 +87,7 @@ async fn start_admin(
     let handle = crate::admin::serve(
         addr,
         store.clone(),
-        cfg.clone(),
+        current,
         health.clone(),
         prometheus,
         shutdown.clone(),
@@ -96,6 +106,7 @@ async fn watch_signals(
     shutdown: CancellationToken,
     control: mpsc::Sender<Control>,
     cfg_path: Option<PathBuf>,
+    current: watch::Sender<Config>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -110,9 +121,21 @@ async fn watch_signals(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                notify(&[NotifyState::Reloading]);
-                if let Some(c) = reload(cfg_path.as_deref()) {
-                    let _ = control.send(c).await;
+                // systemd (Type=notify-reload, and notify with ExecReload) wants the
+                // monotonic time of the reload start with RELOADING=1.
+                match NotifyState::monotonic_usec_now() {
+                    Ok(t) => notify(&[NotifyState::Reloading, t]),
+                    Err(_) => notify(&[NotifyState::Reloading]),
+                }
+                if let Some((config, key)) = reload(cfg_path.as_deref()) {
+                    warn_restart_only(&current.borrow(), &config);
+                    current.send_replace(config.clone());
+                    let _ = control
+                        .send(Control::Reload {
+                            config: Box::new(config),
+                            key,
+                        })
+                        .await;
                 }
                 notify(&[NotifyState::Ready]);
             }
@@ -122,7 +145,9 @@ async fn watch_signals(
     shutdown.cancel();
 }
 
-fn reload(path: Option<&std::path::Path>) -> Option<Control> {
+/// The new config and, if it could be read, the new key; `None` (logged) when the config
+/// is invalid, so the old one stays in force.
+fn reload(path: Option<&std::path::Path>) -> Option<(Config, Option<SecretString>)> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -137,8 +162,34 @@ fn reload(path: Option<&std::path::Path>) -> Option<Control> {
             None
         }
     };
-    Some(Control::Reload {
-        config: Box::new(config),
-        key,
-    })
+    Some((config, key))
+}
+
+/// Keys read once at start-up: a change is logged instead of silently ignored.
+fn warn_restart_only(old: &Config, new: &Config) {
+    let mut changed = Vec::new();
+    if old.database.path != new.database.path {
+        changed.push("database.path");
+    }
+    if old.api.base_url != new.api.base_url {
+        changed.push("api.base_url");
+    }
+    if old.api.request_timeout != new.api.request_timeout {
+        changed.push("api.request_timeout");
+    }
+    if old.poll.queue_interval != new.poll.queue_interval {
+        changed.push("poll.queue_interval");
+    }
+    if old.log.level != new.log.level || old.log.format != new.log.format {
+        changed.push("log");
+    }
+    if old.admin.listen != new.admin.listen {
+        changed.push("admin.listen");
+    }
+    if !changed.is_empty() {
+        tracing::warn!(
+            keys = %changed.join(", "),
+            "SIGHUP: these keys take effect only on restart"
+        );
+    }
 }

@@ -17,34 +17,64 @@ pub fn notify(state: &[NotifyState]) {
     }
 }
 
-/// Runs until `shutdown`.
-pub async fn notifier(store: Store, health: SharedHealth, shutdown: CancellationToken) {
+/// How long the scheduler loop may go without a beat before it counts as stuck: the
+/// watchdog interval, but never less than two queue ticks (an idle loop wakes at least once
+/// per `poll.queue_interval`, so a quieter loop is not a stuck one).
+pub fn stall_limit(watchdog: Duration, queue_interval: Duration) -> Duration {
+    watchdog.max(queue_interval.saturating_mul(2))
+}
+
+/// Runs until `shutdown`, then sends `STOPPING=1` (from here, so nothing this task sends can
+/// follow it). `queue_interval` is the scheduler's idle wake-up period.
+pub async fn notifier(
+    store: Store,
+    health: SharedHealth,
+    shutdown: CancellationToken,
+    queue_interval: Duration,
+) {
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog
         .map(|w| w / 2)
         .unwrap_or(Duration::from_secs(5))
         .clamp(Duration::from_millis(10), Duration::from_secs(5));
-    let mut last_status = String::new();
+    let mut last_status = status_line(&store, &health).await;
+    notify(&[NotifyState::Status(&last_status)]);
+    let mut stalled = false;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
         }
+        // The ping first and on its own: a slow status query must not delay it.
         if let Some(w) = watchdog {
-            if health.since_progress() < w {
+            let since = health.since_progress();
+            if since < stall_limit(w, queue_interval) {
                 notify(&[NotifyState::Watchdog]);
-            } else {
-                tracing::error!(stalled = ?health.since_progress(), "scheduler loop is not making progress; withholding the watchdog ping");
+                if stalled {
+                    tracing::info!(
+                        "scheduler loop is making progress again; watchdog pings resumed"
+                    );
+                    stalled = false;
+                }
+            } else if !stalled {
+                tracing::error!(stalled = ?since, "scheduler loop is not making progress; withholding the watchdog ping so systemd restarts the service if it stays stuck");
+                stalled = true;
             }
         }
-        let status = status_line(&store, &health).await;
+        let Ok(status) = tokio::time::timeout(period, status_line(&store, &health)).await else {
+            continue;
+        };
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);
             last_status = status;
         }
     }
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: finishing calls in flight"),
+    ]);
 }
 
 /// E.g. "2 running, 340 pending, 1200 completed, 3 failed; imports paused: 402 until 14:05:00".

@@ -283,9 +283,12 @@ impl Scheduler {
             .claim_due(kind.as_str(), n as u32, &now_iso)
             .await
         {
-            Ok(rows) => rows,
+            Ok(rows) => {
+                self.health.write_ok();
+                rows
+            }
             Err(e) => {
-                tracing::error!(error = %e, "claiming rows failed; retrying on the next tick");
+                self.health.write_failed("claim rows", &e);
                 lane.maybe_due = false;
                 return;
             }
@@ -446,8 +449,11 @@ impl Scheduler {
         for lane in &self.lanes {
             rows.extend(lane.budget.snapshot());
         }
-        if let Err(e) = self.store.save_buckets(&rows).await {
-            tracing::warn!(error = %e, "could not save rate-limit budgets");
+        match self.store.save_buckets(&rows).await {
+            Ok(()) => self.health.write_ok(),
+            Err(e) => {
+                self.health.write_failed("save rate-limit budgets", &e);
+            }
         }
         self.buckets_dirty = false;
         self.buckets_saved_at = now;
@@ -523,22 +529,16 @@ impl Scheduler {
         Fut: std::future::Future<Output = crate::store::Result<T>>,
     {
         let mut delay = Duration::from_millis(100);
-        let mut warned_at: Option<tokio::time::Instant> = None;
         loop {
             match f(self.store.clone()).await {
                 Ok(v) => {
-                    self.health.set_db_failing(false);
+                    self.health.write_ok();
                     return Some(v);
                 }
                 Err(e) => {
                     // Still alive, only waiting for the disk: keep the watchdog fed.
                     self.health.beat();
-                    self.health.set_db_failing(true);
-                    let due = warned_at.is_none_or(|w| w.elapsed() >= Duration::from_secs(30));
-                    if due {
-                        tracing::error!(error = %e, "{what}: database write failed; retrying");
-                        warned_at = Some(tokio::time::Instant::now());
-                    }
+                    self.health.write_failed(what, &e);
                 }
             }
             tokio::select! {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Sqlite, SqlitePool, Transaction};
 
 pub use attempts::{AttemptRecord, StoredAttempt};
 pub use limits::{StoredBucket, StoredPause};
@@ -119,6 +119,12 @@ impl Store {
             // fsync per commit for power loss only.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
+            // A statement that waited out the busy timeout is reported by the caller (once per
+            // interval); only slower ones are worth sqlx's own warning.
+            .log_slow_statements(
+                log::LevelFilter::Warn,
+                BUSY_TIMEOUT + Duration::from_secs(1),
+            )
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
