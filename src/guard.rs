@@ -42,21 +42,58 @@ pub struct Guard {
 impl Guard {
     /// From the row's `options`, falling back to the config defaults. A row's own
     /// `"preflight": false` turns a global preflight off for it.
-    pub fn from_options(options: &str, default_preflight: bool, default_max: Option<i64>) -> Guard {
+    ///
+    /// A guard key the guard cannot read is an error, never "no guard": a row that asked for
+    /// a spending limit must not spend because of how the limit was written. `max_credits`
+    /// is a whole number of credits, 0 or more; a float counts by its whole part (costs are
+    /// whole credits, so `5.5` allows what `5` allows); `null` means "not given".
+    pub fn from_options(
+        options: &str,
+        default_preflight: bool,
+        default_max: Option<i64>,
+    ) -> Result<Guard, String> {
         let v: Value = serde_json::from_str(options).unwrap_or(Value::Null);
-        let max_credits = v.get("max_credits").and_then(Value::as_i64).or(default_max);
-        Guard {
-            preflight: v
-                .get("preflight")
-                .and_then(Value::as_bool)
-                .unwrap_or(default_preflight || max_credits.is_some()),
+        let max_credits = match v.get("max_credits") {
+            None | Some(Value::Null) => default_max,
+            Some(m) => Some(whole_credits(m).ok_or_else(|| {
+                format!(
+                    "credit guard: options.max_credits must be a whole number of credits, \
+                     0 or more, not {m}; nothing was spent"
+                )
+            })?),
+        };
+        let preflight = match v.get("preflight") {
+            None | Some(Value::Null) => default_preflight || max_credits.is_some(),
+            Some(Value::Bool(b)) => *b,
+            Some(p) => {
+                return Err(format!(
+                    "credit guard: options.preflight must be true or false, not {p}; \
+                     nothing was spent"
+                ));
+            }
+        };
+        Ok(Guard {
+            preflight,
             max_credits,
             video_quality: v
                 .get("videoQuality")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-        }
+        })
     }
+}
+
+/// A JSON number as a non-negative whole number of credits (see [`Guard::from_options`]).
+fn whole_credits(v: &Value) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return (n >= 0).then_some(n);
+    }
+    if v.as_u64().is_some() {
+        return Some(i64::MAX);
+    }
+    let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+    // Saturating: a limit beyond i64 is no limit in practice.
+    Some(f.floor() as i64)
 }
 
 /// The cost of the format the row would get: `quality == videoQuality`, else the highest.
@@ -116,15 +153,48 @@ mod tests {
 
     #[test]
     fn guard_verdicts() {
-        let g = Guard::from_options(r#"{"videoQuality":"1080p","max_credits":3}"#, false, None);
+        let guard = |o: &str, p: bool, m: Option<i64>| Guard::from_options(o, p, m).unwrap();
+        let g = guard(r#"{"videoQuality":"1080p","max_credits":3}"#, false, None);
         assert!(g.preflight);
         assert!(check(&g, &formats()).is_err());
-        let g = Guard::from_options(r#"{"videoQuality":"720p","max_credits":3}"#, false, None);
+        let g = guard(r#"{"videoQuality":"720p","max_credits":3}"#, false, None);
         assert_eq!(check(&g, &formats()), Ok(Some(2)));
-        let g = Guard::from_options("{}", false, None);
+        let g = guard("{}", false, None);
         assert!(!g.preflight);
-        let g = Guard::from_options(r#"{"preflight":false}"#, true, None);
+        let g = guard(r#"{"preflight":false}"#, true, None);
         assert!(!g.preflight);
+        let g = guard(r#"{"preflight":false}"#, false, Some(3));
+        assert!(
+            !g.preflight,
+            "a row's own false wins over a global max_credits"
+        );
+        let g = guard(r#"{"max_credits":null}"#, false, Some(3));
+        assert_eq!((g.preflight, g.max_credits), (true, Some(3)));
+    }
+
+    #[test]
+    fn an_unreadable_guard_fails_closed() {
+        let max = |o: &str| Guard::from_options(o, false, None).map(|g| g.max_credits);
+        assert_eq!(max(r#"{"max_credits":5.0}"#), Ok(Some(5)));
+        assert_eq!(max(r#"{"max_credits":5.9}"#), Ok(Some(5)));
+        assert_eq!(max(r#"{"max_credits":0}"#), Ok(Some(0)));
+        assert_eq!(max(r#"{"max_credits":1e30}"#), Ok(Some(i64::MAX)));
+        assert_eq!(
+            max(r#"{"max_credits":18446744073709551615}"#),
+            Ok(Some(i64::MAX))
+        );
+        for bad in [
+            r#"{"max_credits":"5"}"#,
+            r#"{"max_credits":-1}"#,
+            r#"{"max_credits":-0.5}"#,
+            r#"{"max_credits":true}"#,
+            r#"{"max_credits":[5]}"#,
+            r#"{"preflight":"yes"}"#,
+            r#"{"preflight":1}"#,
+        ] {
+            let err = Guard::from_options(bad, false, None).expect_err(bad);
+            assert!(err.contains("nothing was spent"), "{bad}: {err}");
+        }
     }
 
     #[test]

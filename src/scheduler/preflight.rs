@@ -12,7 +12,7 @@ use super::Scheduler;
 use crate::clock;
 use crate::guard::{self, Guard};
 use crate::importly::JobKind;
-use crate::store::{Claimed, MetadataRow};
+use crate::store::{CachedMetadata, Claimed, MetadataRow};
 
 /// What to do with a claimed row.
 pub(super) enum Verdict {
@@ -48,54 +48,32 @@ impl Scheduler {
             JobKind::Import => {
                 let default_max =
                     (self.cfg.metadata.max_credits > 0).then_some(self.cfg.metadata.max_credits);
-                let g = Guard::from_options(&row.options, self.cfg.metadata.preflight, default_max);
-                if !g.preflight {
-                    return Verdict::Submit;
+                match Guard::from_options(&row.options, self.cfg.metadata.preflight, default_max) {
+                    Ok(g) if !g.preflight => Verdict::Submit,
+                    Ok(g) => self.guard_import(row, &g, &fresh_since).await,
+                    Err(reason) => self.fail_guarded(row, reason).await,
                 }
-                self.guard_import(row, &g, &fresh_since).await
             }
         }
     }
 
     async fn guard_import(&mut self, row: &Claimed, g: &Guard, fresh_since: &str) -> Verdict {
-        let keep = self.cfg.log.keep_attempts;
         let id = row.id;
         match self.store.cached_metadata(&row.url, fresh_since).await {
-            Ok(Some(cached)) => {
-                let formats = serde_json::from_str(&cached.formats).unwrap_or_default();
-                match guard::check(g, &formats) {
-                    Ok(cost) => {
-                        tracing::debug!(id, ?cost, "credit guard passed");
-                        Verdict::Submit
-                    }
-                    Err(reason) => {
-                        tracing::warn!(id, url = %row.url, reason = %reason, "failed by the credit guard");
-                        self.persist("fail row (credit guard)", |s| {
-                            let reason = reason.clone();
-                            async move { s.fail(id, &reason, None, None, keep).await }
-                        })
-                        .await;
-                        Verdict::Done
-                    }
-                }
-            }
+            Ok(Some(cached)) => self.judge(row, g, &cached).await,
             Ok(None) => {
                 let url = row.url.clone();
-                let since = fresh_since.to_owned();
                 let state = self
                     .persist("queue preflight metadata", |s| {
-                        let (url, since) = (url.clone(), since.clone());
-                        async move { s.ensure_metadata_row(&url, &since).await }
+                        let url = url.clone();
+                        async move { s.ensure_metadata_row(id, &url).await }
                     })
                     .await;
                 match state {
+                    Some(MetadataRow::Ready(cached)) => self.judge(row, g, &cached).await,
                     Some(MetadataRow::Failed(reason)) => {
                         let reason = format!("preflight metadata failed: {reason}");
-                        self.persist("fail row (preflight)", |s| {
-                            let reason = reason.clone();
-                            async move { s.fail(id, &reason, None, None, keep).await }
-                        })
-                        .await;
+                        self.fail_guarded(row, reason).await
                     }
                     Some(m) => {
                         if let MetadataRow::Queued(mid) = m {
@@ -106,26 +84,28 @@ impl Scheduler {
                             );
                             self.lanes[super::lane_index(JobKind::Metadata)].maybe_due = true;
                         }
-                        // Wait for the metadata row without counting an attempt.
+                        // Wait for the metadata row without counting an attempt; the
+                        // last_error marks the row as waiting (see `MetadataRow::WAITING`).
                         let due = SystemTime::now() + self.cfg.poll.status_interval;
                         let max = self.cfg.retry.max_attempts;
+                        let keep = self.cfg.log.keep_attempts;
                         self.persist("wait for preflight metadata", |s| async move {
                             s.reschedule(
                                 id,
                                 &clock::iso(due),
                                 false,
                                 max,
-                                "waiting for preflight metadata",
+                                MetadataRow::WAITING,
                                 None,
                                 keep,
                             )
                             .await
                         })
                         .await;
+                        Verdict::Done
                     }
-                    None => {}
+                    None => Verdict::Done,
                 }
-                Verdict::Done
             }
             Err(e) => {
                 tracing::warn!(id, error = %e, "reading the metadata cache failed; retrying the row");
@@ -133,6 +113,30 @@ impl Scheduler {
                 Verdict::Done
             }
         }
+    }
+
+    /// The guard's verdict on metadata at hand: send the row, or fail it spending nothing.
+    async fn judge(&mut self, row: &Claimed, g: &Guard, cached: &CachedMetadata) -> Verdict {
+        let formats = serde_json::from_str(&cached.formats).unwrap_or_default();
+        match guard::check(g, &formats) {
+            Ok(cost) => {
+                tracing::debug!(id = row.id, ?cost, "credit guard passed");
+                Verdict::Submit
+            }
+            Err(reason) => self.fail_guarded(row, reason).await,
+        }
+    }
+
+    /// Fails a row before anything was sent for it.
+    async fn fail_guarded(&mut self, row: &Claimed, reason: String) -> Verdict {
+        let (id, keep) = (row.id, self.cfg.log.keep_attempts);
+        tracing::warn!(id, url = %row.url, reason = %reason, "failed by the credit guard");
+        self.persist("fail row (credit guard)", |s| {
+            let reason = reason.clone();
+            async move { s.fail(id, &reason, None, None, keep).await }
+        })
+        .await;
+        Verdict::Done
     }
 
     async fn release_row(&mut self, id: i64) {

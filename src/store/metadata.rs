@@ -16,15 +16,26 @@ pub struct CachedMetadata {
     pub fetched_at: String,
 }
 
-/// Where a URL's preflight metadata stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a URL's preflight metadata stands, for an import row the guard is checking.
+#[derive(Clone, Debug)]
 pub enum MetadataRow {
     /// A metadata row for the URL is queued or in progress.
     InProgress,
-    /// The newest metadata row for the URL failed, with its reason.
+    /// The import was waiting and the metadata row it waited for failed, with its reason.
     Failed(String),
-    /// None queued; one was just inserted with this id.
+    /// The import was waiting and its metadata arrived: the cache entry, whatever its age
+    /// (with a `cache_ttl` shorter than the wait it is already stale, and fetching again
+    /// would only wait again).
+    Ready(Box<CachedMetadata>),
+    /// None in progress; one was just inserted with this id.
     Queued(i64),
+}
+
+impl MetadataRow {
+    /// The `last_error` of an import row the credit guard snoozed while its metadata is
+    /// fetched. It marks the row as waiting: when it is next claimed, the newest metadata row
+    /// for its URL ended during that wait.
+    pub const WAITING: &'static str = "waiting for preflight metadata";
 }
 
 impl Store {
@@ -109,24 +120,46 @@ impl Store {
         Ok(())
     }
 
-    /// Makes sure a metadata row exists for `url` for the guard to wait on: reports one in
-    /// progress, the failure of the newest one if it failed after `since`, or queues one.
-    pub async fn ensure_metadata_row(&self, url: &str, since: &str) -> Result<MetadataRow> {
+    /// Makes sure the guard of import row `import_id` has metadata for `url` to wait on.
+    /// If the import was already waiting (see [`MetadataRow::WAITING`]), the newest metadata
+    /// row for the URL ended during the wait: its result decides ([`MetadataRow::Ready`] or
+    /// [`MetadataRow::Failed`]). Otherwise (a new row, a retried one, or a daemon restart
+    /// in between), a row in progress is waited on and anything else queues a fresh fetch:
+    /// failures are not cached, so an old failure never fails a new import attempt.
+    pub async fn ensure_metadata_row(&self, import_id: i64, url: &str) -> Result<MetadataRow> {
         let mut tx = self.begin_immediate().await?;
-        let newest: Option<(String, Option<String>, String)> = sqlx::query_as(
-            "SELECT state, last_error, updated_at FROM imports WHERE kind = 'metadata' AND url = ? \
+        let import_error: Option<Option<String>> =
+            sqlx::query_scalar("SELECT last_error FROM imports WHERE id = ?")
+                .bind(import_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let waiting = import_error.flatten().as_deref() == Some(MetadataRow::WAITING);
+        let newest: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT state, last_error FROM imports WHERE kind = 'metadata' AND url = ? \
              ORDER BY id DESC LIMIT 1",
         )
         .bind(url)
         .fetch_optional(&mut *tx)
         .await?;
-        let verdict = match newest {
-            Some((state, _, _)) if matches!(&state[..], "pending" | "submitting" | "running") => {
+        let cached = if waiting && matches!(&newest, Some((state, _)) if state == "completed") {
+            sqlx::query_as::<_, CachedMetadata>(
+                "SELECT url, title, duration, formats, data, job_id, fetched_at \
+                 FROM metadata_cache WHERE url = ?",
+            )
+            .bind(url)
+            .fetch_optional(&mut *tx)
+            .await?
+        } else {
+            None
+        };
+        let verdict = match (newest, cached) {
+            (Some((state, _)), _) if matches!(&state[..], "pending" | "submitting" | "running") => {
                 MetadataRow::InProgress
             }
-            Some((state, err, updated)) if state == "failed" && updated.as_str() >= since => {
+            (Some((state, err)), _) if waiting && state == "failed" => {
                 MetadataRow::Failed(err.unwrap_or_else(|| "metadata job failed".into()))
             }
+            (_, Some(cached)) => MetadataRow::Ready(Box::new(cached)),
             _ => {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO imports (url, kind) VALUES (?, 'metadata') RETURNING id",

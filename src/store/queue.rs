@@ -80,12 +80,15 @@ impl Store {
         let mut tx = self.begin_immediate().await?;
         attempts::insert(&mut tx, id, record, keep).await?;
         sqlx::query(
-            "UPDATE imports SET state = 'running', importly_job_id = ?2, updated_at = ?3 \
+            "UPDATE imports SET state = 'running', importly_job_id = ?2, updated_at = ?3, \
+               last_error = CASE WHEN last_error = ?4 THEN NULL ELSE last_error END \
              WHERE id = ?1",
         )
         .bind(id)
         .bind(job_id)
         .bind(clock::now_iso())
+        // Waiting for preflight metadata was not a failure; a failure reason stays.
+        .bind(super::MetadataRow::WAITING)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
