@@ -4,8 +4,32 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The latest instant taken from a server or a user (2100-01-01T00:00:00Z). Anything later
+/// is a garbled value; clamping to it keeps `SystemTime` arithmetic and formatting free of
+/// overflow panics whatever a response says.
+pub const MAX_UNIX_SECS: u64 = 4_102_444_800;
+
+/// The longest a server's answer may make us wait in one go (31 days): a `retryAfter` or a
+/// reset beyond it is treated as this, so a garbled header delays a bucket, never wedges it
+/// for centuries.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// `t` as ISO-8601 text; never panics (humantime refuses times before 1970 or after 9999,
+/// so `t` is clamped into 1970..2100 first).
 pub fn iso(t: SystemTime) -> String {
+    let max = UNIX_EPOCH + Duration::from_secs(MAX_UNIX_SECS);
+    let t = t.clamp(UNIX_EPOCH, max);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Unix seconds as a time, clamped to [`MAX_UNIX_SECS`].
+pub fn from_unix_secs(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.min(MAX_UNIX_SECS))
+}
+
+/// `now + secs`, the wait capped at [`MAX_SERVER_WAIT`].
+pub fn after_server_wait(now: SystemTime, secs: u64) -> SystemTime {
+    now + Duration::from_secs(secs.min(MAX_SERVER_WAIT.as_secs()))
 }
 
 pub fn now_iso() -> String {
@@ -24,7 +48,7 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 }
 
 pub fn from_unix_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+    UNIX_EPOCH + Duration::from_millis((ms.max(0) as u64).min(MAX_UNIX_SECS * 1000))
 }
 
 /// How long until `t`, zero when it has passed.
@@ -47,5 +71,18 @@ mod tests {
             parse_iso("2025-11-25 10:00:00"),
             Some(UNIX_EPOCH + Duration::from_secs(1_764_064_800))
         );
+    }
+
+    #[test]
+    fn absurd_times_are_clamped_not_panics() {
+        assert_eq!(iso(from_unix_secs(u64::MAX)), "2100-01-01T00:00:00.000Z");
+        assert_eq!(iso(from_unix_ms(i64::MAX)), "2100-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(after_server_wait(now, u64::MAX), now + MAX_SERVER_WAIT);
+        assert_eq!(after_server_wait(now, 3), now + Duration::from_secs(3));
     }
 }

@@ -236,9 +236,13 @@ impl Config {
                 .try_parsing(true),
         );
         let raw = builder.build().map_err(|e| from_config_error(e, path))?;
-        let cfg: Config = raw
+        let mut cfg: Config = raw
             .try_deserialize()
             .map_err(|e| from_config_error(e, path))?;
+        cfg.database.path = in_state_directory(
+            &cfg.database.path,
+            std::env::var_os("STATE_DIRECTORY").as_deref(),
+        );
         cfg.validate()?;
         Ok(cfg)
     }
@@ -318,6 +322,23 @@ impl Config {
     }
 }
 
+/// Under systemd (`StateDirectory=` sets `$STATE_DIRECTORY`, several paths joined by `:`),
+/// a relative `database.path` lives in the first state directory, so the default
+/// `importlyd.db` lands in `/var/lib/importlyd` and not in the service's working directory.
+/// An absolute path is kept as it is.
+fn in_state_directory(path: &Path, state_dir: Option<&std::ffi::OsStr>) -> PathBuf {
+    let first = state_dir
+        .and_then(|d| d.to_str())
+        .and_then(|d| d.split(':').next())
+        .filter(|d| !d.is_empty());
+    match first {
+        Some(dir) if path.is_relative() && !path.as_os_str().is_empty() => {
+            Path::new(dir).join(path)
+        }
+        _ => path.to_owned(),
+    }
+}
+
 /// The `config` crate puts the key in its message ("... for key `retry.max_attempts` ...");
 /// we keep that text and add the file name.
 fn from_config_error(e: config::ConfigError, path: Option<&Path>) -> ConfigError {
@@ -327,5 +348,27 @@ fn from_config_error(e: config::ConfigError, path: Option<&Path>) -> ConfigError
             reason: cause.to_string(),
         },
         (e, _) => ConfigError::Other(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_relative_database_path_lives_in_the_state_directory() {
+        let rel = Path::new("importlyd.db");
+        assert_eq!(
+            in_state_directory(rel, Some(OsStr::new("/var/lib/importlyd:/var/lib/other"))),
+            PathBuf::from("/var/lib/importlyd/importlyd.db")
+        );
+        assert_eq!(in_state_directory(rel, None), rel);
+        assert_eq!(in_state_directory(rel, Some(OsStr::new(""))), rel);
+        let abs = Path::new("/srv/q.db");
+        assert_eq!(
+            in_state_directory(abs, Some(OsStr::new("/var/lib/importlyd"))),
+            abs
+        );
     }
 }

@@ -41,7 +41,9 @@ pub struct Guard {
 
 impl Guard {
     /// From the row's `options`, falling back to the config defaults. A row's own
-    /// `"preflight": false` turns a global preflight off for it.
+    /// `"preflight": false` turns a global preflight (and a global `max_credits`) off for
+    /// it, but never the row's own `max_credits`: a limit the row states is always checked,
+    /// so a contradictory `{"preflight": false, "max_credits": 3}` fails closed.
     ///
     /// A guard key the guard cannot read is an error, never "no guard": a row that asked for
     /// a spending limit must not spend because of how the limit was written. `max_credits`
@@ -53,8 +55,8 @@ impl Guard {
         default_max: Option<i64>,
     ) -> Result<Guard, String> {
         let v: Value = serde_json::from_str(options).unwrap_or(Value::Null);
-        let max_credits = match v.get("max_credits") {
-            None | Some(Value::Null) => default_max,
+        let own_max = match v.get("max_credits") {
+            None | Some(Value::Null) => None,
             Some(m) => Some(whole_credits(m).ok_or_else(|| {
                 format!(
                     "credit guard: options.max_credits must be a whole number of credits, \
@@ -62,9 +64,10 @@ impl Guard {
                 )
             })?),
         };
+        let max_credits = own_max.or(default_max);
         let preflight = match v.get("preflight") {
             None | Some(Value::Null) => default_preflight || max_credits.is_some(),
-            Some(Value::Bool(b)) => *b,
+            Some(Value::Bool(b)) => *b || own_max.is_some(),
             Some(p) => {
                 return Err(format!(
                     "credit guard: options.preflight must be true or false, not {p}; \
@@ -168,6 +171,8 @@ mod tests {
             !g.preflight,
             "a row's own false wins over a global max_credits"
         );
+        let g = guard(r#"{"preflight":false,"max_credits":3}"#, false, None);
+        assert!(g.preflight, "a row's own max_credits is always checked");
         let g = guard(r#"{"max_credits":null}"#, false, Some(3));
         assert_eq!((g.preflight, g.max_credits), (true, Some(3)));
     }

@@ -130,23 +130,40 @@ pub async fn list(
         "{:>6}  {:<10}  {:>3}  {:<20}  URL / ERROR",
         "ID", "STATE", "TRY", "UPDATED"
     );
+    // The URL and its note share what is left of the terminal after the fixed columns.
+    let width = terminal_width();
+    let room = width.saturating_sub(47).max(30);
     for r in &rows {
         let note = match (&r.state[..], &r.last_error, &r.media_url) {
             ("completed", _, Some(m)) => format!(" -> {m}"),
-            (_, Some(e), _) if r.state != "completed" => format!("  [{}]", shorten(e, 60)),
+            (_, Some(e), _) if r.state != "completed" => format!("  [{e}]"),
             _ => String::new(),
         };
+        // The URL is what identifies the row: it keeps all but a short stub of the room.
+        let url_room = if note.is_empty() { room } else { room - 12 };
+        let url = shorten(&r.url, url_room);
+        let note_room = room.saturating_sub(url.chars().count());
+        let updated: String = r.updated_at.chars().take(19).collect();
         println!(
             "{:>6}  {:<10}  {:>3}  {:<20}  {}{}",
             r.id,
             r.state,
             r.attempts,
-            &r.updated_at[..r.updated_at.len().min(19)],
-            shorten(&r.url, 70),
-            note
+            updated,
+            url,
+            shorten(&note, note_room)
         );
     }
     Ok(())
+}
+
+/// The terminal's width from `COLUMNS` (shells export it to programs that ask), or 100.
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .filter(|w: &usize| *w >= 40)
+        .unwrap_or(100)
 }
 
 fn shorten(s: &str, n: usize) -> String {

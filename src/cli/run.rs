@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use super::systemd::{notifier, notify};
 use crate::health::Health;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{CmdResult, Failure, logging};
@@ -38,16 +38,22 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
         version = env!("CARGO_PKG_VERSION"),
         "importlyd started"
     );
-    // READY only now: migrations ran, the database opened and the key was found.
-    notify(&[NotifyState::Ready]);
-    let status = tokio::spawn(notifier(
-        store.clone(),
-        health.clone(),
-        shutdown.clone(),
-        cfg.poll.queue_interval,
-    ));
+    // READY only once the scheduler says start-up recovery ran: migrations ran, the
+    // database opened and took writes, and the key was found. STATUS and WATCHDOG follow.
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let status = tokio::spawn({
+        let (store, health, shutdown) = (store.clone(), health.clone(), shutdown.clone());
+        let interval = cfg.poll.queue_interval;
+        async move {
+            if ready_rx.await.is_ok() {
+                notify(&[NotifyState::Ready]);
+            }
+            notifier(store, health, shutdown, interval).await;
+        }
+    });
     let result = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
         .with_health(health)
+        .with_ready(ready_tx)
         .run(rx)
         .await;
     // The notifier sends STOPPING=1 once the token is cancelled (a signal did that already,
@@ -127,16 +133,16 @@ async fn watch_signals(
                     Ok(t) => notify(&[NotifyState::Reloading, t]),
                     Err(_) => notify(&[NotifyState::Reloading]),
                 }
-                if let Some((config, key)) = reload(cfg_path.as_deref()) {
-                    warn_restart_only(&current.borrow(), &config);
-                    current.send_replace(config.clone());
-                    let _ = control
-                        .send(Control::Reload {
-                            config: Box::new(config),
-                            key,
-                        })
-                        .await;
-                }
+                let old = current.borrow().clone();
+                let (config, key) = reload(cfg_path.as_deref(), &old);
+                warn_restart_only(&old, &config);
+                current.send_replace(config.clone());
+                let _ = control
+                    .send(Control::Reload {
+                        config: Box::new(config),
+                        key,
+                    })
+                    .await;
                 notify(&[NotifyState::Ready]);
             }
         }
@@ -145,14 +151,15 @@ async fn watch_signals(
     shutdown.cancel();
 }
 
-/// The new config and, if it could be read, the new key; `None` (logged) when the config
-/// is invalid, so the old one stays in force.
-fn reload(path: Option<&std::path::Path>) -> Option<(Config, Option<SecretString>)> {
+/// The new config and, if it could be read, the new key. An invalid config is logged and
+/// the old one stays in force, but the key is still re-read (with the old config's key
+/// sources): rotating a key must not depend on a config edit being right.
+fn reload(path: Option<&std::path::Path>, old: &Config) -> (Config, Option<SecretString>) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: new config rejected; the old one stays in force");
-            return None;
+            old.clone()
         }
     };
     let key = match apikey::load(&config) {
@@ -162,7 +169,7 @@ fn reload(path: Option<&std::path::Path>) -> Option<(Config, Option<SecretString
             None
         }
     };
-    Some((config, key))
+    (config, key)
 }
 
 /// Keys read once at start-up: a change is logged instead of silently ignored.

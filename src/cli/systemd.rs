@@ -17,11 +17,12 @@ pub fn notify(state: &[NotifyState]) {
     }
 }
 
-/// How long the scheduler loop may go without a beat before it counts as stuck: the
-/// watchdog interval, but never less than two queue ticks (an idle loop wakes at least once
+/// How long the scheduler loop may go without a beat before it counts as stuck: half the
+/// watchdog interval (systemd then restarts a wedged loop within about 1.5 intervals of
+/// its last beat), but never less than two queue ticks (an idle loop wakes at least once
 /// per `poll.queue_interval`, so a quieter loop is not a stuck one).
 pub fn stall_limit(watchdog: Duration, queue_interval: Duration) -> Duration {
-    watchdog.max(queue_interval.saturating_mul(2))
+    (watchdog / 2).max(queue_interval.saturating_mul(2))
 }
 
 /// Runs until `shutdown`, then sends `STOPPING=1` (from here, so nothing this task sends can

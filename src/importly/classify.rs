@@ -1,11 +1,12 @@
 //! Turns a status code and body into an [`Outcome`]. Pure, so every documented case is a
 //! unit test.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
 use super::{JobState, Outcome, RateHeaders};
+use crate::clock;
 
 /// Which call an answer belongs to: a 2xx means different things for each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,16 +111,18 @@ fn classify_429(json: Option<&Value>, headers: &RateHeaders, now: SystemTime) ->
         .into_iter()
         .flatten()
     {
-        until = until.max(now + Duration::from_secs(secs));
+        until = until.max(clock::after_server_wait(now, secs));
     }
     if let Some(ms) = field("reset").and_then(Value::as_u64) {
-        until = until.max(UNIX_EPOCH + Duration::from_millis(ms));
+        until = until.max(clock::from_unix_ms(i64::try_from(ms).unwrap_or(i64::MAX)));
     }
     if let Some(reset) = headers.reset
         && headers.remaining == Some(0)
     {
-        until = until.max(UNIX_EPOCH + Duration::from_secs(reset));
+        until = until.max(clock::from_unix_secs(reset));
     }
+    // A garbled value must not park the bucket for years.
+    until = until.min(now + clock::MAX_SERVER_WAIT);
     if until == now {
         // A 429 that says nothing about when: wait a little rather than hammer.
         until = now + Duration::from_secs(1);
@@ -128,7 +131,7 @@ fn classify_429(json: Option<&Value>, headers: &RateHeaders, now: SystemTime) ->
         until,
         retry_after: retry_after_body
             .or(headers.retry_after)
-            .map(Duration::from_secs),
+            .map(|s| Duration::from_secs(s.min(clock::MAX_SERVER_WAIT.as_secs()))),
     }
 }
 
@@ -161,6 +164,7 @@ fn error_message(json: Option<&Value>, body: &[u8], status: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
@@ -223,6 +227,25 @@ mod tests {
         };
         match classify(Call::Submit, 429, &headers, body, now) {
             Outcome::RateLimited { until, .. } => assert_eq!(until, at(1_709_907_200)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absurd_429_hints_are_capped_not_panics() {
+        let now = at(1_709_900_000);
+        let body = br#"{"success":false,"error":"Rate limit exceeded","reset":18446744073709551615,"retryAfter":18446744073709551615}"#;
+        let headers = RateHeaders {
+            retry_after: Some(u64::MAX),
+            remaining: Some(0),
+            reset: Some(u64::MAX),
+            ..Default::default()
+        };
+        match classify(Call::Submit, 429, &headers, body, now) {
+            Outcome::RateLimited { until, retry_after } => {
+                assert_eq!(until, now + clock::MAX_SERVER_WAIT);
+                assert_eq!(retry_after, Some(clock::MAX_SERVER_WAIT));
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -36,7 +36,7 @@ impl RateHeaders {
         RateHeaders {
             limit: num("x-ratelimit-limit"),
             remaining: num("x-ratelimit-remaining"),
-            reset: num("x-ratelimit-reset"),
+            reset: num("x-ratelimit-reset").map(reset_secs),
             window: text("x-ratelimit-window"),
             plan: text("x-ratelimit-plan"),
             retry_after: text("retry-after").and_then(|s| parse_retry_after(&s)),
@@ -51,6 +51,13 @@ impl RateHeaders {
     pub fn window_len(&self) -> Option<Duration> {
         self.window.as_deref().and_then(parse_window)
     }
+}
+
+/// `X-RateLimit-Reset` is documented in unix seconds, but the 429 body's `reset` is in
+/// milliseconds; a header in milliseconds (a value past the year 5000 in seconds) is read as
+/// such rather than as a reset millennia away.
+fn reset_secs(n: u64) -> u64 {
+    if n > 100_000_000_000 { n / 1000 } else { n }
 }
 
 /// `Retry-After` is either delta-seconds or an HTTP-date.

@@ -181,9 +181,44 @@ impl Client {
         *guard = key;
     }
 
-    fn bearer(&self) -> String {
+    /// The Authorization value, marked sensitive so that no HTTP-layer debug output shows
+    /// it. `None` for a key that is not a valid header value (the request then goes without
+    /// one and Importly answers 401, which pauses the queue with a clear reason).
+    fn bearer(&self) -> Option<reqwest::header::HeaderValue> {
         let guard = self.key.read().unwrap_or_else(|p| p.into_inner());
-        format!("Bearer {}", guard.expose_secret())
+        let mut v =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", guard.expose_secret()))
+                .ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    /// `bytes` with every occurrence of the key replaced by `[REDACTED]`: whatever a server
+    /// or a proxy echoes back is stored, logged and put in tickets, and the key must never
+    /// reach any of those. Keys shorter than 4 characters are left alone (replacing them
+    /// would garble ordinary text, and no real key is that short).
+    fn scrub(&self, bytes: &[u8]) -> Vec<u8> {
+        let guard = self.key.read().unwrap_or_else(|p| p.into_inner());
+        let key = guard.expose_secret().as_bytes();
+        if key.len() < 4 || bytes.len() < key.len() {
+            return bytes.to_vec();
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(key) {
+                out.extend_from_slice(b"[REDACTED]");
+                i += key.len();
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    fn scrub_text(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.scrub(text.as_bytes())).into_owned()
     }
 
     /// `POST /import` or `POST /metadata` with `body` exactly as given.
@@ -233,8 +268,11 @@ impl Client {
     ) -> Exchange {
         let is_submit = call == Call::Submit;
         let started_at = SystemTime::now();
+        let req = match self.bearer() {
+            Some(auth) => req.header(reqwest::header::AUTHORIZATION, auth),
+            None => req,
+        };
         let result = req
-            .header(reqwest::header::AUTHORIZATION, self.bearer())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await;
@@ -261,7 +299,7 @@ impl Client {
                 // A request that may have been written to the wire before failing could
                 // have created a job: Importly has no idempotency key.
                 let ambiguous = is_submit && !e.is_connect() && !e.is_builder();
-                let reason = transport_reason(e);
+                let reason = self.scrub_text(&transport_reason(e));
                 ex.error = Some(reason.clone());
                 ex.outcome = Outcome::Transient {
                     reason,
@@ -277,13 +315,15 @@ impl Client {
                 ex.finished_at = SystemTime::now();
                 match body {
                     Ok(bytes) => {
+                        let bytes = self.scrub(&bytes);
                         let (text, cut) = truncate_body(&bytes);
                         ex.response_body = Some(text);
                         ex.body_truncated = cut;
                         ex.outcome = classify(call, status, &ex.headers, &bytes, ex.finished_at);
                     }
                     Err(e) => {
-                        let reason = format!("reading body: {}", transport_reason(e));
+                        let reason =
+                            self.scrub_text(&format!("reading body: {}", transport_reason(e)));
                         ex.error = Some(reason.clone());
                         ex.outcome = Outcome::Transient {
                             reason,
@@ -357,6 +397,27 @@ pub fn submit_body(url: &str, options: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(key: &str) -> Client {
+        Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from(key.to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_key_is_scrubbed_from_echoed_bodies_and_absent_from_debug() {
+        let c = client("sk_live_secret42");
+        let echoed = br#"{"error":"bad key sk_live_secret42 (sk_live_secret42)"}"#;
+        let out = String::from_utf8(c.scrub(echoed)).unwrap();
+        assert_eq!(out, r#"{"error":"bad key [REDACTED] ([REDACTED])"}"#);
+        assert!(!format!("{c:?}").contains("sk_live_secret42"));
+        assert!(c.bearer().unwrap().is_sensitive());
+        // A tiny key is not scrubbed out of ordinary text.
+        assert_eq!(client("ab").scrub(b"abc"), b"abc");
+    }
 
     #[test]
     fn body_merges_options_and_drops_ours() {

@@ -104,7 +104,8 @@ impl Budget {
         let (Some(limit), Some(remaining), Some(reset)) = (h.limit, h.remaining, h.reset) else {
             return;
         };
-        let reset_at = UNIX_EPOCH + Duration::from_secs(reset);
+        // Clamped: a garbled reset must not park the bucket for years.
+        let reset_at = clock::from_unix_secs(reset).min(now + clock::MAX_SERVER_WAIT);
         let len = h.window_len();
         match &mut self.server {
             Some(s) => {

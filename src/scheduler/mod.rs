@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +92,8 @@ pub struct Scheduler {
     buckets_dirty: bool,
     buckets_saved_at: SystemTime,
     health: SharedHealth,
+    /// Told once start-up recovery is done (systemd's READY=1 waits for it).
+    ready: Option<oneshot::Sender<()>>,
 }
 
 fn lane_index(kind: JobKind) -> usize {
@@ -137,7 +139,14 @@ impl Scheduler {
             buckets_dirty: false,
             buckets_saved_at: now,
             health: Health::new(),
+            ready: None,
         }
+    }
+
+    /// `ready` is sent `()` once start-up recovery has run, before the first claim.
+    pub fn with_ready(mut self, ready: oneshot::Sender<()>) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     /// Shares the loop's heartbeat and database state with the watchdog and `/healthz`.
@@ -149,7 +158,12 @@ impl Scheduler {
     /// Runs until the shutdown token is cancelled, then drains in-flight calls (bounded by
     /// [`SHUTDOWN_GRACE`]) and returns.
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
-        self.recover().await?;
+        if !self.recover_until_done().await {
+            return Ok(());
+        }
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
         let queue_interval = self.cfg.poll.queue_interval;
         let mut next_tick = SystemTime::now();
         loop {
@@ -180,6 +194,31 @@ impl Scheduler {
         }
         self.drain().await;
         Ok(())
+    }
+
+    /// Runs start-up recovery until it succeeds: a database that is locked, full or
+    /// read-only at start is waited for (logged once per interval), not a reason to exit and
+    /// be restarted in a loop. False when shutdown came first.
+    async fn recover_until_done(&mut self) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.recover().await {
+                Ok(()) => {
+                    self.health.write_ok();
+                    return true;
+                }
+                Err(e) => {
+                    self.health.beat();
+                    self.health
+                        .write_failed("start-up recovery", &format!("{e:#}"));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Start-up: resolve rows a crash left in `submitting`, resume polling `running` ones,
@@ -323,8 +362,10 @@ impl Scheduler {
         if let Some(scope) = probe {
             self.note_probe(scope, now).await;
         }
+        let held = self.held(kind);
         let lane = &mut self.lanes[li];
         lane.budget.take(now);
+        lane.slots.sent(held, now);
         lane.submitting.insert(row.id);
         self.buckets_dirty = true;
         tracing::debug!(id = row.id, url = %row.url, kind = kind.as_str(), "submitting");
@@ -419,10 +460,15 @@ impl Scheduler {
             let held = self.held(kind);
             let gate = self.pauses.submit_gate(scope_of(kind), now);
             let lane = &mut self.lanes[i];
-            if let Some(p) = lane.slots.probe_at() {
+            if !lane.maybe_due {
+                continue;
+            }
+            // A probe for a slot only matters with a row to send; a past one is already
+            // counted in `free` below (waking for it would spin).
+            if let Some(p) = lane.slots.probe_at().filter(|p| *p > now) {
                 wake = wake.min(p);
             }
-            if !lane.maybe_due || lane.slots.free(held, now) == 0 {
+            if lane.slots.free(held, now) == 0 {
                 continue;
             }
             let mut t = lane.budget.next_send_at(now);
@@ -536,8 +582,12 @@ impl Scheduler {
                     return Some(v);
                 }
                 Err(e) => {
-                    // Still alive, only waiting for the disk: keep the watchdog fed.
-                    self.health.beat();
+                    // Still alive, only waiting for the disk: keep the watchdog fed. An error
+                    // no wait cures (a broken schema) starves it instead, so that systemd
+                    // restarts the daemon and start-up recovery gets its turn.
+                    if e.is_transient() {
+                        self.health.beat();
+                    }
                     self.health.write_failed(what, &e);
                 }
             }

@@ -27,7 +27,7 @@ impl Scheduler {
                     .budget
                     .observe(&ex.headers, ex.finished_at);
                 self.buckets_dirty = true;
-                self.lift_pauses(kind, &ex.outcome, probe).await;
+                self.lift_pauses(kind, &ex, probe).await;
                 self.on_submit(row, kind, ex).await;
             }
             Done::Poll { id, ex, probe } => {
@@ -37,7 +37,7 @@ impl Scheduler {
                 self.status.observe(&ex.headers, ex.finished_at);
                 self.buckets_dirty = true;
                 if probe.is_some() || !self.pauses.is_empty() {
-                    self.lift_pauses_after_poll(&ex.outcome).await;
+                    self.lift_pauses_after_poll(&ex).await;
                 }
                 self.on_poll(id, ex).await;
             }
@@ -46,11 +46,14 @@ impl Scheduler {
 
     /// An answer that proves the key good lifts a 401 pause; one that proves the credits
     /// good (an accepted job, or a concurrency refusal: credits are checked first) lifts a
-    /// 402 pause of that kind.
-    async fn lift_pauses(&mut self, kind: JobKind, outcome: &Outcome, probe: Option<Scope>) {
+    /// 402 pause of that kind. Only a request sent after the pause began is evidence: a
+    /// submit that was already in flight when a 402 came back (sent while the last credit
+    /// was still there) must not lift the pause that 402 just set.
+    async fn lift_pauses(&mut self, kind: JobKind, ex: &Exchange, probe: Option<Scope>) {
         if self.pauses.is_empty() && probe.is_none() {
             return;
         }
+        let outcome = &ex.outcome;
         let key_ok = !matches!(
             outcome,
             Outcome::Unauthorized { .. } | Outcome::Transient { .. }
@@ -60,24 +63,31 @@ impl Scheduler {
             Outcome::Accepted { .. } | Outcome::ConcurrencyLimited { .. }
         );
         if key_ok {
-            self.lift(Scope::All).await;
+            self.lift(Scope::All, ex.started_at).await;
         }
         if credits_ok {
-            self.lift(scope_of(kind)).await;
+            self.lift(scope_of(kind), ex.started_at).await;
         }
     }
 
-    async fn lift_pauses_after_poll(&mut self, outcome: &Outcome) {
+    async fn lift_pauses_after_poll(&mut self, ex: &Exchange) {
         if !matches!(
-            outcome,
+            ex.outcome,
             Outcome::Unauthorized { .. } | Outcome::Transient { .. }
         ) {
-            self.lift(Scope::All).await;
+            self.lift(Scope::All, ex.started_at).await;
         }
     }
 
-    async fn lift(&mut self, scope: Scope) {
-        if self.pauses.lift(scope) {
+    /// Lifts `scope`'s pause if the request that proved it wrong (sent at `sent_at`) went
+    /// out after the pause began. The stored `since` has millisecond precision, hence the
+    /// millisecond of slack.
+    async fn lift(&mut self, scope: Scope, sent_at: SystemTime) {
+        let newer = self
+            .pauses
+            .get(scope)
+            .is_some_and(|p| sent_at + Duration::from_millis(1) >= p.since);
+        if newer && self.pauses.lift(scope) {
             tracing::info!(
                 scope = scope.as_str(),
                 "pause lifted: Importly accepts us again"
@@ -104,6 +114,14 @@ impl Scheduler {
                 next_probe = %clock::iso(p.next_probe),
                 "paused; fix it and send SIGHUP or run `importlyd resume`"
             );
+        } else {
+            // Requests already in flight when the pause began, or a refused probe.
+            tracing::warn!(
+                scope = scope.as_str(),
+                status,
+                next_probe = %clock::iso(p.next_probe),
+                "still paused"
+            );
         }
         let stored = p.to_stored();
         self.persist("store pause", |s| {
@@ -128,6 +146,7 @@ impl Scheduler {
                         async move { s.mark_running(id, &job_id, &record, keep).await }
                     })
                     .await;
+                self.lanes[lane_index(kind)].slots.accepted();
                 if stored.is_none() {
                     return;
                 }
@@ -153,7 +172,9 @@ impl Scheduler {
             }
             Outcome::ConcurrencyLimited { limit, current } => {
                 let held = self.held(kind);
-                self.lanes[lane_index(kind)].slots.refused(held, now);
+                self.lanes[lane_index(kind)]
+                    .slots
+                    .refused(held, *limit, now);
                 tracing::warn!(
                     id,
                     ours = held,
@@ -371,6 +392,10 @@ impl Scheduler {
     fn finish_job(&mut self, id: i64) {
         if let Some(job) = self.jobs.remove(&id) {
             self.lanes[lane_index(job.kind)].maybe_due = true;
+            // Imports waiting on this metadata (the credit guard) were just made due.
+            if job.kind == JobKind::Metadata {
+                self.lanes[lane_index(JobKind::Import)].maybe_due = true;
+            }
         }
     }
 

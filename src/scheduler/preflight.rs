@@ -25,7 +25,11 @@ pub(super) enum Verdict {
 impl Scheduler {
     pub(super) async fn preflight(&mut self, kind: JobKind, row: &Claimed) -> Verdict {
         let now = SystemTime::now();
-        let fresh_since = clock::iso(now.checked_sub(self.cfg.metadata.cache_ttl).unwrap_or(now));
+        // A TTL longer than the time since 1970 ("100y" meant as forever) keeps everything.
+        let fresh_since = clock::iso(
+            now.checked_sub(self.cfg.metadata.cache_ttl)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        );
         match kind {
             JobKind::Metadata => {
                 let cached = self.store.cached_metadata(&row.url, &fresh_since).await;
@@ -86,7 +90,10 @@ impl Scheduler {
                         }
                         // Wait for the metadata row without counting an attempt; the
                         // last_error marks the row as waiting (see `MetadataRow::WAITING`).
-                        let due = SystemTime::now() + self.cfg.poll.status_interval;
+                        // The end of the metadata row wakes this one (store::WAKE_WAITERS);
+                        // the snooze is only a fallback (a cancelled or purged metadata
+                        // row), long enough that many waiting rows do not churn the writer.
+                        let due = SystemTime::now() + self.cfg.poll.status_interval * 6;
                         let max = self.cfg.retry.max_attempts;
                         let keep = self.cfg.log.keep_attempts;
                         self.persist("wait for preflight metadata", |s| async move {

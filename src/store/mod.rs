@@ -58,6 +58,27 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True for what waiting can cure: a busy or locked file, a full disk, a read-only or
+    /// failing file system, a pool that timed out. False for a broken statement or schema,
+    /// which no retry fixes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sql(sqlx::Error::Database(e)) => {
+                // SQLite's primary result code is the low byte of the extended one.
+                let code = e
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .map(|c| c & 0xff);
+                // BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+                matches!(code, Some(5 | 6 | 8 | 10 | 13 | 14))
+            }
+            StoreError::Sql(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed,
+            ) => true,
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -163,6 +163,12 @@ impl Store {
         .bind(&now)
         .execute(&mut *tx)
         .await?;
+        // A failed metadata row decides the imports waiting on it: let them go now.
+        sqlx::query(super::metadata::WAKE_WAITERS)
+            .bind(id)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
