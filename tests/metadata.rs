@@ -190,6 +190,23 @@ async fn metadata_rows_complete_and_fill_the_cache() {
     assert!(stats.metadata_status_requests >= 3);
     assert_eq!(stats.import_posts, 0);
     assert_eq!(stats.credits, CREDITS, "metadata costs no credits");
+
+    // `purge` keeps the cache from growing without bound: entries older than the cut go.
+    let config = write_config(s.dir.path(), &s.cfg);
+    let out = cli(&config, &["purge", "--completed", "--older-than", "0s"])
+        .await
+        .ok();
+    assert!(
+        out.stdout.contains("deleted 3 metadata cache entries"),
+        "{}",
+        out.stdout
+    );
+    for u in &urls {
+        assert!(
+            cached(db, u).await.is_none(),
+            "{u} still cached after purge"
+        );
+    }
     s.sim.clone().shutdown().await;
 }
 

@@ -309,6 +309,45 @@ async fn concurrency_429_with_a_slot_held_by_another_client() {
     sim.shutdown().await;
 }
 
+/// The account allows fewer jobs than the config: the first concurrency 429's
+/// `concurrentLimit` becomes a ceiling, so the daemon stops probing for slots that do not
+/// exist (each probe would cost a request of the import budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_account_concurrency_limit_is_learned_from_the_429_body() {
+    let sim = start_sim(SimConfig {
+        import: BucketConfig::new(10_000, secs(60), 1),
+        job_duration: ms(300),
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = daemon_config(dir.path(), &sim);
+    cfg.limits.import.concurrent = 3;
+    let db = Db::create(&cfg.database.path).await;
+    let urls: Vec<String> = (1..=6).map(|i| format!("{URL}/low-cc-{i}.mp4")).collect();
+    db.insert_many(&urls).await;
+    let daemon = Daemon::start(&cfg, KEY).await;
+    let d = &db;
+    wait_until("6 rows completed", secs(30), || async move {
+        d.count("completed").await == 6
+    })
+    .await;
+    daemon.stop().await;
+    let stats = sim.stats();
+    assert_eq!(stats.max_concurrent_imports, 1);
+    // Only the first burst (3 submits for 1 slot) may be refused: 6 jobs of 300 ms with a
+    // 100 ms probe delay would otherwise draw a dozen or more refused probes.
+    assert!(
+        stats.concurrency_limited <= 2,
+        "{} concurrency 429s: the account's limit of 1 was not learned",
+        stats.concurrency_limited
+    );
+    for r in db.rows().await {
+        assert_eq!(r.attempts, 0, "{r:?}");
+    }
+    sim.shutdown().await;
+}
+
 /// A wrong key in the key file pauses everything; fixing the file and SIGHUP resumes. A key
 /// rotated later pauses again; the pause survives a restart, and `importlyd resume` lifts it
 /// through the database.
@@ -481,6 +520,11 @@ async fn credits_run_out(resume_by_command: bool) {
             !db.pauses().await.is_empty(),
             "still paused: the probe is an hour away"
         );
+        // With the probe an hour away, the only 402s are submits already in flight when
+        // the first came back (at most the 2 slots): an answer to one of those must not
+        // lift the pause and let the next row fail the same way.
+        let refused = sim.stats().payment_required;
+        assert!((1..=2).contains(&refused), "{refused} 402s while paused");
     }
     let st = cli(&config, &["status", "--json"]).await.ok().json();
     let paused_seen = st["paused"]["reason"].as_str().map(|s| s.contains("402"));

@@ -288,6 +288,10 @@ pub async fn cancel(store: &Store, ids: Vec<i64>) -> CmdResult {
 pub async fn purge(store: &Store, completed_only: bool, before: String) -> CmdResult {
     let n = store.purge(&before, completed_only).await?;
     println!("deleted {n} rows last changed before {before}");
+    let cached = store.purge_metadata_cache(&before).await?;
+    if cached > 0 {
+        println!("deleted {cached} metadata cache entries fetched before {before}");
+    }
     Ok(())
 }
 

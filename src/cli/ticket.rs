@@ -253,13 +253,18 @@ fn render_text(t: &Value, md: bool) -> String {
         "Timeline ({} logged exchanges, UTC)",
         attempts.len()
     )));
-    // Inline code in markdown, so JSON bodies are not read as emphasis.
+    // Code in markdown, so JSON bodies are not read as emphasis: inline for one plain line,
+    // a fenced block (longer than any backtick run inside) for HTML or multi-line bodies.
     let inline = |text: &str| {
-        if md {
-            format!("`{text}`")
-        } else {
-            text.to_owned()
+        if !md {
+            return text.to_owned();
         }
+        if !text.contains('`') && !text.contains('\n') {
+            return format!("`{text}`");
+        }
+        let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+        let fence = "`".repeat(longest.max(2) + 1);
+        format!("\n\n{fence}\n{text}\n{fence}\n")
     };
     for (i, a) in attempts.iter().enumerate() {
         let status = a["http_status"]

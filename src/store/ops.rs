@@ -206,4 +206,16 @@ impl Store {
             }
         }
     }
+
+    /// Deletes metadata cache entries fetched before `before`: `purge` keeps the cache from
+    /// growing without bound (entries past `metadata.cache_ttl` are never reused anyway).
+    pub async fn purge_metadata_cache(&self, before: &str) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM metadata_cache WHERE fetched_at < ?")
+                .bind(before)
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
 }
