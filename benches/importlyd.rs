@@ -70,11 +70,22 @@ fn env(base_url: &str, extra: &str) -> R<Env> {
     std::fs::write(
         &config,
         format!(
-            "[database]\npath = {:?}\n[api]\nbase_url = {:?}\n[log]\nlevel = \"warn\"\n{extra}\n",
+            "[database]\npath = {:?}\n[api]\nbase_url = {:?}\n[log]\nlevel = {:?}\n{extra}\n",
             db.display().to_string(),
-            base_url
+            base_url,
+            // BENCH_LOG=debug (with BENCH_KEEP=1) to see what the daemon did.
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
         ),
     )?;
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!("keeping {}", dir.path().display());
+        let kept = dir.keep();
+        return Ok(Env {
+            dir: tempfile::TempDir::new_in(&kept)?,
+            db,
+            config,
+        });
+    }
     Ok(Env { dir, db, config })
 }
 
@@ -86,7 +97,7 @@ fn daemon(e: &Env) -> R<Child> {
         .env("IMPORTLY_API_KEY", KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(
-            e.dir.path().join("daemon.log"),
+            e.config.with_file_name("daemon.log"),
         )?))
         .spawn()?)
 }
@@ -312,12 +323,15 @@ async fn pickup() -> R<()> {
         api_key: KEY.into(),
         job_duration: Duration::from_millis(10),
         import: BucketConfig::new(100_000, Duration::from_secs(3600), 32),
+        // Polls must not be what holds the slots: each sample starts with the daemon idle.
+        status: BucketConfig::new(100_000_000, Duration::from_secs(3600), 0),
         ..SimConfig::default()
     })
     .await?;
     let e = env(
         &sim.base_url(),
-        "[limits.import]\nrequests = 100000\nconcurrent = 32\n[poll]\nstatus_interval = \"20ms\"",
+        "[limits.import]\nrequests = 100000\nconcurrent = 32\n\
+         [limits.status]\nrequests = 100000000\n[poll]\nstatus_interval = \"20ms\"",
     )?;
     let store = Store::open(&e.db).await?;
     store.close().await;
@@ -341,6 +355,18 @@ async fn pickup() -> R<()> {
                 .find(|(u, _)| *u == url)
                 .map(|(_, t)| *t);
             if let Some(t) = seen {
+                if std::env::var_os("BENCH_VERBOSE").is_some() && i < 12 {
+                    let ms = |t: SystemTime| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis()
+                    };
+                    println!(
+                        "pickup: row {i}: committed {} POST {}",
+                        ms(committed),
+                        ms(t)
+                    );
+                }
                 lat.push(t.duration_since(committed).unwrap_or_default());
                 break;
             }
@@ -349,14 +375,16 @@ async fn pickup() -> R<()> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        // Let the daemon go idle again between samples.
+        // Let the daemon go idle again between samples: the row's job done, then a pause
+        // that is not a multiple of the queue tick.
+        wait_done(&mut c, i as i64 + 1, Duration::from_secs(5)).await?;
         tokio::time::sleep(Duration::from_millis(37)).await;
     }
     stop(child)?;
     lat.sort();
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
     println!(
-        "pickup: 100 inserts into an idle daemon (queue_interval 250ms default): p50 {:?}, p99 {:?}, max {:?}",
+        "pickup: 100 inserts into an idle daemon (queue_interval 250ms default, file watch on): p50 {:?}, p99 {:?}, max {:?}",
         p(0.5),
         p(0.99),
         lat[lat.len() - 1]

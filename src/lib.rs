@@ -14,3 +14,4 @@ pub mod limits;
 pub mod scheduler;
 pub mod sim;
 pub mod store;
+pub mod wakeup;

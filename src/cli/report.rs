@@ -139,10 +139,10 @@ pub async fn list(
             (_, Some(e), _) if r.state != "completed" => format!("  [{e}]"),
             _ => String::new(),
         };
-        // The URL is what identifies the row: it keeps all but a short stub of the room.
-        let url_room = if note.is_empty() { room } else { room - 12 };
-        let url = shorten(&r.url, url_room);
-        let note_room = room.saturating_sub(url.chars().count());
+        // The URL is what identifies the row: it gets the room first; the note what is left
+        // (at least a 12-character stub, so a failure is always visible).
+        let url = shorten(&r.url, room);
+        let note_room = room.saturating_sub(url.chars().count()).max(12);
         let updated: String = r.updated_at.chars().take(19).collect();
         println!(
             "{:>6}  {:<10}  {:>3}  {:<20}  {}{}",

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +79,9 @@ struct Lane {
     maybe_due: bool,
 }
 
+/// When to look again for due rows after the database file changed (see `rechecks`).
+const RECHECKS: [Duration; 2] = [Duration::from_millis(3), Duration::from_millis(20)];
+
 pub struct Scheduler {
     cfg: Arc<Config>,
     store: Store,
@@ -94,6 +97,11 @@ pub struct Scheduler {
     health: SharedHealth,
     /// Told once start-up recovery is done (systemd's READY=1 waits for it).
     ready: Option<oneshot::Sender<()>>,
+    /// Notified when the database file changes (see `wakeup`): new rows may be due.
+    db_changed: Arc<Notify>,
+    /// Second looks after a change: inotify reports the WAL write before the other
+    /// process's commit is visible to readers, so the first look can come too early.
+    rechecks: Vec<SystemTime>,
 }
 
 fn lane_index(kind: JobKind) -> usize {
@@ -140,7 +148,14 @@ impl Scheduler {
             buckets_saved_at: now,
             health: Health::new(),
             ready: None,
+            db_changed: Arc::new(Notify::new()),
+            rechecks: Vec::new(),
         }
+    }
+
+    /// What `wakeup::watch` notifies when the database changes.
+    pub fn db_changed(&self) -> Arc<Notify> {
+        self.db_changed.clone()
     }
 
     /// `ready` is sent `()` once start-up recovery has run, before the first claim.
@@ -173,13 +188,23 @@ impl Scheduler {
                 self.tick().await;
                 next_tick = now + queue_interval;
             }
+            if self.rechecks.iter().any(|t| *t <= now) {
+                self.rechecks.retain(|t| *t > now);
+                for lane in &mut self.lanes {
+                    lane.maybe_due = true;
+                }
+            }
             self.dispatch_polls(now).await;
             for i in 0..self.lanes.len() {
                 self.dispatch_submits(i, now).await;
             }
             self.save_buckets_if_due(now).await;
-            let wake = self.next_wake(now).min(next_tick);
+            let mut wake = self.next_wake(now).min(next_tick);
+            if let Some(t) = self.rechecks.iter().min() {
+                wake = wake.min(*t);
+            }
             let sleep = tokio::time::sleep(clock::until(wake).max(Duration::from_millis(1)));
+            let db_changed = self.db_changed.clone();
             tokio::select! {
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match joined {
@@ -188,6 +213,13 @@ impl Scheduler {
                     }
                 }
                 Some(c) = control.recv() => self.apply(c).await,
+                _ = db_changed.notified() => {
+                    for lane in &mut self.lanes {
+                        lane.maybe_due = true;
+                    }
+                    let at = SystemTime::now();
+                    self.rechecks = RECHECKS.iter().map(|d| at + *d).collect();
+                }
                 _ = sleep => {}
                 _ = self.shutdown.cancelled() => break,
             }
