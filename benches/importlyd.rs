@@ -58,7 +58,8 @@ async fn main() -> R<()> {
 }
 
 struct Env {
-    dir: tempfile::TempDir,
+    /// Holds the temp dir (database, config, daemon.log) until the benchmark ends.
+    _dir: tempfile::TempDir,
     db: PathBuf,
     config: PathBuf,
 }
@@ -81,12 +82,16 @@ fn env(base_url: &str, extra: &str) -> R<Env> {
         println!("keeping {}", dir.path().display());
         let kept = dir.keep();
         return Ok(Env {
-            dir: tempfile::TempDir::new_in(&kept)?,
+            _dir: tempfile::TempDir::new_in(&kept)?,
             db,
             config,
         });
     }
-    Ok(Env { dir, db, config })
+    Ok(Env {
+        _dir: dir,
+        db,
+        config,
+    })
 }
 
 fn daemon(e: &Env) -> R<Child> {
