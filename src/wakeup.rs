@@ -24,14 +24,21 @@ pub struct DbWatcher {
 /// `None`, logged, when the platform or the file system cannot watch: the queue tick
 /// then does all the work.
 pub fn watch(db: &Path, wake: Arc<Notify>) -> Option<DbWatcher> {
-    let db = match std::fs::canonicalize(db) {
-        Ok(p) => p,
+    match try_watch(db, wake) {
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::info!(error = %e, "not watching the database file; new rows are found at each queue tick");
-            return None;
+            None
         }
+    }
+}
+
+fn try_watch(db: &Path, wake: Arc<Notify>) -> notify::Result<DbWatcher> {
+    let db = std::fs::canonicalize(db)?;
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
+        return Err(notify::Error::generic("the database path has no file name"));
     };
-    let (dir, name) = (db.parent()?.to_owned(), db.file_name()?.to_owned());
+    let name = name.to_owned();
     let mut wal: OsString = name.clone();
     wal.push("-wal");
     let handler = move |res: notify::Result<notify::Event>| {
@@ -48,15 +55,9 @@ pub fn watch(db: &Path, wake: Arc<Notify>) -> Option<DbWatcher> {
             wake.notify_one();
         }
     };
-    let watched = notify::recommended_watcher(handler)
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-    match watched {
-        Ok(w) => Some(DbWatcher { _watcher: w }),
-        Err(e) => {
-            tracing::info!(error = %e, "not watching the database file; new rows are found at each queue tick");
-            None
-        }
-    }
+    let mut watcher = notify::recommended_watcher(handler)?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(DbWatcher { _watcher: watcher })
 }
 
 #[cfg(test)]

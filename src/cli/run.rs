@@ -51,11 +51,12 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
             notifier(store, health, shutdown, interval).await;
         }
     });
-    let scheduler = Scheduler::new(cfg.clone(), store.clone(), client, shutdown.clone())
+    let db_path = cfg.database.path.clone();
+    let scheduler = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
         .with_health(health)
         .with_ready(ready_tx);
     // Kept alive for the whole run: a new row wakes the scheduler at once.
-    let _watch = crate::wakeup::watch(&cfg.database.path, scheduler.db_changed());
+    let _watch = crate::wakeup::watch(&db_path, scheduler.db_changed());
     let result = scheduler.run(rx).await;
     // The notifier sends STOPPING=1 once the token is cancelled (a signal did that already,
     // unless the scheduler itself failed).

@@ -170,10 +170,15 @@ impl Pauses {
         Some(p.clone())
     }
 
-    /// Lifts a pause; true if there was one.
-    pub fn lift(&mut self, scope: Scope) -> bool {
+    /// Lifts `scope`'s pause on evidence from a request sent at `sent_at`; true if one was
+    /// lifted. Only a request sent after the pause began counts: a submit already in flight
+    /// when a 402 came back (sent while the last credit was still there) must not lift the
+    /// pause that 402 just set. `since` is stored with millisecond precision, hence the
+    /// millisecond of slack.
+    pub fn lift(&mut self, scope: Scope, sent_at: SystemTime) -> bool {
         let before = self.list.len();
-        self.list.retain(|p| p.scope != scope);
+        self.list
+            .retain(|p| p.scope != scope || sent_at + Duration::from_millis(1) < p.since);
         before != self.list.len()
     }
 
@@ -209,7 +214,10 @@ mod tests {
         );
         p.pause(Scope::All, "401".into(), 401, t0, iv);
         assert!(matches!(p.poll_gate(t0), Gate::Closed { .. }));
-        assert!(p.lift(Scope::All));
+        // An answer to a request sent before the pause is no evidence.
+        assert!(!p.lift(Scope::All, t0 - Duration::from_secs(1)));
+        assert!(matches!(p.poll_gate(t0), Gate::Closed { .. }));
+        assert!(p.lift(Scope::All, t0));
         assert_eq!(p.poll_gate(t0), Gate::Open);
     }
 }

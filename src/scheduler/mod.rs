@@ -190,9 +190,7 @@ impl Scheduler {
             }
             if self.rechecks.iter().any(|t| *t <= now) {
                 self.rechecks.retain(|t| *t > now);
-                for lane in &mut self.lanes {
-                    lane.maybe_due = true;
-                }
+                self.look_for_due_rows();
             }
             self.dispatch_polls(now).await;
             for i in 0..self.lanes.len() {
@@ -214,9 +212,7 @@ impl Scheduler {
                 }
                 Some(c) = control.recv() => self.apply(c).await,
                 _ = db_changed.notified() => {
-                    for lane in &mut self.lanes {
-                        lane.maybe_due = true;
-                    }
+                    self.look_for_due_rows();
                     let at = SystemTime::now();
                     self.rechecks = RECHECKS.iter().map(|d| at + *d).collect();
                 }
@@ -294,12 +290,17 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Every `poll.queue_interval`: look for new rows, and re-read pauses (an operator's
-    /// `importlyd resume` deletes them in the database).
-    async fn tick(&mut self) {
+    /// The next loop turn reads whether rows are due, in every lane.
+    fn look_for_due_rows(&mut self) {
         for lane in &mut self.lanes {
             lane.maybe_due = true;
         }
+    }
+
+    /// Every `poll.queue_interval`: look for new rows, and re-read pauses (an operator's
+    /// `importlyd resume` deletes them in the database).
+    async fn tick(&mut self) {
+        self.look_for_due_rows();
         match self.store.pauses().await {
             Ok(stored) => {
                 let before = self.pauses.clone();

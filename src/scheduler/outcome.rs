@@ -46,9 +46,7 @@ impl Scheduler {
 
     /// An answer that proves the key good lifts a 401 pause; one that proves the credits
     /// good (an accepted job, or a concurrency refusal: credits are checked first) lifts a
-    /// 402 pause of that kind. Only a request sent after the pause began is evidence: a
-    /// submit that was already in flight when a 402 came back (sent while the last credit
-    /// was still there) must not lift the pause that 402 just set.
+    /// 402 pause of that kind, if the request was sent after the pause began.
     async fn lift_pauses(&mut self, kind: JobKind, ex: &Exchange, probe: Option<Scope>) {
         if self.pauses.is_empty() && probe.is_none() {
             return;
@@ -79,15 +77,10 @@ impl Scheduler {
         }
     }
 
-    /// Lifts `scope`'s pause if the request that proved it wrong (sent at `sent_at`) went
-    /// out after the pause began. The stored `since` has millisecond precision, hence the
-    /// millisecond of slack.
+    /// Lifts `scope`'s pause if the request that proved it wrong went out at `sent_at`,
+    /// after the pause began (see [`Pauses::lift`]).
     async fn lift(&mut self, scope: Scope, sent_at: SystemTime) {
-        let newer = self
-            .pauses
-            .get(scope)
-            .is_some_and(|p| sent_at + Duration::from_millis(1) >= p.since);
-        if newer && self.pauses.lift(scope) {
+        if self.pauses.lift(scope, sent_at) {
             tracing::info!(
                 scope = scope.as_str(),
                 "pause lifted: Importly accepts us again"
@@ -96,9 +89,7 @@ impl Scheduler {
                 s.clear_pause(scope.as_str()).await
             })
             .await;
-            for lane in &mut self.lanes {
-                lane.maybe_due = true;
-            }
+            self.look_for_due_rows();
         }
     }
 
@@ -376,8 +367,6 @@ impl Scheduler {
                 title = info.title.as_deref().unwrap_or(""),
                 "metadata completed and cached"
             );
-            // Import rows waiting on this URL's preflight may go now.
-            self.lanes[lane_index(JobKind::Import)].maybe_due = true;
         }
         stored.is_some()
     }

@@ -22,6 +22,10 @@ pub(super) enum Verdict {
     Done,
 }
 
+/// How many status intervals an import waiting for its preflight metadata sleeps before it
+/// looks again on its own (the end of the metadata row normally wakes it first).
+const WAITING_FALLBACK_POLLS: u32 = 6;
+
 impl Scheduler {
     pub(super) async fn preflight(&mut self, kind: JobKind, row: &Claimed) -> Verdict {
         let now = SystemTime::now();
@@ -93,7 +97,8 @@ impl Scheduler {
                         // The end of the metadata row wakes this one (store::WAKE_WAITERS);
                         // the snooze is only a fallback (a cancelled or purged metadata
                         // row), long enough that many waiting rows do not churn the writer.
-                        let due = SystemTime::now() + self.cfg.poll.status_interval * 6;
+                        let due = SystemTime::now()
+                            + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
                         let max = self.cfg.retry.max_attempts;
                         let keep = self.cfg.log.keep_attempts;
                         self.persist("wait for preflight metadata", |s| async move {

@@ -31,20 +31,30 @@ pub enum MetadataRow {
     Queued(i64),
 }
 
+/// The text of [`MetadataRow::WAITING`], for `concat!` into SQL.
+macro_rules! waiting {
+    () => {
+        "waiting for preflight metadata"
+    };
+}
+
 impl MetadataRow {
     /// The `last_error` of an import row the credit guard snoozed while its metadata is
     /// fetched. It marks the row as waiting: when it is next claimed, the newest metadata row
     /// for its URL ended during that wait.
-    /// (Repeated literally in migration 0003's index and [`WAKE_WAITERS`].)
-    pub const WAITING: &'static str = "waiting for preflight metadata";
+    /// (Migration 0003's partial index repeats it; a migration cannot change.)
+    pub const WAITING: &'static str = waiting!();
 }
 
 /// Makes the imports waiting on metadata row `?1`'s URL due at `?2`: run in the transaction
-/// that ends that metadata row. Its `WHERE` repeats the partial index
-/// `imports_waiting_for_preflight` (migration 0003) literally, so the lookup uses it.
-pub(super) const WAKE_WAITERS: &str = "UPDATE imports SET next_attempt_at = ?2 \
-     WHERE state = 'pending' AND last_error = 'waiting for preflight metadata' \
-       AND url = (SELECT url FROM imports WHERE id = ?1 AND kind = 'metadata')";
+/// that ends that metadata row. The text is in the SQL, not bound, so that the `WHERE` is
+/// that of the partial index `imports_waiting_for_preflight` and the lookup uses it.
+pub(super) const WAKE_WAITERS: &str = concat!(
+    "UPDATE imports SET next_attempt_at = ?2 \
+     WHERE state = 'pending' AND last_error = '",
+    waiting!(),
+    "' AND url = (SELECT url FROM imports WHERE id = ?1 AND kind = 'metadata')"
+);
 
 impl Store {
     /// Cached metadata fetched at or after `fresh_since` (ISO time).
