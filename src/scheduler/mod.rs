@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::health::{Health, SharedHealth};
 use crate::importly::{Client, Exchange, JobKind};
 use crate::limits::{Budget, Gate, Pauses, Scope, Slots};
-use crate::store::{Claimed, Store};
+use crate::store::{Claimed, Progress, Store};
 
 pub use record::attempt_record;
 
@@ -68,6 +68,14 @@ enum Done {
     },
 }
 
+/// The writes of one group of answers, stored together by `record_group`.
+#[derive(Default)]
+struct Group {
+    progress: Progress,
+    /// Accepted jobs (row id, URL for the log), polled once their state is stored.
+    jobs: Vec<(i64, String, Job)>,
+}
+
 /// Per-kind state: its budget, its concurrency and whether its queue may have due rows.
 struct Lane {
     kind: JobKind,
@@ -77,6 +85,8 @@ struct Lane {
     submitting: HashSet<i64>,
     /// False once a claim came back short; set again on each queue tick and on events.
     maybe_due: bool,
+    /// The last claim came back full, so rows are surely left: claim without reading first.
+    more_due: bool,
 }
 
 /// When to look again for due rows after the database file changed (see `rechecks`).
@@ -91,6 +101,8 @@ pub struct Scheduler {
     pauses: Pauses,
     jobs: HashMap<i64, Job>,
     tasks: JoinSet<Done>,
+    /// Answers handled but not yet stored (group commit, see `record_group`).
+    group: Group,
     shutdown: CancellationToken,
     buckets_dirty: bool,
     buckets_saved_at: SystemTime,
@@ -128,6 +140,7 @@ impl Scheduler {
             slots: Slots::new(limit.concurrent, probe_delay),
             submitting: HashSet::new(),
             maybe_due: true,
+            more_due: false,
         };
         let lanes = [
             lane(JobKind::Import, &cfg.limits.import, "import"),
@@ -143,6 +156,7 @@ impl Scheduler {
             pauses: Pauses::default(),
             jobs: HashMap::new(),
             tasks: JoinSet::new(),
+            group: Group::default(),
             shutdown,
             buckets_dirty: false,
             buckets_saved_at: now,
@@ -205,10 +219,13 @@ impl Scheduler {
             let db_changed = self.db_changed.clone();
             tokio::select! {
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    match joined {
-                        Ok(done) => self.handle(done).await,
-                        Err(e) => tracing::error!(error = %e, "HTTP task failed"),
+                    self.joined(joined).await;
+                    // Answers that came in meanwhile join this group: their writes share
+                    // one transaction. Bounded: only tasks already spawned can finish here.
+                    while let Some(joined) = self.tasks.try_join_next() {
+                        self.joined(joined).await;
                     }
+                    self.record_group().await;
                 }
                 Some(c) = control.recv() => self.apply(c).await,
                 _ = db_changed.notified() => {
@@ -222,6 +239,13 @@ impl Scheduler {
         }
         self.drain().await;
         Ok(())
+    }
+
+    async fn joined(&mut self, joined: Result<Done, tokio::task::JoinError>) {
+        match joined {
+            Ok(done) => self.handle(done).await,
+            Err(e) => tracing::error!(error = %e, "HTTP task failed"),
+        }
     }
 
     /// Runs start-up recovery until it succeeds: a database that is locked, full or
@@ -340,15 +364,17 @@ impl Scheduler {
             return;
         }
         // A read first: an idle tick must not take the write lock that other processes'
-        // INSERTs wait for.
+        // INSERTs wait for. Not needed while claims come back full (a busy queue).
         let now_iso = clock::iso(now);
-        match self.store.next_due(kind.as_str()).await {
-            Ok(Some(due)) if due <= now_iso => {}
-            Ok(_) => {
-                lane.maybe_due = false;
-                return;
+        if !lane.more_due {
+            match self.store.next_due(kind.as_str()).await {
+                Ok(Some(due)) if due <= now_iso => {}
+                Ok(_) => {
+                    lane.maybe_due = false;
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the queue failed; claiming anyway"),
             }
-            Err(e) => tracing::warn!(error = %e, "reading the queue failed; claiming anyway"),
         }
         let claimed = match self
             .store
@@ -362,10 +388,12 @@ impl Scheduler {
             Err(e) => {
                 self.health.write_failed("claim rows", &e);
                 lane.maybe_due = false;
+                lane.more_due = false;
                 return;
             }
         };
-        if (claimed.len() as u64) < n {
+        lane.more_due = claimed.len() as u64 == n;
+        if !lane.more_due {
             lane.maybe_due = false;
         }
         for row in claimed {
@@ -575,8 +603,10 @@ impl Scheduler {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !self.tasks.is_empty() {
             match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
-                Ok(Some(Ok(done))) => self.handle(done).await,
-                Ok(Some(Err(e))) => tracing::error!(error = %e, "HTTP task failed"),
+                Ok(Some(joined)) => {
+                    self.joined(joined).await;
+                    self.record_group().await;
+                }
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(

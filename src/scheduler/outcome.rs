@@ -10,7 +10,7 @@ use crate::backoff;
 use crate::clock;
 use crate::importly::{Exchange, JobKind, JobState, Outcome};
 use crate::limits::Scope;
-use crate::store::{AttemptRecord, Claimed, Fate};
+use crate::store::{AttemptRecord, Claimed, Fate, Finished, Started};
 
 impl Scheduler {
     pub(super) async fn handle(&mut self, done: Done) {
@@ -129,29 +129,22 @@ impl Scheduler {
         let now = ex.finished_at;
         match &ex.outcome {
             Outcome::Accepted { job_id } => {
-                let record = attempt_record(&ex, attempt, Some(job_id));
-                let job_id = job_id.clone();
-                let stored = self
-                    .persist("mark row running", |s| {
-                        let (record, job_id) = (record.clone(), job_id.clone());
-                        async move { s.mark_running(id, &job_id, &record, keep).await }
-                    })
-                    .await;
                 self.lanes[lane_index(kind)].slots.accepted();
-                if stored.is_none() {
-                    return;
-                }
-                tracing::info!(id, job_id = %job_id, url = %row.url, "submitted");
-                self.jobs.insert(
+                // Stored with the rest of this group's answers (see `record_group`); the job
+                // is polled once its `running` state is on disk.
+                self.group.progress.started.push(Started {
                     id,
-                    Job {
-                        kind,
-                        job_id,
-                        attempts: row.attempts,
-                        next_poll: now + self.cfg.poll.status_interval,
-                        polling: false,
-                    },
-                );
+                    job_id: job_id.clone(),
+                    record: attempt_record(&ex, attempt, Some(job_id)),
+                });
+                let job = Job {
+                    kind,
+                    job_id: job_id.clone(),
+                    attempts: row.attempts,
+                    next_poll: now + self.cfg.poll.status_interval,
+                    polling: false,
+                };
+                self.group.jobs.push((id, row.url, job));
             }
             Outcome::RateLimited { until, .. } => {
                 let until = *until;
@@ -262,12 +255,22 @@ impl Scheduler {
                 state: JobState::Completed,
                 data,
             } => {
-                let stored = match job.kind {
-                    JobKind::Import => self.record_import(id, data).await,
-                    JobKind::Metadata => self.record_metadata(id, &job.job_id, data).await,
-                };
-                if stored {
-                    self.finish_job(id);
+                match job.kind {
+                    // Stored with the rest of this group's answers (see `record_group`).
+                    JobKind::Import => self.group.progress.finished.push(Finished {
+                        id,
+                        media_url: data
+                            .get("mediaUrl")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        credits_used: data.get("creditsUsed").and_then(Value::as_i64),
+                        result: data.to_string(),
+                    }),
+                    JobKind::Metadata => {
+                        if self.record_metadata(id, &job.job_id, data).await {
+                            self.finish_job(id);
+                        }
+                    }
                 }
             }
             Outcome::Job {
@@ -316,29 +319,38 @@ impl Scheduler {
         }
     }
 
-    /// A completed import: media URL, credits and the whole `data`.
-    async fn record_import(&mut self, id: i64, data: &Value) -> bool {
-        let media_url = data
-            .get("mediaUrl")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let credits = data.get("creditsUsed").and_then(Value::as_i64);
-        let result = data.to_string();
+    /// Records the group's accepted submits and completed imports in one transaction,
+    /// then starts polling the accepted jobs and frees the completed ones' slots. Called
+    /// after each group of answers; a no-op when the group changed nothing.
+    pub(super) async fn record_group(&mut self) {
+        if self.group.progress.is_empty() {
+            return;
+        }
+        let group = std::mem::take(&mut self.group);
+        let progress = &group.progress;
         let stored = self
-            .persist("record completion", |s| {
-                let (media_url, result) = (media_url.clone(), result.clone());
-                async move { s.complete(id, media_url.as_deref(), credits, &result).await }
+            .persist("record progress", |s| async move {
+                s.record_progress(progress).await
             })
             .await;
-        if stored.is_some() {
+        if stored.is_none() {
+            // Shutdown came first: the rows stay `submitting`/`running` on disk, and start-up
+            // recovery resolves them.
+            return;
+        }
+        for (id, url, job) in group.jobs {
+            tracing::info!(id, job_id = %job.job_id, url = %url, "submitted");
+            self.jobs.insert(id, job);
+        }
+        for f in &group.progress.finished {
             tracing::info!(
-                id,
-                media_url = media_url.as_deref().unwrap_or(""),
-                credits,
+                id = f.id,
+                media_url = f.media_url.as_deref().unwrap_or(""),
+                credits = f.credits_used,
                 "completed"
             );
+            self.finish_job(f.id);
         }
-        stored.is_some()
     }
 
     /// A completed metadata job: the row and the cache, together.

@@ -78,11 +78,15 @@ pub(super) async fn insert(
     .bind(env!("CARGO_PKG_VERSION"))
     .execute(&mut *conn)
     .await?;
+    if r.outcome == "accepted" {
+        // Never pruned, and it adds no failure record: nothing to trim.
+        return Ok(());
+    }
     sqlx::query(
         "DELETE FROM import_attempts WHERE import_id = ?1 AND outcome <> 'accepted' \
          AND id < (SELECT min(id) FROM (SELECT id FROM import_attempts \
                    WHERE import_id = ?1 AND outcome <> 'accepted' \
-                   ORDER BY id DESC LIMIT ?2))",
+                   ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)))",
     )
     .bind(import_id)
     .bind(i64::from(keep))
@@ -94,7 +98,8 @@ pub(super) async fn insert(
 impl Store {
     /// Logs an exchange that changed nothing about the row (e.g. a failed status poll).
     pub async fn record_attempt(&self, import_id: i64, r: &AttemptRecord, keep: u32) -> Result<()> {
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         insert(&mut tx, import_id, r, keep).await?;
         tx.commit().await?;
         Ok(())

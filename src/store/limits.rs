@@ -50,7 +50,7 @@ impl Store {
         .bind(p.http_status)
         .bind(&p.since)
         .bind(&p.next_probe)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -58,7 +58,7 @@ impl Store {
     pub async fn clear_pause(&self, scope: &str) -> Result<()> {
         sqlx::query("DELETE FROM pauses WHERE scope = ?")
             .bind(scope)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
@@ -66,7 +66,7 @@ impl Store {
     /// `importlyd resume`: lifts every pause; the daemon sees it on its next queue tick.
     pub async fn clear_pauses(&self) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM pauses")
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?
             .rows_affected())
     }
@@ -85,7 +85,8 @@ impl Store {
         if buckets.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
         for b in buckets {
             sqlx::query(

@@ -83,7 +83,8 @@ impl Store {
         formats: &str,
         data: &str,
     ) -> Result<()> {
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
         sqlx::query(
             "UPDATE imports SET state = 'completed', result = ?2, completed_at = ?3, \
@@ -138,7 +139,7 @@ impl Store {
         .bind(data.to_string())
         .bind(&cached.job_id)
         .bind(&now)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -150,7 +151,8 @@ impl Store {
     /// in between), a row in progress is waited on and anything else queues a fresh fetch:
     /// failures are not cached, so an old failure never fails a new import attempt.
     pub async fn ensure_metadata_row(&self, import_id: i64, url: &str) -> Result<MetadataRow> {
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         let import_error: Option<Option<String>> =
             sqlx::query_scalar("SELECT last_error FROM imports WHERE id = ?")
                 .bind(import_id)

@@ -1,6 +1,6 @@
 //! The store owns every SQL statement of the daemon and its commands.
 //!
-//! One writer connection (a pool of one) serialises our writes, so we never fight ourselves
+//! One writer connection, behind a mutex, serialises our writes, so we never fight ourselves
 //! for the lock; a small reader pool serves reads. WAL lets other processes read and
 //! insert while we run, and every write here is one short statement or one
 //! `BEGIN IMMEDIATE` transaction, never held across an HTTP call, so their busy timeout
@@ -10,6 +10,7 @@ mod attempts;
 mod limits;
 mod metadata;
 mod ops;
+mod progress;
 mod queue;
 
 use std::path::Path;
@@ -18,12 +19,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Sqlite, SqlitePool, Transaction};
+use std::sync::Arc;
+
+use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 pub use attempts::{AttemptRecord, StoredAttempt};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{EnqueueRow, ListFilter, StatusCounts};
+pub use progress::{Finished, Progress, Started};
 pub use queue::{Claimed, Fate};
 
 /// How long any of our statements waits for another process's lock.
@@ -110,9 +115,15 @@ pub(crate) const ROW_COLUMNS: &str = "id, url, kind, options, external_id, state
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    writer: SqlitePool,
+    /// Our one writer: a connection of its own rather than a pool of one, because a pool
+    /// pings the connection each time it is handed back (a round trip to SQLite's worker
+    /// thread per statement). `None` once closed.
+    writer: Arc<Mutex<Option<SqliteConnection>>>,
     reader: SqlitePool,
 }
+
+/// The writer, held for one statement or one transaction.
+type Writer<'a> = MappedMutexGuard<'a, SqliteConnection>;
 
 impl Store {
     /// Opens (creating if missing) the database and applies migrations.
@@ -147,31 +158,42 @@ impl Store {
                 BUSY_TIMEOUT + Duration::from_secs(1),
             )
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts.clone())
-            .await?;
+        let writer = opts.connect().await?;
+        // No ping before each use: a SQLite connection is a file handle that cannot drop the
+        // way a network one can, and each ping is one more round trip to its worker thread.
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Store { writer, reader })
+        Ok(Store {
+            writer: Arc::new(Mutex::new(Some(writer))),
+            reader,
+        })
     }
 
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.writer).await?;
+        MIGRATOR.run(&mut *self.writer().await?).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.writer.close().await;
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = writer.close().await;
+        }
         self.reader.close().await;
     }
 
-    async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// The writer connection, waiting for whoever holds it.
+    async fn writer(&self) -> Result<Writer<'_>> {
+        MutexGuard::try_map(self.writer.lock().await, Option::as_mut)
+            .map_err(|_| StoreError::Invalid("the database is closed".into()))
     }
+}
+
+/// Starts a write transaction on `writer` that takes the write lock at once, so it never
+/// fails half-way for want of it. Dropped uncommitted, it rolls back.
+async fn begin_immediate<'a>(writer: &'a mut Writer<'_>) -> Result<Transaction<'a, Sqlite>> {
+    Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
 }

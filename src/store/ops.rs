@@ -58,7 +58,8 @@ impl Store {
     /// `ON CONFLICT (external_id) DO NOTHING`, not `INSERT OR IGNORE`: SQLite's OR IGNORE
     /// also swallows CHECK failures, which would drop a bad URL without a word.
     pub async fn enqueue(&self, rows: &[EnqueueRow]) -> Result<Vec<i64>> {
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         let mut ids = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             let id: Option<i64> = sqlx::query_scalar(
@@ -161,7 +162,7 @@ impl Store {
         .bind(all_failed)
         .bind(&now)
         .bind(since)
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer().await?)
         .await?;
         done.sort_unstable();
         Ok(done)
@@ -178,7 +179,7 @@ impl Store {
         )
         .bind(list)
         .bind(&now)
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer().await?)
         .await?;
         done.sort_unstable();
         Ok(done)
@@ -197,7 +198,7 @@ impl Store {
             )
             .bind(before)
             .bind(completed_only)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?
             .rows_affected();
             total += n;
@@ -213,7 +214,7 @@ impl Store {
         Ok(
             sqlx::query("DELETE FROM metadata_cache WHERE fetched_at < ?")
                 .bind(before)
-                .execute(&self.writer)
+                .execute(&mut *self.writer().await?)
                 .await?
                 .rows_affected(),
         )

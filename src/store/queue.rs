@@ -34,6 +34,47 @@ pub struct Running {
     pub attempts: i64,
 }
 
+/// The claim statement for one kind. `?1` is the batch size, `?2` the time. The CAST keeps
+/// `LIMIT` from being a bare parameter: SQLite plans a bare one by its bound value and so
+/// re-prepares the statement whenever the batch size changes.
+macro_rules! claim_sql {
+    ($kind:literal) => {
+        concat!(
+            "UPDATE imports SET state = 'submitting', updated_at = ?2 \
+             WHERE id IN (SELECT id FROM imports \
+                          WHERE state = 'pending' AND kind = '",
+            $kind,
+            "' AND next_attempt_at <= ?2 \
+                          ORDER BY next_attempt_at, id LIMIT CAST(?1 AS INTEGER)) \
+             RETURNING id, url, kind, options, attempts"
+        )
+    };
+}
+
+macro_rules! next_due_sql {
+    ($kind:literal) => {
+        concat!(
+            "SELECT next_attempt_at FROM imports WHERE state = 'pending' AND kind = '",
+            $kind,
+            "' ORDER BY next_attempt_at, id LIMIT 1"
+        )
+    };
+}
+
+/// Picks the statement written for `kind`. A bound `kind = ?` would make SQLite re-prepare
+/// the statement on every run: the partial index `imports_metadata_by_url` (`WHERE kind =
+/// 'metadata'`) makes the plan depend on the bound value, so each new binding expires the
+/// prepared statement (profiling showed a tenth of the daemon's CPU in re-parsing).
+fn by_kind(kind: &str, import: &'static str, metadata: &'static str) -> Result<&'static str> {
+    match kind {
+        "import" => Ok(import),
+        "metadata" => Ok(metadata),
+        other => Err(super::StoreError::Invalid(format!(
+            "unknown job kind {other:?}"
+        ))),
+    }
+}
+
 impl Store {
     /// Claims up to `n` due pending rows of `kind`, oldest due first, in one statement, so
     /// no row can be claimed twice.
@@ -41,18 +82,13 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut rows = sqlx::query_as::<_, Claimed>(
-            "UPDATE imports SET state = 'submitting', updated_at = ?3 \
-             WHERE id IN (SELECT id FROM imports \
-                          WHERE state = 'pending' AND kind = ?1 AND next_attempt_at <= ?3 \
-                          ORDER BY next_attempt_at, id LIMIT ?2) \
-             RETURNING id, url, kind, options, attempts",
-        )
-        .bind(kind)
-        .bind(i64::from(n))
-        .bind(now)
-        .fetch_all(&self.writer)
-        .await?;
+        // The kind is written into the SQL, not bound (see `by_kind`).
+        let sql = by_kind(kind, claim_sql!("import"), claim_sql!("metadata"))?;
+        let mut rows = sqlx::query_as::<_, Claimed>(sql)
+            .bind(i64::from(n))
+            .bind(now)
+            .fetch_all(&mut *self.writer().await?)
+            .await?;
         // RETURNING order is unspecified; keep oldest-due-first for the caller.
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -60,39 +96,10 @@ impl Store {
 
     /// When the next pending row of `kind` is due, if any.
     pub async fn next_due(&self, kind: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar::<_, String>(
-            "SELECT next_attempt_at FROM imports WHERE state = 'pending' AND kind = ? \
-             ORDER BY next_attempt_at, id LIMIT 1",
-        )
-        .bind(kind)
-        .fetch_optional(&self.reader)
-        .await?)
-    }
-
-    /// The submit got a job id: the row is `running` from now on.
-    pub async fn mark_running(
-        &self,
-        id: i64,
-        job_id: &str,
-        record: &AttemptRecord,
-        keep: u32,
-    ) -> Result<()> {
-        let mut tx = self.begin_immediate().await?;
-        attempts::insert(&mut tx, id, record, keep).await?;
-        sqlx::query(
-            "UPDATE imports SET state = 'running', importly_job_id = ?2, updated_at = ?3, \
-               last_error = CASE WHEN last_error = ?4 THEN NULL ELSE last_error END \
-             WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(job_id)
-        .bind(clock::now_iso())
-        // Waiting for preflight metadata was not a failure; a failure reason stays.
-        .bind(super::MetadataRow::WAITING)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let sql = by_kind(kind, next_due_sql!("import"), next_due_sql!("metadata"))?;
+        Ok(sqlx::query_scalar::<_, String>(sql)
+            .fetch_optional(&self.reader)
+            .await?)
     }
 
     /// Back to `pending`, due at `due`. With `count` the failure is the row's own and
@@ -109,7 +116,8 @@ impl Store {
         record: Option<&AttemptRecord>,
         keep: u32,
     ) -> Result<Fate> {
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         if let Some(r) = record {
             attempts::insert(&mut tx, id, r, keep).await?;
         }
@@ -147,7 +155,8 @@ impl Store {
         record: Option<&AttemptRecord>,
         keep: u32,
     ) -> Result<()> {
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         if let Some(r) = record {
             attempts::insert(&mut tx, id, r, keep).await?;
         }
@@ -173,37 +182,13 @@ impl Store {
         Ok(())
     }
 
-    /// The job completed: store what Importly reported.
-    pub async fn complete(
-        &self,
-        id: i64,
-        media_url: Option<&str>,
-        credits_used: Option<i64>,
-        result: &str,
-    ) -> Result<()> {
-        let now = clock::now_iso();
-        sqlx::query(
-            "UPDATE imports SET state = 'completed', media_url = ?2, credits_used = ?3, \
-               result = ?4, completed_at = ?5, updated_at = ?5 \
-             WHERE id = ?1 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(media_url)
-        .bind(credits_used)
-        .bind(result)
-        .bind(&now)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
     /// Rows whose jobs are in progress on Importly's side: polled, never re-submitted.
     pub async fn running(&self) -> Result<Vec<Running>> {
         Ok(sqlx::query_as::<_, Running>(
             "SELECT id, kind, importly_job_id, attempts FROM imports \
              WHERE state = 'running' AND importly_job_id IS NOT NULL ORDER BY id",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer().await?)
         .await?)
     }
 
@@ -211,7 +196,8 @@ impl Store {
     /// Its POST may have reached Importly (there is no idempotency key), so the row goes
     /// back to `pending` and the ambiguity is written to its log for the ticket.
     pub async fn recover_submitting(&self, keep: u32) -> Result<Vec<i64>> {
-        let mut tx = self.begin_immediate().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
         let ids: Vec<(i64, i64)> = sqlx::query_as(
             "UPDATE imports SET state = 'pending', next_attempt_at = ?1, updated_at = ?1, \
@@ -255,7 +241,7 @@ impl Store {
         )
         .bind(list)
         .bind(clock::now_iso())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }

@@ -1,0 +1,235 @@
+//! Group commit of the two outcomes that make up almost all of a busy daemon's writes: a
+//! submit that got a job id (`submitting` -> `running`, with its `accepted` attempt record)
+//! and an import job that completed (`running` -> `completed`).
+//!
+//! The scheduler collects the answers that arrive together and records them here in one
+//! `BEGIN IMMEDIATE` transaction of three statements sent as one list, whatever the group's
+//! size: the rows travel as one JSON array each, unpacked by `json_each`. One row at a time
+//! cost five statements per row, and every statement is a round trip to SQLite's worker
+//! thread, which is what bounded throughput (see BENCHMARKS.md).
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::attempts::AttemptRecord;
+use super::{Result, Store, StoreError};
+use crate::clock;
+
+/// What one group of answers changed.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub started: Vec<Started>,
+    pub finished: Vec<Finished>,
+}
+
+/// A submit Importly accepted.
+#[derive(Debug)]
+pub struct Started {
+    pub id: i64,
+    pub job_id: String,
+    pub record: AttemptRecord,
+}
+
+/// An import job that completed, with what Importly reported.
+#[derive(Debug, Serialize)]
+pub struct Finished {
+    pub id: i64,
+    pub media_url: Option<String>,
+    pub credits_used: Option<i64>,
+    pub result: String,
+}
+
+impl Progress {
+    pub fn is_empty(&self) -> bool {
+        self.started.is_empty() && self.finished.is_empty()
+    }
+}
+
+impl Store {
+    /// Records a group in one transaction: all of it or, on error, none of it.
+    pub async fn record_progress(&self, p: &Progress) -> Result<()> {
+        if p.is_empty() {
+            return Ok(());
+        }
+        let now = clock::now_iso();
+        let invalid = |e: serde_json::Error| StoreError::Invalid(e.to_string());
+        let records = serde_json::to_string(&p.started.iter().map(record_json).collect::<Vec<_>>())
+            .map_err(invalid)?;
+        let started = serde_json::to_string(
+            &p.started
+                .iter()
+                .map(|s| json!({ "id": s.id, "job_id": s.job_id }))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(invalid)?;
+        let finished = serde_json::to_string(&p.finished).map_err(invalid)?;
+        let mut writer = self.writer().await?;
+        let mut tx = super::begin_immediate(&mut writer).await?;
+        // One statement list, one round trip: an empty array makes its statements no-ops.
+        sqlx::query(RECORD_PROGRESS)
+            .bind(&records)
+            .bind(env!("CARGO_PKG_VERSION"))
+            .bind(&started)
+            .bind(&now)
+            // Waiting for preflight metadata was not a failure; a failure reason stays.
+            .bind(super::MetadataRow::WAITING)
+            .bind(&finished)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// `?1` the accepted attempt records, `?2` our version, `?3` the started rows (id, job id),
+/// `?4` now, `?5` the preflight waiting text, `?6` the finished rows. Accepted records are
+/// never pruned, so there is no trimming to do. A row its owner deleted mid-submit is
+/// skipped rather than failing the whole group on its foreign key.
+const RECORD_PROGRESS: &str = "\
+    INSERT INTO import_attempts (import_id, attempt, method, endpoint, request_body, \
+      started_at, finished_at, http_status, error, outcome, rate_limit, response_body, \
+      body_truncated, job_id, daemon_version) \
+    SELECT r.value ->> 'import_id', r.value ->> 'attempt', r.value ->> 'method', \
+      r.value ->> 'endpoint', r.value ->> 'request_body', r.value ->> 'started_at', \
+      r.value ->> 'finished_at', r.value ->> 'http_status', r.value ->> 'error', \
+      r.value ->> 'outcome', r.value ->> 'rate_limit', r.value ->> 'response_body', \
+      r.value ->> 'body_truncated', r.value ->> 'job_id', ?2 \
+    FROM json_each(?1) AS r \
+    WHERE EXISTS (SELECT 1 FROM imports WHERE id = r.value ->> 'import_id'); \
+    UPDATE imports SET state = 'running', importly_job_id = s.value ->> 'job_id', \
+      updated_at = ?4, last_error = CASE WHEN last_error = ?5 THEN NULL ELSE last_error END \
+    FROM json_each(?3) AS s WHERE imports.id = s.value ->> 'id'; \
+    UPDATE imports SET state = 'completed', media_url = f.value ->> 'media_url', \
+      credits_used = f.value ->> 'credits_used', result = f.value ->> 'result', \
+      completed_at = ?4, updated_at = ?4 \
+    FROM json_each(?6) AS f WHERE imports.id = f.value ->> 'id' AND imports.state = 'running'";
+
+fn record_json(s: &Started) -> serde_json::Value {
+    let r = &s.record;
+    json!({
+        "import_id": s.id,
+        "attempt": r.attempt,
+        "method": r.method,
+        "endpoint": r.endpoint,
+        "request_body": r.request_body,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "http_status": r.http_status,
+        "error": r.error,
+        "outcome": r.outcome,
+        "rate_limit": r.rate_limit,
+        "response_body": r.response_body,
+        "body_truncated": r.body_truncated,
+        "job_id": r.job_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn row(store: &Store, url: &str) -> i64 {
+        let ids = store
+            .enqueue(&[crate::store::EnqueueRow {
+                url: url.into(),
+                ..Default::default()
+            }])
+            .await
+            .unwrap();
+        ids[0]
+    }
+
+    fn accepted(id: i64, job: &str) -> Started {
+        Started {
+            id,
+            job_id: job.into(),
+            record: AttemptRecord {
+                attempt: 1,
+                method: "POST".into(),
+                endpoint: "/import".into(),
+                request_body: Some(r#"{"url":"x"}"#.into()),
+                started_at: "2026-11-25T10:00:00.000Z".into(),
+                finished_at: "2026-11-25T10:00:00.100Z".into(),
+                http_status: Some(202),
+                outcome: "accepted".into(),
+                response_body: Some(r#"{"jobId":"j"}"#.into()),
+                body_truncated: true,
+                job_id: Some(job.into()),
+                ..AttemptRecord::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_starts_and_finishes_rows_in_one_go_and_skips_deleted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let (a, b, gone) = (
+            row(&store, "https://e.com/a").await,
+            row(&store, "https://e.com/b").await,
+            row(&store, "https://e.com/gone").await,
+        );
+        let claimed = store
+            .claim_due("import", 3, &clock::now_iso())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        // Its owner deletes a row while its submit is in flight.
+        sqlx::query("DELETE FROM imports WHERE id = ?")
+            .bind(gone)
+            .execute(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+
+        let first = Progress {
+            started: vec![
+                accepted(a, "job-a"),
+                accepted(b, "job-b"),
+                accepted(gone, "job-x"),
+            ],
+            finished: vec![],
+        };
+        store.record_progress(&first).await.unwrap();
+        let ra = store.row(a).await.unwrap().unwrap();
+        assert_eq!(ra.state, "running");
+        assert_eq!(ra.importly_job_id.as_deref(), Some("job-a"));
+        let log = store.attempts(a).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].http_status, Some(202));
+        assert!(log[0].body_truncated);
+        assert_eq!(log[0].job_id.as_deref(), Some("job-a"));
+        assert_eq!(log[0].request_body.as_deref(), Some(r#"{"url":"x"}"#));
+        assert!(store.attempts(gone).await.unwrap().is_empty());
+
+        let second = Progress {
+            started: vec![],
+            finished: vec![
+                Finished {
+                    id: a,
+                    media_url: Some("https://cdn/a.mp4".into()),
+                    credits_used: Some(3),
+                    result: r#"{"mediaUrl":"https://cdn/a.mp4"}"#.into(),
+                },
+                Finished {
+                    id: b,
+                    media_url: None,
+                    credits_used: None,
+                    result: "{}".into(),
+                },
+            ],
+        };
+        store.record_progress(&second).await.unwrap();
+        let ra = store.row(a).await.unwrap().unwrap();
+        assert_eq!(ra.state, "completed");
+        assert_eq!(ra.media_url.as_deref(), Some("https://cdn/a.mp4"));
+        assert_eq!(ra.credits_used, Some(3));
+        assert_eq!(
+            ra.result.as_deref(),
+            Some(r#"{"mediaUrl":"https://cdn/a.mp4"}"#)
+        );
+        assert!(ra.completed_at.is_some());
+        let rb = store.row(b).await.unwrap().unwrap();
+        assert_eq!((rb.state.as_str(), rb.media_url), ("completed", None));
+        store.close().await;
+    }
+}
