@@ -8,6 +8,7 @@
 //! held database locks, which are the scenario itself.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -259,10 +260,22 @@ struct Daemon {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Where stderr goes instead of the pipe, if the test chose a file.
+    log_file: Option<PathBuf>,
 }
 
 impl Daemon {
     fn start(cfg: &Path, key: &str, env: &[(&str, String)]) -> Daemon {
+        Daemon::spawn(cfg, key, env, None)
+    }
+
+    /// As `start`, with stderr written to `file` (its device and inode are known before
+    /// the daemon starts, as the journal's are under systemd).
+    fn start_logging_to(cfg: &Path, key: &str, env: &[(&str, String)], file: &Path) -> Daemon {
+        Daemon::spawn(cfg, key, env, Some(file))
+    }
+
+    fn spawn(cfg: &Path, key: &str, env: &[(&str, String)], file: Option<&Path>) -> Daemon {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config").arg(cfg).arg("run");
         // Nothing of the test runner's own environment that the daemon reads.
@@ -285,10 +298,21 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start importlyd");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(path) = file {
+            let f = std::fs::File::options()
+                .append(true)
+                .open(path)
+                .expect("open the log file");
+            let child = cmd.stderr(f).spawn().expect("start importlyd");
+            return Daemon {
+                child,
+                log: Arc::default(),
+                reader: None,
+                log_file: Some(path.to_owned()),
+            };
+        }
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("start importlyd");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -302,6 +326,7 @@ impl Daemon {
             child,
             log,
             reader: Some(reader),
+            log_file: None,
         }
     }
 
@@ -319,7 +344,14 @@ impl Daemon {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        match &self.log_file {
+            Some(path) => std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            None => self.log.lock().unwrap().clone(),
+        }
     }
 
     fn log(&self) -> String {
@@ -900,8 +932,9 @@ async fn healthz_is_503_while_paused_by_401() {
 }
 
 /// `log.format = "json"`: one JSON object per stderr line. Text under the journal
-/// (`JOURNAL_STREAM` set): no time stamps, no ANSI escapes; text elsewhere has time stamps,
-/// and `RUST_LOG` sets the level.
+/// (`JOURNAL_STREAM` names stderr's device and inode): no time stamps, no ANSI escapes; text
+/// elsewhere, an inherited `JOURNAL_STREAM` naming another stream included, has time
+/// stamps, and `RUST_LOG` sets the level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_formats_json_and_journal() {
     let fx = Fixture::new(sim_config(ms(200), 2)).await;
@@ -933,7 +966,13 @@ async fn log_formats_json_and_journal() {
     // Text under the journal.
     fx.write_config(2, "");
     fx.insert(&fx.url("log-journal")).await;
-    let mut d = fx.start(KEY, &[("JOURNAL_STREAM", "1:1".to_owned())]);
+    let journal = fx.dir.path().join("journal.log");
+    let stream = std::fs::File::create(&journal)
+        .and_then(|f| f.metadata())
+        .map(|m| format!("{}:{}", m.dev(), m.ino()))
+        .expect("the log file's device and inode");
+    let mut d =
+        Daemon::start_logging_to(&fx.cfg_path, KEY, &[("JOURNAL_STREAM", stream)], &journal);
     fx.wait_count("completed", 2, secs(15)).await;
     d.wait_log("completed", secs(5)).await;
     d.stop_ok().await;
@@ -949,9 +988,16 @@ async fn log_formats_json_and_journal() {
         );
     }
 
-    // Text elsewhere: a time stamp, and RUST_LOG wins over log.level.
+    // Text elsewhere: a time stamp, and RUST_LOG wins over log.level. A JOURNAL_STREAM
+    // inherited from a parent whose stderr was the journal names another stream: ignored.
     fx.insert(&fx.url("log-text")).await;
-    let mut d = fx.start(KEY, &[("RUST_LOG", "importlyd=debug".to_owned())]);
+    let mut d = fx.start(
+        KEY,
+        &[
+            ("RUST_LOG", "importlyd=debug".to_owned()),
+            ("JOURNAL_STREAM", "1:1".to_owned()),
+        ],
+    );
     fx.wait_count("completed", 3, secs(15)).await;
     d.wait_log("completed", secs(5)).await;
     d.stop_ok().await;
@@ -970,14 +1016,119 @@ async fn log_formats_json_and_journal() {
     );
 }
 
+/// Sets the soft file size limit (RLIMIT_FSIZE) of a running process with util-linux's
+/// `prlimit`; `None` lifts it.
+fn limit_file_size(pid: &str, bytes: Option<u64>) {
+    let soft = bytes.map_or("unlimited".to_owned(), |b| b.to_string());
+    let out = Command::new("prlimit")
+        .args(["--pid", pid, &format!("--fsize={soft}:")])
+        .output()
+        .expect("prlimit (util-linux) is needed for this test");
+    assert!(
+        out.status.success(),
+        "prlimit --fsize={soft}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The disk "fills up" under the running daemon: a file size limit makes the kernel refuse
+/// its writes (short writes and EFBIG, which SQLite reports as SQLITE_FULL and
+/// SQLITE_IOERR_WRITE), with no lock anywhere. The daemon keeps running, `/healthz`
+/// answers 503, completions are not recorded until they can be, nothing is lost or sent
+/// twice, and once the limit goes everything completes. A second time with the daemon
+/// idle: its periodic write probe still turns `/healthz` to 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_keeps_daemon_alive_and_loses_nothing() {
+    let fx = Fixture::new(sim_config(secs(2), 2)).await;
+    let port = free_port();
+    fx.write_config(2, &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let urls = [fx.url("full-1"), fx.url("full-2")];
+    for u in &urls {
+        fx.insert(u).await;
+    }
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let mut d = fx.start(KEY, &[]);
+    wait_get(&healthz, 200, secs(10)).await;
+    fx.wait_count("running", 2, secs(15)).await;
+
+    // Busy: both jobs finish at Importly about 2 s from now, and recording that fails.
+    let credits = fx.sim.stats().credits;
+    limit_file_size(&d.pid(), Some(100));
+    let dl = Deadline::new("/healthz 503 while the disk is full", secs(20));
+    let body = loop {
+        d.assert_running();
+        if let Some((503, body)) = get(&healthz).await {
+            break body;
+        }
+        dl.tick().await;
+    };
+    assert!(body.contains("database"), "healthz says why: {body}");
+    // Past the jobs' end at Importly (charged for both): their completion is not recorded.
+    let dl = Deadline::new("both jobs done at Importly", secs(10));
+    while fx.sim.stats().credits > credits - 2 * SimConfig::default().import_cost {
+        dl.tick().await;
+    }
+    d.assert_running();
+    assert_eq!(
+        fx.count("completed").await,
+        0,
+        "nothing recorded while the disk is full"
+    );
+    assert_eq!(fx.count("running").await, 2, "the rows wait in `running`");
+
+    limit_file_size(&d.pid(), None);
+    fx.wait_count("completed", 2, secs(20)).await;
+    let body = wait_get(&healthz, 200, secs(15)).await;
+    assert_eq!(body.trim(), "ok");
+    d.wait_log("database writes succeed again", secs(5)).await;
+    assert!(
+        d.lines()
+            .iter()
+            .any(|l| l.contains("database write failed")
+                && (l.contains("full") || l.contains("I/O"))),
+        "the failure is logged with SQLite's reason:\n{}",
+        d.log()
+    );
+
+    // Idle: no row in flight, nothing due, the budgets saved after the last answer; only
+    // the write probe can notice.
+    let dl = Deadline::new("budgets saved after the last completion", secs(5));
+    loop {
+        let (saved, done): (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT max(updated_at) FROM buckets), \
+                    (SELECT max(completed_at) FROM imports)",
+        )
+        .fetch_one(&fx.db)
+        .await
+        .expect("read buckets");
+        if saved > done {
+            break;
+        }
+        dl.tick().await;
+    }
+    limit_file_size(&d.pid(), Some(100));
+    let body = wait_get(&healthz, 503, secs(25)).await;
+    assert!(body.contains("database"), "healthz says why: {body}");
+    d.assert_running();
+    limit_file_size(&d.pid(), None);
+    wait_get(&healthz, 200, secs(25)).await;
+
+    // And the queue works on.
+    let late = fx.url("full-late");
+    fx.insert(&late).await;
+    fx.wait_count("completed", 3, secs(20)).await;
+    for u in urls.iter().chain([&late]) {
+        assert_eq!(fx.posts(u), 1, "{u} submitted once");
+    }
+    d.stop_ok().await;
+}
+
 /// Database writes failing for longer than the busy timeout (another process holds
 /// `BEGIN EXCLUSIVE` for > 5 s): the daemon keeps running, `/healthz` answers 503, no
 /// completion is lost or invented, the failure of the completion write is logged once, and
-/// everything completes once the lock goes.
-///
-/// Today `/healthz` turns 503 only once a row update (`persist`) fails, about 20 s into
-/// the lock: the scheduler's per-tick claim and its budget save fail first, 5 s each, without
-/// reporting it. [`locked_database_strict`] is the stricter target.
+/// everything completes once the lock goes. [`locked_database_strict`] adds timing and
+/// log-volume bounds; [`full_disk_keeps_daemon_alive_and_loses_nothing`] is the same
+/// promise for writes the kernel refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locked_database_keeps_daemon_alive_and_healthz_503() {
     locked_database_scenario(false).await;

@@ -21,6 +21,13 @@ use crate::store::Store;
 
 pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     logging::init(&cfg.log);
+    // A write past the file size limit (RLIMIT_FSIZE) raises SIGXFSZ, whose default action
+    // kills the process. With a handler installed the write fails with EFBIG instead, which
+    // SQLite reports as a full disk: the daemon then waits and retries as for one. (tokio
+    // keeps a handler installed once registered, so the stream itself can go.)
+    if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+        tracing::warn!(error = %e, "cannot catch SIGXFSZ");
+    }
     let key = apikey::load(&cfg).map_err(|e| Failure::usage(e.to_string()))?;
     let store = Store::open(&cfg.database.path).await?;
     let client = Client::new(&cfg.api.base_url, key, cfg.api.request_timeout)

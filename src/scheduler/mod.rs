@@ -30,6 +30,11 @@ pub use record::attempt_record;
 /// How long in-flight HTTP calls may run on after SIGTERM before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// An idle daemon writes nothing, so it would not notice its database becoming unwritable
+/// (full disk, read-only file system, a lock held elsewhere) until a row arrived. It saves
+/// its budgets at least this often, a real write whose result `/healthz` reports.
+const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Most rows claimed in one statement.
 const CLAIM_BATCH: u64 = 64;
 
@@ -538,14 +543,22 @@ impl Scheduler {
             }
             wake = wake.min(t);
         }
-        if self.buckets_dirty {
-            wake = wake.min(self.buckets_saved_at + Duration::from_secs(1));
-        }
-        wake
+        wake.min(self.buckets_save_at())
+    }
+
+    /// Changed budgets are saved within a second; unchanged ones every
+    /// [`WRITE_PROBE_INTERVAL`], as the probe of an idle daemon's database.
+    fn buckets_save_at(&self) -> SystemTime {
+        let after = if self.buckets_dirty {
+            Duration::from_secs(1)
+        } else {
+            WRITE_PROBE_INTERVAL
+        };
+        self.buckets_saved_at + after
     }
 
     async fn save_buckets_if_due(&mut self, now: SystemTime) {
-        if !self.buckets_dirty || now < self.buckets_saved_at + Duration::from_secs(1) {
+        if now < self.buckets_save_at() {
             return;
         }
         self.save_buckets(now).await;

@@ -99,7 +99,7 @@ impl Store {
     /// Logs an exchange that changed nothing about the row (e.g. a failed status poll).
     pub async fn record_attempt(&self, import_id: i64, r: &AttemptRecord, keep: u32) -> Result<()> {
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         insert(&mut tx, import_id, r, keep).await?;
         tx.commit().await?;
         Ok(())

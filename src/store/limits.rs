@@ -86,7 +86,7 @@ impl Store {
             return Ok(());
         }
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
         for b in buckets {
             sqlx::query(

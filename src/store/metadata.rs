@@ -84,7 +84,7 @@ impl Store {
         data: &str,
     ) -> Result<()> {
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
         sqlx::query(
             "UPDATE imports SET state = 'completed', result = ?2, completed_at = ?3, \
@@ -152,7 +152,7 @@ impl Store {
     /// failures are not cached, so an old failure never fails a new import attempt.
     pub async fn ensure_metadata_row(&self, import_id: i64, url: &str) -> Result<MetadataRow> {
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         let import_error: Option<Option<String>> =
             sqlx::query_scalar("SELECT last_error FROM imports WHERE id = ?")
                 .bind(import_id)

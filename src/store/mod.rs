@@ -120,6 +120,8 @@ pub struct Store {
     /// thread per statement). `None` once closed.
     writer: Arc<Mutex<Option<SqliteConnection>>>,
     reader: SqlitePool,
+    /// How the writer was opened, to open it again (see `begin_immediate`).
+    writer_opts: SqliteConnectOptions,
 }
 
 /// The writer, held for one statement or one transaction.
@@ -165,11 +167,12 @@ impl Store {
             .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts.read_only(true))
+            .connect_with(opts.clone().read_only(true))
             .await?;
         Ok(Store {
             writer: Arc::new(Mutex::new(Some(writer))),
             reader,
+            writer_opts: opts,
         })
     }
 
@@ -190,10 +193,29 @@ impl Store {
         MutexGuard::try_map(self.writer.lock().await, Option::as_mut)
             .map_err(|_| StoreError::Invalid("the database is closed".into()))
     }
-}
 
-/// Starts a write transaction on `writer` that takes the write lock at once, so it never
-/// fails half-way for want of it. Dropped uncommitted, it rolls back.
-async fn begin_immediate<'a>(writer: &'a mut Writer<'_>) -> Result<Transaction<'a, Sqlite>> {
-    Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// Starts a write transaction on `writer` that takes the write lock at once, so it never
+    /// fails half-way for want of it. Dropped uncommitted, it rolls back.
+    ///
+    /// A COMMIT that fails on a full disk or an I/O error may find that SQLite already
+    /// rolled the transaction back; sqlx's ROLLBACK then fails too and sqlx counts the
+    /// transaction as open for good, refusing every later BEGIN. The writer is then opened
+    /// afresh, the only way to reset that count, so the daemon recovers once the disk does.
+    async fn begin_immediate<'a>(
+        &self,
+        writer: &'a mut Writer<'_>,
+    ) -> Result<Transaction<'a, Sqlite>> {
+        if writer.is_in_transaction() {
+            // A dropped transaction's ROLLBACK may still be queued: let it run first.
+            writer.ping().await?;
+        }
+        if writer.is_in_transaction() {
+            tracing::warn!("reopening the database after a failed commit");
+            let fresh = self.writer_opts.connect().await?;
+            let stale = std::mem::replace(&mut **writer, fresh);
+            // Closing only shuts its worker down: SQLite has no transaction open on it.
+            let _ = stale.close().await;
+        }
+        Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }

@@ -59,7 +59,7 @@ impl Store {
     /// also swallows CHECK failures, which would drop a bad URL without a word.
     pub async fn enqueue(&self, rows: &[EnqueueRow]) -> Result<Vec<i64>> {
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         let mut ids = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             let id: Option<i64> = sqlx::query_scalar(

@@ -64,7 +64,7 @@ impl Store {
         .map_err(invalid)?;
         let finished = serde_json::to_string(&p.finished).map_err(invalid)?;
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         // One statement list, one round trip: an empty array makes its statements no-ops.
         sqlx::query(RECORD_PROGRESS)
             .bind(&records)

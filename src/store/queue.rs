@@ -117,7 +117,7 @@ impl Store {
         keep: u32,
     ) -> Result<Fate> {
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         if let Some(r) = record {
             attempts::insert(&mut tx, id, r, keep).await?;
         }
@@ -156,7 +156,7 @@ impl Store {
         keep: u32,
     ) -> Result<()> {
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         if let Some(r) = record {
             attempts::insert(&mut tx, id, r, keep).await?;
         }
@@ -197,7 +197,7 @@ impl Store {
     /// back to `pending` and the ambiguity is written to its log for the ticket.
     pub async fn recover_submitting(&self, keep: u32) -> Result<Vec<i64>> {
         let mut writer = self.writer().await?;
-        let mut tx = super::begin_immediate(&mut writer).await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
         let ids: Vec<(i64, i64)> = sqlx::query_as(
             "UPDATE imports SET state = 'pending', next_attempt_at = ?1, updated_at = ?1, \
