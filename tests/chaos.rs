@@ -229,12 +229,17 @@ fn group_attempts(all: Vec<StoredAttempt>) -> BTreeMap<i64, Vec<StoredAttempt>> 
 
 /// A submit that reached the HTTP layer and was logged by the daemon itself.
 fn is_logged_post(a: &StoredAttempt) -> bool {
-    a.method == "POST" && a.endpoint == "/import"
+    a.method == "POST" && a.endpoint == "/import" && !is_recovered(a)
 }
 
-/// Start-up recovery's record of a row the daemon died while submitting.
+/// Start-up recovery's record of a row the daemon died while submitting: no HTTP status,
+/// no transport error of its own, only the note that the daemon stopped.
 fn is_recovered(a: &StoredAttempt) -> bool {
-    a.outcome == "ambiguous_submit" && a.endpoint == "(unknown)"
+    a.outcome == "ambiguous_submit"
+        && a.http_status.is_none()
+        && a.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("daemon stopped while this row was being submitted"))
 }
 
 // ---- 1. kill -9 ----

@@ -796,6 +796,18 @@ async fn startup_recovers_submitting_and_running_rows() {
         Some("ambiguous_submit"),
         "the recovered submit is logged first: {outcomes:?}"
     );
+    let (method, endpoint): (String, String) = sqlx::query_as(
+        "SELECT method, endpoint FROM import_attempts WHERE import_id = ? ORDER BY id LIMIT 1",
+    )
+    .bind(submitting)
+    .fetch_one(&fx.db)
+    .await
+    .expect("the recovery record");
+    assert_eq!(
+        (method.as_str(), endpoint.as_str()),
+        ("POST", "/import"),
+        "the ticket names the request that may have gone out"
+    );
     assert_eq!(fx.posts(&url_sub), 1, "the recovered row is submitted once");
     assert_eq!(
         fx.posts(&url_run),

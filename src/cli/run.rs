@@ -117,6 +117,9 @@ async fn start_admin(
     Ok(Some(handle))
 }
 
+/// How long systemd is kept in "reloading" waiting for the scheduler to apply a SIGHUP.
+const RELOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn watch_signals(
     shutdown: CancellationToken,
     control: mpsc::Sender<Control>,
@@ -146,13 +149,26 @@ async fn watch_signals(
                 let (config, key) = reload(cfg_path.as_deref(), &old);
                 warn_restart_only(&old, &config);
                 current.send_replace(config.clone());
+                let (applied, in_force) = oneshot::channel();
                 let _ = control
                     .send(Control::Reload {
                         config: Box::new(config),
                         key,
+                        applied,
                     })
                     .await;
-                notify(&[NotifyState::Ready]);
+                // READY=1 once the scheduler runs with the new config, without holding up
+                // the signals meanwhile (a SIGTERM must still stop a daemon that waits for
+                // its disk).
+                tokio::spawn(async move {
+                    if tokio::time::timeout(RELOAD_GRACE, in_force).await.is_err() {
+                        tracing::warn!(
+                            "SIGHUP: the scheduler is busy (waiting for the database?); \
+                             the new config applies when it gets to it"
+                        );
+                    }
+                    notify(&[NotifyState::Ready]);
+                });
             }
         }
     }

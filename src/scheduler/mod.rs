@@ -42,9 +42,11 @@ const CLAIM_BATCH: u64 = 64;
 #[derive(Debug)]
 pub enum Control {
     /// SIGHUP: a new config and, if one could be read, a new key. Pauses probe at once.
+    /// `applied` is told once they are in force (systemd's READY=1 waits for it).
     Reload {
         config: Box<Config>,
         key: Option<SecretString>,
+        applied: oneshot::Sender<()>,
     },
 }
 
@@ -119,6 +121,13 @@ pub struct Scheduler {
     /// Second looks after a change: inotify reports the WAL write before the other
     /// process's commit is visible to readers, so the first look can come too early.
     rechecks: Vec<SystemTime>,
+}
+
+/// Where a row of `kind` (as stored) is submitted, for the record of an interrupted submit.
+fn submit_path(kind: &str) -> &'static str {
+    JobKind::parse(kind)
+        .unwrap_or(JobKind::Import)
+        .submit_path()
 }
 
 fn lane_index(kind: JobKind) -> usize {
@@ -282,7 +291,7 @@ impl Scheduler {
     /// and restore pauses and budgets.
     async fn recover(&mut self) -> anyhow::Result<()> {
         let keep = self.cfg.log.keep_attempts;
-        let recovered = self.store.recover_submitting(keep).await?;
+        let recovered = self.store.recover_submitting(keep, submit_path).await?;
         if !recovered.is_empty() {
             tracing::warn!(
                 rows = ?recovered,
@@ -581,7 +590,11 @@ impl Scheduler {
 
     async fn apply(&mut self, c: Control) {
         match c {
-            Control::Reload { config, key } => {
+            Control::Reload {
+                config,
+                key,
+                applied,
+            } => {
                 let now = SystemTime::now();
                 if let Some(key) = key {
                     self.client.set_key(key);
@@ -606,6 +619,7 @@ impl Scheduler {
                     .await;
                 }
                 tracing::info!("reloaded configuration and API key");
+                let _ = applied.send(());
             }
         }
     }
@@ -632,7 +646,7 @@ impl Scheduler {
             }
         }
         let keep = self.cfg.log.keep_attempts;
-        match self.store.recover_submitting(keep).await {
+        match self.store.recover_submitting(keep, submit_path).await {
             Ok(ids) if !ids.is_empty() => {
                 tracing::warn!(rows = ?ids, "submits abandoned at shutdown; rows back to pending")
             }

@@ -195,23 +195,28 @@ impl Store {
     /// Start-up recovery: a row left in `submitting` was being sent when the daemon died.
     /// Its POST may have reached Importly (there is no idempotency key), so the row goes
     /// back to `pending` and the ambiguity is written to its log for the ticket.
-    pub async fn recover_submitting(&self, keep: u32) -> Result<Vec<i64>> {
+    /// `endpoint` names the endpoint a row of a kind is submitted to, for the record.
+    pub async fn recover_submitting(
+        &self,
+        keep: u32,
+        endpoint: fn(&str) -> &'static str,
+    ) -> Result<Vec<i64>> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
-        let ids: Vec<(i64, i64)> = sqlx::query_as(
+        let ids: Vec<(i64, i64, String)> = sqlx::query_as(
             "UPDATE imports SET state = 'pending', next_attempt_at = ?1, updated_at = ?1, \
                last_error = 'daemon stopped during submit; the POST may have reached Importly' \
-             WHERE state = 'submitting' RETURNING id, attempts",
+             WHERE state = 'submitting' RETURNING id, attempts, kind",
         )
         .bind(&now)
         .fetch_all(&mut *tx)
         .await?;
-        for (id, attempts) in &ids {
+        for (id, attempts, kind) in &ids {
             let record = AttemptRecord {
                 attempt: attempts + 1,
                 method: "POST".into(),
-                endpoint: "(unknown)".into(),
+                endpoint: endpoint(kind).into(),
                 started_at: now.clone(),
                 finished_at: now.clone(),
                 error: Some(
@@ -225,7 +230,7 @@ impl Store {
             attempts::insert(&mut tx, *id, &record, keep).await?;
         }
         tx.commit().await?;
-        Ok(ids.into_iter().map(|(id, _)| id).collect())
+        Ok(ids.into_iter().map(|(id, _, _)| id).collect())
     }
 
     /// Gives back claimed rows whose submit never started (shutdown, pause).
