@@ -150,13 +150,18 @@ async fn watch_signals(
                 warn_restart_only(&old, &config);
                 current.send_replace(config.clone());
                 let (applied, in_force) = oneshot::channel();
-                let _ = control
-                    .send(Control::Reload {
-                        config: Box::new(config),
-                        key,
-                        applied,
-                    })
-                    .await;
+                let reload = Control::Reload {
+                    config: Box::new(config),
+                    key,
+                    applied,
+                };
+                // The queue of reloads is short: while the scheduler cannot take one (it
+                // waits for the disk), a stop signal still stops.
+                tokio::select! {
+                    _ = control.send(reload) => {}
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                }
                 // READY=1 once the scheduler runs with the new config, without holding up
                 // the signals meanwhile (a SIGTERM must still stop a daemon that waits for
                 // its disk).

@@ -351,10 +351,20 @@ impl Scheduler {
         }
     }
 
+    /// Jobs of `kind` holding an account slot as far as we know: being submitted, running,
+    /// or accepted in the group not yet stored; not those whose completion it holds.
     fn held(&self, kind: JobKind) -> u32 {
         let lane = &self.lanes[lane_index(kind)];
         let running = self.jobs.values().filter(|j| j.kind == kind).count();
-        u32::try_from(running + lane.submitting.len()).unwrap_or(u32::MAX)
+        let accepted = self.group.jobs.iter().filter(|(_, _, j)| j.kind == kind);
+        let finished = self
+            .group
+            .progress
+            .finished
+            .iter()
+            .filter(|f| self.jobs.get(&f.id).is_some_and(|j| j.kind == kind));
+        let held = running + accepted.count() + lane.submitting.len();
+        u32::try_from(held.saturating_sub(finished.count())).unwrap_or(u32::MAX)
     }
 
     async fn dispatch_submits(&mut self, li: usize, now: SystemTime) {

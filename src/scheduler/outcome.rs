@@ -335,7 +335,10 @@ impl Scheduler {
             .await;
         if stored.is_none() {
             // Shutdown came first: the rows stay `submitting`/`running` on disk, and start-up
-            // recovery resolves them.
+            // recovery resolves them. What only we know goes to the log for the tickets.
+            for (id, url, job) in &group.jobs {
+                tracing::error!(id, job_id = %job.job_id, url = %url, "accepted by Importly but not recorded; the row will be submitted again");
+            }
             return;
         }
         for (id, url, job) in group.jobs {

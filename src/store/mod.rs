@@ -210,7 +210,9 @@ impl Store {
             writer.ping().await?;
         }
         if writer.is_in_transaction() {
-            tracing::warn!("reopening the database after a failed commit");
+            // Debug only: each retry on a full disk comes here; the failure itself is logged
+            // once per interval by the caller.
+            tracing::debug!("reopening the database after a failed commit");
             let fresh = self.writer_opts.connect().await?;
             let stale = std::mem::replace(&mut **writer, fresh);
             // Closing only shuts its worker down: SQLite has no transaction open on it.

@@ -84,7 +84,9 @@ impl Store {
 /// `?1` the accepted attempt records, `?2` our version, `?3` the started rows (id, job id),
 /// `?4` now, `?5` the preflight waiting text, `?6` the finished rows. Accepted records are
 /// never pruned, so there is no trimming to do. A row its owner deleted mid-submit is
-/// skipped rather than failing the whole group on its foreign key.
+/// skipped rather than failing the whole group on its foreign key, and a record already
+/// there is not written twice (a retry after a COMMIT that reported an error but reached
+/// the log).
 const RECORD_PROGRESS: &str = "\
     INSERT INTO import_attempts (import_id, attempt, method, endpoint, request_body, \
       started_at, finished_at, http_status, error, outcome, rate_limit, response_body, \
@@ -95,7 +97,10 @@ const RECORD_PROGRESS: &str = "\
       r.value ->> 'outcome', r.value ->> 'rate_limit', r.value ->> 'response_body', \
       r.value ->> 'body_truncated', r.value ->> 'job_id', ?2 \
     FROM json_each(?1) AS r \
-    WHERE EXISTS (SELECT 1 FROM imports WHERE id = r.value ->> 'import_id'); \
+    WHERE EXISTS (SELECT 1 FROM imports WHERE id = r.value ->> 'import_id') \
+      AND NOT EXISTS (SELECT 1 FROM import_attempts AS a \
+                      WHERE a.import_id = r.value ->> 'import_id' \
+                        AND a.outcome = 'accepted' AND a.job_id = r.value ->> 'job_id'); \
     UPDATE imports SET state = 'running', importly_job_id = s.value ->> 'job_id', \
       updated_at = ?4, last_error = CASE WHEN last_error = ?5 THEN NULL ELSE last_error END \
     FROM json_each(?3) AS s WHERE imports.id = s.value ->> 'id'; \
@@ -189,6 +194,8 @@ mod tests {
             ],
             finished: vec![],
         };
+        store.record_progress(&first).await.unwrap();
+        // A retry of the same group (its COMMIT reported failed but reached the log).
         store.record_progress(&first).await.unwrap();
         let ra = store.row(a).await.unwrap().unwrap();
         assert_eq!(ra.state, "running");
