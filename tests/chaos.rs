@@ -7,7 +7,7 @@
 //! | `kill_9_at_random_points_...` | 120 rows, 8 kills | 500 rows, 24 kills |
 //! | `fault_mix_for_a_whole_run_...` | 80 rows | 500 rows |
 //! | `an_external_program_...` | 40 rows + inserts, 6 kills | 150 rows + inserts, 20 kills |
-//! | `soak_...` | 20 s of load, RSS sampled every 1 s | 30 minutes |
+//! | `soak_...` | 2 minutes of load, RSS sampled every 1 s | 30 minutes |
 //!
 //! The long form:
 //! ```text
@@ -918,7 +918,7 @@ async fn soak_under_steady_load_rss_has_no_growth_trend() {
         .ok()
         .and_then(|s| s.parse().ok())
         .map(secs)
-        .unwrap_or_else(|| pick(secs(20), secs(30 * 60)));
+        .unwrap_or_else(|| pick(secs(120), secs(30 * 60)));
     let sim = start_sim(chaos_sim(100_000, 8, ms(100), seed)).await;
     sim.set_faults(FaultMix {
         p500: 0.02,
