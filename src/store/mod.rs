@@ -221,3 +221,33 @@ impl Store {
         Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real SQLite errors, classified: what waiting can cure is retried by the scheduler
+    /// (`persist`), what it cannot starves the watchdog instead.
+    #[tokio::test]
+    async fn a_read_only_database_is_transient_and_a_bad_row_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        // The reader pool opens the file read-only: a write there is SQLITE_READONLY, as on
+        // a file system remounted read-only.
+        let read_only = sqlx::query("INSERT INTO imports (url) VALUES ('https://e.com/a')")
+            .execute(&store.reader)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(read_only.is_transient(), "{read_only}");
+        assert!(!read_only.is_constraint(), "{read_only}");
+        let bad = sqlx::query("INSERT INTO imports (url) VALUES ('ftp://e.com/a')")
+            .execute(&mut *store.writer().await.unwrap())
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(bad.is_constraint(), "{bad}");
+        assert!(!bad.is_transient(), "{bad}");
+        store.close().await;
+    }
+}
