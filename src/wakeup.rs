@@ -8,7 +8,7 @@
 //! writes wake the scheduler too: harmless, since a wake-up only makes it look for due rows
 //! when it has a free slot, which is a single indexed read.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -42,15 +42,7 @@ fn try_watch(db: &Path, wake: Arc<Notify>) -> notify::Result<DbWatcher> {
     let mut wal: OsString = name.clone();
     wal.push("-wal");
     let handler = move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
-        if !matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_)) {
-            return;
-        }
-        let ours = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().is_some_and(|f| f == name || f == wal));
-        if ours {
+        if res.is_ok_and(|event| is_a_write_to(&event, &name, &wal)) {
             // Coalesces: many events before the scheduler looks make one wake-up.
             wake.notify_one();
         }
@@ -60,10 +52,43 @@ fn try_watch(db: &Path, wake: Arc<Notify>) -> notify::Result<DbWatcher> {
     Ok(DbWatcher { _watcher: watcher })
 }
 
+/// Whether `event` is a write to (or the creation of) the file `name` or `wal` in the
+/// watched directory.
+fn is_a_write_to(event: &notify::Event, name: &OsStr, wal: &OsStr) -> bool {
+    matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
+        && event
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|f| f == name || f == wal))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind};
     use std::time::Duration;
+
+    #[test]
+    fn only_writes_to_the_database_or_its_wal_count() {
+        let (name, wal) = (OsStr::new("q.db"), OsStr::new("q.db-wal"));
+        let event =
+            |kind, file: &str| notify::Event::new(kind).add_path(format!("/d/{file}").into());
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert!(is_a_write_to(&event(modify, "q.db-wal"), name, wal));
+        assert!(is_a_write_to(&event(modify, "q.db"), name, wal));
+        assert!(is_a_write_to(
+            &event(EventKind::Create(CreateKind::File), "q.db-wal"),
+            name,
+            wal
+        ));
+        assert!(!is_a_write_to(&event(modify, "q.db-shm"), name, wal));
+        assert!(!is_a_write_to(&event(modify, "other.txt"), name, wal));
+        assert!(!is_a_write_to(
+            &event(EventKind::Remove(RemoveKind::File), "q.db-wal"),
+            name,
+            wal
+        ));
+    }
 
     #[tokio::test]
     async fn a_write_to_the_wal_file_wakes() {

@@ -191,8 +191,20 @@ async fn metadata_rows_complete_and_fill_the_cache() {
     assert_eq!(stats.import_posts, 0);
     assert_eq!(stats.credits, CREDITS, "metadata costs no credits");
 
-    // `purge` keeps the cache from growing without bound: entries older than the cut go.
+    // `purge` keeps the cache from growing without bound: entries older than the cut go,
+    // younger ones stay.
     let config = write_config(s.dir.path(), &s.cfg);
+    let out = cli(&config, &["purge", "--completed", "--older-than", "1h"])
+        .await
+        .ok();
+    assert!(
+        !out.stdout.contains("metadata cache entries"),
+        "fresh entries kept: {}",
+        out.stdout
+    );
+    for u in &urls {
+        assert!(cached(db, u).await.is_some(), "{u} purged too early");
+    }
     let out = cli(&config, &["purge", "--completed", "--older-than", "0s"])
         .await
         .ok();

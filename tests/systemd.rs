@@ -1028,6 +1028,35 @@ async fn log_formats_json_and_journal() {
     );
 }
 
+/// A daemon with the admin listener on, two rows `running` (jobs of 2 s at the simulator):
+/// the start of the scenarios where database writes then fail. Returns the daemon, the
+/// rows' URLs, the admin port and the `/healthz` URL.
+async fn two_jobs_running(fx: &Fixture, name: &str) -> (Daemon, [String; 2], u16, String) {
+    let port = free_port();
+    fx.write_config(2, &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let urls = [fx.url(&format!("{name}-1")), fx.url(&format!("{name}-2"))];
+    for u in &urls {
+        fx.insert(u).await;
+    }
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let d = fx.start(KEY, &[]);
+    wait_get(&healthz, 200, secs(10)).await;
+    fx.wait_count("running", 2, secs(15)).await;
+    (d, urls, port, healthz)
+}
+
+/// `/healthz`'s 503 body, waited for within `limit` while checking the daemon stays up.
+async fn wait_503(d: &mut Daemon, healthz: &str, what: &str, limit: Duration) -> String {
+    let dl = Deadline::new(format!("/healthz 503 while {what}"), limit);
+    loop {
+        d.assert_running();
+        if let Some((503, body)) = get(healthz).await {
+            return body;
+        }
+        dl.tick().await;
+    }
+}
+
 /// Sets the soft file size limit (RLIMIT_FSIZE) of a running process with util-linux's
 /// `prlimit`; `None` lifts it.
 fn limit_file_size(pid: &str, bytes: Option<u64>) {
@@ -1052,27 +1081,11 @@ fn limit_file_size(pid: &str, bytes: Option<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_keeps_daemon_alive_and_loses_nothing() {
     let fx = Fixture::new(sim_config(secs(2), 2)).await;
-    let port = free_port();
-    fx.write_config(2, &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
-    let urls = [fx.url("full-1"), fx.url("full-2")];
-    for u in &urls {
-        fx.insert(u).await;
-    }
-    let healthz = format!("http://127.0.0.1:{port}/healthz");
-    let mut d = fx.start(KEY, &[]);
-    wait_get(&healthz, 200, secs(10)).await;
-    fx.wait_count("running", 2, secs(15)).await;
+    let (mut d, urls, port, healthz) = two_jobs_running(&fx, "full").await;
 
     // Busy: both jobs finish at Importly about 2 s from now, and recording that fails.
     limit_file_size(&d.pid(), Some(100));
-    let dl = Deadline::new("/healthz 503 while the disk is full", secs(20));
-    let body = loop {
-        d.assert_running();
-        if let Some((503, body)) = get(&healthz).await {
-            break body;
-        }
-        dl.tick().await;
-    };
+    let body = wait_503(&mut d, &healthz, "the disk is full", secs(20)).await;
     assert!(body.contains("database"), "healthz says why: {body}");
     // The daemon has a completion in hand (poll answers are counted as they are handled,
     // before they are stored) and cannot record it; its loop waits on that write, so the
@@ -1176,30 +1189,14 @@ async fn locked_database_strict() {
 
 async fn locked_database_scenario(strict: bool) {
     let fx = Fixture::new(sim_config(secs(2), 2)).await;
-    let port = free_port();
-    fx.write_config(2, &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
-    let urls = [fx.url("locked-1"), fx.url("locked-2")];
-    for u in &urls {
-        fx.insert(u).await;
-    }
-    let healthz = format!("http://127.0.0.1:{port}/healthz");
-    let mut d = fx.start(KEY, &[]);
-    wait_get(&healthz, 200, secs(10)).await;
-    fx.wait_count("running", 2, secs(15)).await;
+    let (mut d, urls, _, healthz) = two_jobs_running(&fx, "locked").await;
     let lines_before = d.lines().len();
 
     let lock = Lock::take(&fx.db_path).await;
     // The jobs finish at Importly about 2 s from now; the daemon's writes wait for the lock
     // and fail after its 5 s busy timeout, which /healthz then reports.
     let limit = if strict { secs(10) } else { secs(30) };
-    let dl = Deadline::new("/healthz 503 while writes fail", limit);
-    let body = loop {
-        d.assert_running();
-        if let Some((503, body)) = get(&healthz).await {
-            break body;
-        }
-        dl.tick().await;
-    };
+    let body = wait_503(&mut d, &healthz, "writes fail", limit).await;
     let to_503 = lock.at.elapsed();
     eprintln!("/healthz answered 503 {to_503:?} into the lock");
     assert!(body.contains("database"), "healthz says why: {body}");

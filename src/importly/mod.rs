@@ -193,32 +193,17 @@ impl Client {
         Some(v)
     }
 
-    /// `bytes` with every occurrence of the key replaced by `[REDACTED]`: whatever a server
+    /// `text` with every occurrence of the key replaced by `[REDACTED]`: whatever a server
     /// or a proxy echoes back is stored, logged and put in tickets, and the key must never
     /// reach any of those. Keys shorter than 4 characters are left alone (replacing them
     /// would garble ordinary text, and no real key is that short).
-    fn scrub(&self, bytes: &[u8]) -> Vec<u8> {
+    fn scrub(&self, text: &str) -> String {
         let guard = self.key.read().unwrap_or_else(|p| p.into_inner());
-        let key = guard.expose_secret().as_bytes();
-        if key.len() < 4 || bytes.len() < key.len() {
-            return bytes.to_vec();
+        let key = guard.expose_secret();
+        if key.len() < 4 {
+            return text.to_owned();
         }
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i..].starts_with(key) {
-                out.extend_from_slice(b"[REDACTED]");
-                i += key.len();
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        out
-    }
-
-    fn scrub_text(&self, text: &str) -> String {
-        String::from_utf8_lossy(&self.scrub(text.as_bytes())).into_owned()
+        text.replace(key, "[REDACTED]")
     }
 
     /// `POST /import` or `POST /metadata` with `body` exactly as given.
@@ -299,7 +284,7 @@ impl Client {
                 // A request that may have been written to the wire before failing could
                 // have created a job: Importly has no idempotency key.
                 let ambiguous = is_submit && !e.is_connect() && !e.is_builder();
-                let reason = self.scrub_text(&transport_reason(e));
+                let reason = self.scrub(&transport_reason(e));
                 ex.error = Some(reason.clone());
                 ex.outcome = Outcome::Transient {
                     reason,
@@ -315,15 +300,17 @@ impl Client {
                 ex.finished_at = SystemTime::now();
                 match body {
                     Ok(bytes) => {
-                        let bytes = self.scrub(&bytes);
-                        let (text, cut) = truncate_body(&bytes);
+                        // Stored as text, so it is read as text (invalid UTF-8 replaced)
+                        // and scrubbed before anything looks at it.
+                        let body = self.scrub(&String::from_utf8_lossy(&bytes));
+                        let (text, cut) = truncate_body(&body);
                         ex.response_body = Some(text);
                         ex.body_truncated = cut;
-                        ex.outcome = classify(call, status, &ex.headers, &bytes, ex.finished_at);
+                        ex.outcome =
+                            classify(call, status, &ex.headers, body.as_bytes(), ex.finished_at);
                     }
                     Err(e) => {
-                        let reason =
-                            self.scrub_text(&format!("reading body: {}", transport_reason(e)));
+                        let reason = self.scrub(&format!("reading body: {}", transport_reason(e)));
                         ex.error = Some(reason.clone());
                         ex.outcome = Outcome::Transient {
                             reason,
@@ -364,10 +351,9 @@ fn transport_reason(e: reqwest::Error) -> String {
 }
 
 /// Keeps at most [`MAX_BODY`] bytes, cut on a character boundary.
-fn truncate_body(bytes: &[u8]) -> (String, bool) {
-    let text = String::from_utf8_lossy(bytes);
+fn truncate_body(text: &str) -> (String, bool) {
     if text.len() <= MAX_BODY {
-        return (text.into_owned(), false);
+        return (text.to_owned(), false);
     }
     let mut end = MAX_BODY;
     while !text.is_char_boundary(end) {
@@ -410,13 +396,13 @@ mod tests {
     #[test]
     fn the_key_is_scrubbed_from_echoed_bodies_and_absent_from_debug() {
         let c = client("sk_live_secret42");
-        let echoed = br#"{"error":"bad key sk_live_secret42 (sk_live_secret42)"}"#;
-        let out = String::from_utf8(c.scrub(echoed)).unwrap();
+        let echoed = r#"{"error":"bad key sk_live_secret42 (sk_live_secret42)"}"#;
+        let out = c.scrub(echoed);
         assert_eq!(out, r#"{"error":"bad key [REDACTED] ([REDACTED])"}"#);
         assert!(!format!("{c:?}").contains("sk_live_secret42"));
         assert!(c.bearer().unwrap().is_sensitive());
         // A tiny key is not scrubbed out of ordinary text.
-        assert_eq!(client("ab").scrub(b"abc"), b"abc");
+        assert_eq!(client("ab").scrub("abc"), "abc");
     }
 
     #[test]

@@ -142,12 +142,17 @@ mod tests {
         assert_eq!(s.free(0, t0 + secs(15)), 1);
         s.sent(0, t0 + secs(15));
         s.accepted();
-        // Accepted: we hold one; the next probe (short delay again) offers the second.
+        // Accepted: we hold one; the probe scheduled when it went (10 s, two refusals in a
+        // row then) offers the second.
         assert_eq!(s.free(1, t0 + secs(16)), 0);
         assert_eq!(s.free(1, t0 + secs(25)), 1);
         s.sent(1, t0 + secs(25));
         assert_eq!(s.cap(), 2);
         assert_eq!(s.probe_at(), None, "at the ceiling, nothing to probe");
+        // The accept ended the run of refusals: the next refusal waits the short delay
+        // again (5 s, not 20 s).
+        s.refused(1, Some(2), t0 + secs(30));
+        assert_eq!(s.probe_at(), Some(t0 + secs(35)));
     }
 
     #[test]

@@ -132,11 +132,11 @@ impl Scheduler {
                 self.lanes[lane_index(kind)].slots.accepted();
                 // Stored with the rest of this group's answers (see `record_group`); the job
                 // is polled once its `running` state is on disk.
-                self.group.progress.started.push(Started {
-                    id,
-                    job_id: job_id.clone(),
-                    record: attempt_record(&ex, attempt, Some(job_id)),
-                });
+                let record = attempt_record(&ex, attempt, Some(job_id));
+                self.group
+                    .progress
+                    .started
+                    .push(Started::new(id, job_id, record));
                 let job = Job {
                     kind,
                     job_id: job_id.clone(),

@@ -7,8 +7,9 @@ use sqlx::SqliteConnection;
 use super::{Result, Store};
 
 /// One exchange, ready to store. Plain data: the scheduler fills it from the client's
-/// exchange, so the store need not know HTTP.
-#[derive(Clone, Debug, Default)]
+/// exchange, so the store need not know HTTP. (Serialized for the group commit, whose SQL
+/// reads these field names.)
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct AttemptRecord {
     pub attempt: i64,
     pub method: String,
@@ -78,10 +79,6 @@ pub(super) async fn insert(
     .bind(env!("CARGO_PKG_VERSION"))
     .execute(&mut *conn)
     .await?;
-    if r.outcome == "accepted" {
-        // Never pruned, and it adds no failure record: nothing to trim.
-        return Ok(());
-    }
     sqlx::query(
         "DELETE FROM import_attempts WHERE import_id = ?1 AND outcome <> 'accepted' \
          AND id < (SELECT min(id) FROM (SELECT id FROM import_attempts \

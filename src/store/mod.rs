@@ -27,7 +27,7 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 pub use attempts::{AttemptRecord, StoredAttempt};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
-pub use ops::{EnqueueRow, ListFilter, StatusCounts};
+pub use ops::{EnqueueRow, ListFilter, STATES, StatusCounts};
 pub use progress::{Finished, Progress, Started};
 pub use queue::{Claimed, Fate};
 

@@ -41,7 +41,8 @@ pub struct LastError {
     pub last_error: String,
 }
 
-const STATES: [&str; 6] = [
+/// Every state a row can be in (the `state_must_be_known` CHECK constraint).
+pub const STATES: [&str; 6] = [
     "pending",
     "submitting",
     "running",

@@ -9,7 +9,6 @@
 //! thread, which is what bounded throughput (see BENCHMARKS.md).
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::attempts::AttemptRecord;
 use super::{Result, Store, StoreError};
@@ -22,12 +21,21 @@ pub struct Progress {
     pub finished: Vec<Finished>,
 }
 
-/// A submit Importly accepted.
-#[derive(Debug)]
+/// A submit Importly accepted: its row and the `accepted` record, which carries the job id.
+#[derive(Debug, Serialize)]
 pub struct Started {
-    pub id: i64,
-    pub job_id: String,
-    pub record: AttemptRecord,
+    #[serde(rename = "import_id")]
+    id: i64,
+    #[serde(flatten)]
+    record: AttemptRecord,
+}
+
+impl Started {
+    /// The row `id` started job `job_id`; `record` is the exchange that said so.
+    pub fn new(id: i64, job_id: &str, mut record: AttemptRecord) -> Started {
+        record.job_id = Some(job_id.to_owned());
+        Started { id, record }
+    }
 }
 
 /// An import job that completed, with what Importly reported.
@@ -53,23 +61,14 @@ impl Store {
         }
         let now = clock::now_iso();
         let invalid = |e: serde_json::Error| StoreError::Invalid(e.to_string());
-        let records = serde_json::to_string(&p.started.iter().map(record_json).collect::<Vec<_>>())
-            .map_err(invalid)?;
-        let started = serde_json::to_string(
-            &p.started
-                .iter()
-                .map(|s| json!({ "id": s.id, "job_id": s.job_id }))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(invalid)?;
+        let started = serde_json::to_string(&p.started).map_err(invalid)?;
         let finished = serde_json::to_string(&p.finished).map_err(invalid)?;
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
         // One statement list, one round trip: an empty array makes its statements no-ops.
         sqlx::query(RECORD_PROGRESS)
-            .bind(&records)
-            .bind(env!("CARGO_PKG_VERSION"))
             .bind(&started)
+            .bind(env!("CARGO_PKG_VERSION"))
             .bind(&now)
             // Waiting for preflight metadata was not a failure; a failure reason stays.
             .bind(super::MetadataRow::WAITING)
@@ -81,8 +80,8 @@ impl Store {
     }
 }
 
-/// `?1` the accepted attempt records, `?2` our version, `?3` the started rows (id, job id),
-/// `?4` now, `?5` the preflight waiting text, `?6` the finished rows. Accepted records are
+/// `?1` the started rows (their attempt records, each with `import_id` and `job_id`), `?2`
+/// our version, `?3` now, `?4` the preflight waiting text, `?5` the finished rows. Accepted records are
 /// never pruned, so there is no trimming to do. A row its owner deleted mid-submit is
 /// skipped rather than failing the whole group on its foreign key, and a record already
 /// there is not written twice (a retry after a COMMIT that reported an error but reached
@@ -102,32 +101,12 @@ const RECORD_PROGRESS: &str = "\
                       WHERE a.import_id = r.value ->> 'import_id' \
                         AND a.outcome = 'accepted' AND a.job_id = r.value ->> 'job_id'); \
     UPDATE imports SET state = 'running', importly_job_id = s.value ->> 'job_id', \
-      updated_at = ?4, last_error = CASE WHEN last_error = ?5 THEN NULL ELSE last_error END \
-    FROM json_each(?3) AS s WHERE imports.id = s.value ->> 'id'; \
+      updated_at = ?3, last_error = CASE WHEN last_error = ?4 THEN NULL ELSE last_error END \
+    FROM json_each(?1) AS s WHERE imports.id = s.value ->> 'import_id'; \
     UPDATE imports SET state = 'completed', media_url = f.value ->> 'media_url', \
       credits_used = f.value ->> 'credits_used', result = f.value ->> 'result', \
-      completed_at = ?4, updated_at = ?4 \
-    FROM json_each(?6) AS f WHERE imports.id = f.value ->> 'id' AND imports.state = 'running'";
-
-fn record_json(s: &Started) -> serde_json::Value {
-    let r = &s.record;
-    json!({
-        "import_id": s.id,
-        "attempt": r.attempt,
-        "method": r.method,
-        "endpoint": r.endpoint,
-        "request_body": r.request_body,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "http_status": r.http_status,
-        "error": r.error,
-        "outcome": r.outcome,
-        "rate_limit": r.rate_limit,
-        "response_body": r.response_body,
-        "body_truncated": r.body_truncated,
-        "job_id": r.job_id,
-    })
-}
+      completed_at = ?3, updated_at = ?3 \
+    FROM json_each(?5) AS f WHERE imports.id = f.value ->> 'id' AND imports.state = 'running'";
 
 #[cfg(test)]
 mod tests {
@@ -145,10 +124,10 @@ mod tests {
     }
 
     fn accepted(id: i64, job: &str) -> Started {
-        Started {
+        Started::new(
             id,
-            job_id: job.into(),
-            record: AttemptRecord {
+            job,
+            AttemptRecord {
                 attempt: 1,
                 method: "POST".into(),
                 endpoint: "/import".into(),
@@ -159,10 +138,9 @@ mod tests {
                 outcome: "accepted".into(),
                 response_body: Some(r#"{"jobId":"j"}"#.into()),
                 body_truncated: true,
-                job_id: Some(job.into()),
                 ..AttemptRecord::default()
             },
-        }
+        )
     }
 
     #[tokio::test]
