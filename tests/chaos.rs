@@ -52,7 +52,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use importlyd::config::{BucketLimit, Config};
@@ -386,13 +386,16 @@ struct OtherCounts {
 /// Another program on the same key: now and then it POSTs back to back until the import
 /// bucket answers a rate-limit 429, taking the window's budget and (with its accepted jobs)
 /// concurrency slots. It waits for every answer in full (no client timeout below the
-/// simulator's `timeout_delay`), so it can tell which of its answers were faults.
+/// simulator's `timeout_delay`), so it can tell which of its answers were faults. Its first
+/// burst comes at once; `drained` is told when it ends.
 async fn other_client(
     base: String,
     stop: CancellationToken,
     seed: u64,
     delay: Duration,
+    drained: tokio::sync::oneshot::Sender<()>,
 ) -> OtherCounts {
+    let mut drained = Some(drained);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0707);
     let http = reqwest::Client::builder()
         .timeout(delay + secs(20))
@@ -401,45 +404,63 @@ async fn other_client(
     let mut c = OtherCounts::default();
     let mut k = 0u64;
     loop {
+        if let Some(first) = drained.take() {
+            // The first burst, before the pause: the test starts the daemon after it.
+            other_burst(&http, &base, &mut c, &mut k, delay, &stop).await;
+            let _ = first.send(());
+            continue;
+        }
         let pause = ms(rng.random_range(700..=2000u64));
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
         }
-        for _ in 0..200 {
-            if stop.is_cancelled() {
-                break;
-            }
-            k += 1;
-            let t0 = Instant::now();
-            let resp = http
-                .post(format!("{base}/import"))
-                .bearer_auth(KEY)
-                .json(&json!({ "url": format!("{OTHER}/o-{k}.mp4") }))
-                .send()
-                .await
-                .expect("the other client reaches the simulator");
-            let status = resp.status().as_u16();
-            let body = resp.text().await.expect("the other client reads the body");
-            c.posts += 1;
-            if t0.elapsed() >= delay.mul_f64(0.75) {
-                c.timeouts += 1;
-            }
-            let parsed: Option<Value> = serde_json::from_str(&body).ok();
-            match (status, parsed) {
-                (500, _) => c.s500 += 1,
-                (200, None) => c.garbage += 1,
-                (200, Some(_)) => c.accepted += 1,
-                (429, Some(j)) if j.get("retryAfter").is_some() => {
-                    c.rate += 1;
-                    break;
-                }
-                (429, Some(_)) => c.conc += 1,
-                (s, _) => c.unexpected.push(format!("{s} {body}")),
-            }
-        }
+        other_burst(&http, &base, &mut c, &mut k, delay, &stop).await;
     }
     c
+}
+
+/// POSTs back to back until a rate-limit 429 (at most 200).
+async fn other_burst(
+    http: &reqwest::Client,
+    base: &str,
+    c: &mut OtherCounts,
+    k: &mut u64,
+    delay: Duration,
+    stop: &CancellationToken,
+) {
+    for _ in 0..200 {
+        if stop.is_cancelled() {
+            break;
+        }
+        *k += 1;
+        let t0 = Instant::now();
+        let resp = http
+            .post(format!("{base}/import"))
+            .bearer_auth(KEY)
+            .json(&json!({ "url": format!("{OTHER}/o-{k}.mp4") }))
+            .send()
+            .await
+            .expect("the other client reaches the simulator");
+        let status = resp.status().as_u16();
+        let body = resp.text().await.expect("the other client reads the body");
+        c.posts += 1;
+        if t0.elapsed() >= delay.mul_f64(0.75) {
+            c.timeouts += 1;
+        }
+        let parsed: Option<Value> = serde_json::from_str(&body).ok();
+        match (status, parsed) {
+            (500, _) => c.s500 += 1,
+            (200, None) => c.garbage += 1,
+            (200, Some(_)) => c.accepted += 1,
+            (429, Some(j)) if j.get("retryAfter").is_some() => {
+                c.rate += 1;
+                break;
+            }
+            (429, Some(_)) => c.conc += 1,
+            (s, _) => c.unexpected.push(format!("{s} {body}")),
+        }
+    }
 }
 
 /// What one logged exchange was, from the fault-accounting point of view.
@@ -483,12 +504,6 @@ async fn fault_mix_for_a_whole_run_completes_every_row_and_attempts_match_the_si
     // A tight import window shared with the other client: rate 429s; 4 slots shared with
     // its jobs and with a slot held part of the time: concurrency 429s.
     let sim = start_sim(chaos_sim(40, 4, ms(200), seed)).await;
-    sim.set_faults(FaultMix {
-        p500: 0.05,
-        ptimeout: 0.02,
-        pgarbage: 0.01,
-        timeout_delay,
-    });
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = chaos_config(dir.path(), &sim, 4);
     cfg.api.request_timeout = ms(500);
@@ -497,13 +512,31 @@ async fn fault_mix_for_a_whole_run_completes_every_row_and_attempts_match_the_si
     let urls = chaos_urls("fault", n);
     db.insert_many(&urls).await;
 
+    // The other client takes a whole window just after it opens, before the faults start,
+    // so the daemon's first POST (it cannot know yet) meets a rate 429 whatever the timing
+    // of the rest of the run.
+    let into_window = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % WINDOW.as_millis();
+    tokio::time::sleep(ms((WINDOW.as_millis() - into_window) as u64 + 20)).await;
     let stop = CancellationToken::new();
+    let (drained, first_burst) = tokio::sync::oneshot::channel();
     let other = tokio::spawn(other_client(
         sim.base_url(),
         stop.clone(),
         seed,
         timeout_delay,
+        drained,
     ));
+    first_burst.await.expect("the other client's first burst");
+    sim.set_faults(FaultMix {
+        p500: 0.05,
+        ptimeout: 0.02,
+        pgarbage: 0.01,
+        timeout_delay,
+    });
     let holder = {
         let (sim, stop) = (sim.clone(), stop.clone());
         tokio::spawn(async move {
