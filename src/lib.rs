@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod estimate;
 pub mod guard;
 pub mod health;
 pub mod importly;
