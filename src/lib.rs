@@ -16,3 +16,4 @@ pub mod scheduler;
 pub mod sim;
 pub mod store;
 pub mod wakeup;
+pub mod webhook;
