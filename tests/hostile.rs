@@ -456,3 +456,21 @@ async fn a_long_random_mix_of_hostile_answers_leaves_one_small_process_and_every
     finish(daemon).await;
     sim.shutdown().await;
 }
+
+// ---- secrets in the base URL ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_base_urls_password_never_reaches_the_log() {
+    let sim = start_sim(sim_cfg()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let with_userinfo = sim
+        .base_url()
+        .replacen("http://", "http://ops:pa55word-in-url@", 1);
+    let cfg = daemon_config_at(dir.path(), &with_userinfo);
+    let (_db, daemon) = start_daemon(dir.path(), &cfg, "userinfo").await;
+    let log = daemon.log_text();
+    assert!(log.contains("[redacted]@127.0.0.1"), "{log}");
+    assert!(!log.contains("pa55word-in-url"), "{log}");
+    finish(daemon).await;
+    sim.shutdown().await;
+}
