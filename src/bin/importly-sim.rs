@@ -34,7 +34,7 @@ struct Args {
     /// Address to listen on (port 0: any free port; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
-    /// TOML file with SimConfig fields (api_key, credits, [import], [faults], ...).
+    /// TOML file with SimConfig fields (api_key, credits, [import], [faults], [hostile], ...).
     #[arg(long)]
     config: Option<PathBuf>,
     /// The only API key accepted, as `Authorization: Bearer <KEY>`.
