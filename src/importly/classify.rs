@@ -164,10 +164,10 @@ fn classify_429(json: Option<&Value>, headers: &RateHeaders, now: SystemTime) ->
         until = until.max(clock::from_unix_secs(reset));
     }
     // A garbled value must not park the bucket for years.
-    until = until.min(now + clock::MAX_SERVER_WAIT);
+    until = until.min(now.checked_add(clock::MAX_SERVER_WAIT).unwrap_or(now));
     if until == now {
         // A 429 that says nothing about when: wait a little rather than hammer.
-        until = now + Duration::from_secs(1);
+        until = now.checked_add(Duration::from_secs(1)).unwrap_or(now);
     }
     Outcome::RateLimited {
         until,

@@ -306,6 +306,9 @@ impl Client {
                 let status = resp.status().as_u16();
                 ex.http_status = Some(status);
                 ex.headers = RateHeaders::from_map(resp.headers());
+                // Header texts are stored with the record too.
+                ex.headers.window = ex.headers.window.as_deref().map(|w| self.scrub(w));
+                ex.headers.plan = ex.headers.plan.as_deref().map(|p| self.scrub(p));
                 let body = read_capped(&mut resp, MAX_BODY + self.scrub_margin()).await;
                 // An answer over the cap is dropped here unread: the connection closes.
                 drop(resp);
