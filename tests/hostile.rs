@@ -347,9 +347,14 @@ async fn a_garbled_2xx_to_a_submit_is_an_ambiguous_submit_in_the_ticket() {
         ticket.contains("POST /import  HTTP 200 (ambiguous_submit, try 1)"),
         "{ticket}"
     );
+    // The retry said so when it happened (the row's last_error may be cleared once it
+    // completes, so the daemon's log is where to look now).
     assert!(
-        ticket.contains("the submit may have reached Importly"),
-        "{ticket}"
+        daemon
+            .log_text()
+            .contains("(the submit may have reached Importly)"),
+        "{}",
+        daemon.log_text()
     );
     finish(daemon).await;
     sim.shutdown().await;
