@@ -11,9 +11,11 @@ pub struct Policy {
 }
 
 /// The upper bound of the delay before attempt `attempt + 1`, after `attempt` failures
-/// (1-based): `base * 2^(attempt-1)`, capped at `max`, but never below the server's `floor`
-/// (its `retryAfter` or `Retry-After`): sending earlier than the server asked only buys
-/// another refusal, so the floor wins even over the cap.
+/// (1-based): `base * 2^(attempt-1)`, capped at `max`, and lifted to the server's `floor`
+/// (its `Retry-After` on a failed answer) as far as `max`: sending earlier than the server
+/// asked only buys another refusal, but the operator's `max_delay` is the longest a row
+/// waits for a failure of its own, whatever a server says (a garbled `Retry-After` of
+/// 584 billion years, once a panic, is a wait of `max`).
 pub fn upper_bound(policy: Policy, attempt: u32, floor: Option<Duration>) -> Duration {
     let exp = attempt.saturating_sub(1).min(63);
     let grown = policy
@@ -21,18 +23,20 @@ pub fn upper_bound(policy: Policy, attempt: u32, floor: Option<Duration>) -> Dur
         .checked_mul(1u32.checked_shl(exp.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(Duration::MAX);
     let capped = grown.min(policy.max);
-    match floor {
-        Some(f) => capped.max(f),
-        None => capped,
-    }
+    capped.max(effective_floor(policy, floor))
+}
+
+/// The server's floor as far as it counts: at most `max`.
+fn effective_floor(policy: Policy, floor: Option<Duration>) -> Duration {
+    floor.unwrap_or(Duration::ZERO).min(policy.max)
 }
 
 /// The delay itself: "equal jitter" between half the bound and the bound, lifted to the
-/// floor. `jitter` is a number in `[0, 1)` the caller draws (so this stays pure); values
-/// outside are clamped.
+/// floor (as far as `max`). `jitter` is a number in `[0, 1)` the caller draws (so this
+/// stays pure); values outside are clamped.
 pub fn delay(policy: Policy, attempt: u32, floor: Option<Duration>, jitter: f64) -> Duration {
     let upper = upper_bound(policy, attempt, floor);
-    let lower = (upper / 2).max(floor.unwrap_or(Duration::ZERO)).min(upper);
+    let lower = (upper / 2).max(effective_floor(policy, floor)).min(upper);
     let j = if jitter.is_finite() {
         jitter.clamp(0.0, 1.0)
     } else {
@@ -54,8 +58,14 @@ mod tests {
         })
     }
 
+    /// Ordinary floors, and absurd ones (up to `Duration::MAX`, the u64::MAX seconds a
+    /// garbled `Retry-After` once was).
     fn floor() -> impl Strategy<Value = Option<Duration>> {
-        proptest::option::of((0u64..100_000_000).prop_map(Duration::from_millis))
+        proptest::option::of(prop_oneof![
+            (0u64..100_000_000).prop_map(Duration::from_millis),
+            any::<u64>().prop_map(Duration::from_secs),
+            Just(Duration::MAX),
+        ])
     }
 
     proptest! {
@@ -65,17 +75,18 @@ mod tests {
         }
 
         #[test]
-        fn never_below_the_floor(p in policy(), a in 1u32..200, f in floor(), j in 0.0f64..1.0) {
+        fn never_below_the_floor_up_to_the_cap(p in policy(), a in 1u32..200, f in floor(), j in 0.0f64..1.0) {
             if let Some(f) = f {
-                prop_assert!(delay(p, a, Some(f), j) >= f);
+                prop_assert!(delay(p, a, Some(f), j) >= f.min(p.max));
             }
         }
 
         #[test]
-        fn never_above_the_cap_unless_the_server_asks(p in policy(), a in 1u32..200, f in floor(), j in 0.0f64..1.0) {
-            let d = delay(p, a, f, j);
-            let ceiling = p.max.max(f.unwrap_or(Duration::ZERO));
-            prop_assert!(d <= ceiling);
+        fn never_above_the_cap_whatever_the_server_asks(p in policy(), a in 0u32..u32::MAX, f in floor(), j in 0.0f64..1.0) {
+            prop_assert!(upper_bound(p, a, f) <= p.max);
+            prop_assert!(delay(p, a, f, j) <= p.max);
+            // So `now + delay` cannot overflow for any sane max_delay.
+            prop_assert!(std::time::SystemTime::now().checked_add(delay(p, a, f, j)).is_some());
         }
 
         #[test]
@@ -107,6 +118,15 @@ mod tests {
         assert_eq!(
             delay(p, 1, Some(Duration::from_secs(3600)), 0.0),
             Duration::from_secs(3600)
+        );
+        // A Retry-After past max_delay waits max_delay; u64::MAX seconds used to panic.
+        assert_eq!(
+            delay(p, 1, Some(Duration::from_secs(7 * 3600)), 0.0),
+            Duration::from_secs(6 * 3600)
+        );
+        assert_eq!(
+            upper_bound(p, 1, Some(Duration::from_secs(u64::MAX))),
+            Duration::from_secs(6 * 3600)
         );
     }
 }

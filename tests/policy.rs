@@ -658,7 +658,10 @@ async fn a_garbled_2xx_is_retried_and_logged() {
     assert!(r.attempts >= 1 && r.attempts < 8, "{r:?}");
     let log = db.attempts(id).await;
     let garbled = &log[0];
-    assert_eq!(garbled.outcome, "transient");
+    assert_eq!(
+        garbled.outcome, "ambiguous_submit",
+        "a 2xx to a submit almost surely created a job"
+    );
     assert_eq!(garbled.http_status, Some(200));
     assert!(
         garbled

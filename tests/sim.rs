@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use importlyd::sim::{BucketConfig, FaultMix, Sim, SimConfig};
+use importlyd::sim::{BucketConfig, FaultMix, HostileMix, Sim, SimConfig};
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
@@ -820,6 +820,86 @@ async fn injected_faults_500_garbage_and_timeout() {
     sim.shutdown().await;
 }
 
+/// The hostile answers of issue 11, each forced in turn: a 500 whose wait hints are
+/// u64::MAX, an answer grown far past any sane size (streamed), a 2xx with a job id far past
+/// any sane length, and an answer that trickles past a client's timeout.
+#[tokio::test]
+async fn hostile_answers_huge_retry_oversized_long_id_and_trickle() {
+    let (sim, api) = start(SimConfig {
+        import: bucket(1000, HOUR, 10),
+        ..cfg()
+    })
+    .await;
+    let only = |h: HostileMix| HostileMix {
+        oversized_bytes: 1024 * 1024,
+        long_id_len: 300,
+        trickle_duration: Duration::from_secs(5),
+        ..h
+    };
+
+    sim.set_hostile(only(HostileMix {
+        phuge_retry: 1.0,
+        ..HostileMix::default()
+    }));
+    let r = api.import("https://example.com/a.mp4").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.header("retry-after"), "18446744073709551615");
+    assert_eq!(r.body["retryAfter"], json!(u64::MAX));
+    assert_eq!(r.body["reset"], json!(u64::MAX));
+    r.assert_rate_headers();
+
+    sim.set_hostile(only(HostileMix {
+        poversized: 1.0,
+        ..HostileMix::default()
+    }));
+    let r = api.import("https://example.com/a.mp4").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.body["data"]["jobId"].as_str().expect("a grown job id");
+    assert_eq!(id.len(), 1024 * 1024);
+    assert!(id.bytes().all(|b| b == b'x'));
+    assert_eq!(r.body["data"]["status"], "queued");
+    let r = api.import_status("nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error"].as_str().map(str::len), Some(1024 * 1024));
+
+    sim.set_hostile(only(HostileMix {
+        plong_id: 1.0,
+        ..HostileMix::default()
+    }));
+    let r = api.import("https://example.com/b.mp4").await;
+    assert_eq!(r.job_id(), "i".repeat(300));
+
+    sim.set_hostile(only(HostileMix {
+        ptrickle: 1.0,
+        ..HostileMix::default()
+    }));
+    let err = async {
+        let resp = api
+            .http
+            .post(api.url("/import"))
+            .bearer_auth(KEY)
+            .json(&json!({"url": "https://example.com/c.mp4"}))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await?;
+        resp.bytes().await
+    }
+    .await
+    .expect_err("the body trickles past the timeout");
+    assert!(err.is_timeout(), "{err}");
+
+    sim.set_hostile(HostileMix::default());
+    api.import("https://example.com/d.mp4").await.job_id();
+    let s = sim.stats();
+    assert_eq!(
+        (s.huge_retries, s.oversized, s.long_ids, s.trickles),
+        (1, 2, 1, 1)
+    );
+    // The oversized, long-id and trickled submits were handled normally underneath.
+    assert_eq!(s.accepted_imports, 4);
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn faults_are_reproducible_from_the_seed() {
     async fn outcomes() -> Vec<u16> {
@@ -965,4 +1045,32 @@ async fn standalone_binary_serves_and_stops_on_sigterm() {
         .expect("join")
         .expect("wait");
     assert!(status.success(), "exit status {status}");
+}
+
+/// `importly-sim --help` names the key a client must send and every flag's default.
+#[test]
+fn help_names_the_api_key_and_the_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_importly-sim"))
+        .arg("--help")
+        .output()
+        .expect("run importly-sim --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Authorization: Bearer <key>",
+        "`sim-key`",
+        "[default: sim-key]",
+        "[default: 127.0.0.1:8787]",
+        "[default: 240]",
+        "[default: 1h]",
+        "[default: 3s]",
+        "[default: 1000000]",
+        "--phuge-retry",
+        "--ptrickle",
+    ] {
+        assert!(
+            help.contains(needle),
+            "`{needle}` missing from --help:\n{help}"
+        );
+    }
 }

@@ -41,7 +41,7 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     let signals = tokio::spawn(watch_signals(shutdown.clone(), tx, cfg_path, cfg_tx));
     tracing::info!(
         database = %cfg.database.path.display(),
-        base_url = %cfg.api.base_url,
+        base_url = %crate::importly::redact_url(&cfg.api.base_url),
         version = env!("CARGO_PKG_VERSION"),
         "importlyd started"
     );

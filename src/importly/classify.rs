@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
+use super::bounds::{MAX_BODY, MAX_LOG_FIELD, bounded, valid_job_id};
 use super::{JobState, Outcome, RateHeaders};
 use crate::clock;
 
@@ -26,7 +27,7 @@ pub fn classify(
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let message = || error_message(json.as_ref(), body, status);
     match status {
-        200..=299 => classify_success(call, json),
+        200..=299 => classify_success(call, json, body.len()),
         429 => classify_429(json.as_ref(), headers, now),
         401 => Outcome::Unauthorized { message: message() },
         402 => Outcome::InsufficientCredits { message: message() },
@@ -38,31 +39,67 @@ pub fn classify(
     }
 }
 
+/// Classifies an answer whose body went over [`MAX_BODY`]: `prefix` is what was kept. A
+/// 2xx is garbled (its body is the answer, and we did not read it all): transient, and for
+/// a submit ambiguous, since a 2xx to a submit almost surely created a job. Any other status
+/// says what it means by itself; it is classified as usual from the prefix, which is not
+/// parsed as the whole answer it is not.
+pub fn classify_over_cap(
+    call: Call,
+    status: u16,
+    headers: &RateHeaders,
+    prefix: &[u8],
+    now: SystemTime,
+) -> Outcome {
+    if (200..300).contains(&status) {
+        return Outcome::Transient {
+            reason: format!("2xx answer over the {MAX_BODY}-byte cap, not read further"),
+            retry_after: None,
+            ambiguous: call == Call::Submit,
+        };
+    }
+    // A cut body never parses as the JSON it was; make sure a prefix that happens to be
+    // valid JSON is not read as the answer either.
+    let prefix = String::from_utf8_lossy(prefix);
+    let message = format!("{} [body over the {MAX_BODY}-byte cap]", prefix.trim());
+    classify(call, status, headers, message.as_bytes(), now)
+}
+
 fn transient(reason: String, headers: &RateHeaders) -> Outcome {
+    // The header parser clamps already; this keeps a hand-built RateHeaders as safe.
+    let max = clock::MAX_SERVER_WAIT.as_secs();
     Outcome::Transient {
-        reason,
-        retry_after: headers.retry_after.map(Duration::from_secs),
+        reason: bounded(&reason, MAX_LOG_FIELD),
+        retry_after: headers.retry_after.map(|s| Duration::from_secs(s.min(max))),
         ambiguous: false,
     }
 }
 
-fn classify_success(call: Call, json: Option<Value>) -> Outcome {
-    let transient = |reason: &str| Outcome::Transient {
-        reason: reason.into(),
+fn classify_success(call: Call, json: Option<Value>, len: usize) -> Outcome {
+    // A 2xx to a submit that we cannot read almost surely created a job: ambiguous.
+    let transient = |reason: String| Outcome::Transient {
+        reason,
         retry_after: None,
-        ambiguous: false,
+        ambiguous: call == Call::Submit,
     };
     let Some(json) = json else {
-        return transient("2xx answer that is not JSON");
+        return transient(format!("2xx answer that is not JSON ({len} bytes)"));
     };
     let Some(data) = json.get("data").filter(|d| d.is_object()) else {
-        return transient("2xx answer without a `data` object");
+        return transient("2xx answer without a `data` object".into());
     };
     match call {
-        // Any 2xx with a job id is an accepted job, whatever state it already reports.
-        Call::Submit => match data.get("jobId").and_then(job_id_text) {
-            Some(job_id) => Outcome::Accepted { job_id },
-            None => transient("2xx answer to a submit without `data.jobId`"),
+        // Any 2xx with a valid job id is an accepted job, whatever state it already
+        // reports. An id we could not store, log or poll with is no job id.
+        Call::Submit => match data.get("jobId").map(job_id_text) {
+            Some(Some(job_id)) if valid_job_id(&job_id) => Outcome::Accepted { job_id },
+            Some(Some(job_id)) => transient(format!(
+                "2xx answer to a submit with an invalid `data.jobId` ({} bytes; at most {} \
+                 printable ASCII characters without spaces or / ? # &)",
+                job_id.len(),
+                super::bounds::MAX_JOB_ID
+            )),
+            _ => transient("2xx answer to a submit without `data.jobId`".into()),
         },
         Call::Status => {
             let state = match data.get("status").and_then(Value::as_str) {
@@ -70,12 +107,17 @@ fn classify_success(call: Call, json: Option<Value>) -> Outcome {
                 Some("processing") => JobState::Processing,
                 Some("completed") => JobState::Completed,
                 Some("failed") => JobState::Failed,
-                _ => return transient("2xx status answer without a known `data.status`"),
+                _ => return transient("2xx status answer without a known `data.status`".into()),
             };
-            Outcome::Job {
-                state,
-                data: data.clone(),
+            // The data is stored as the row's result: written out again it must stay within
+            // the cap too (number formats can grow, e.g. `1e15`).
+            let data = data.clone();
+            if data.to_string().len() > MAX_BODY {
+                return transient(format!(
+                    "2xx status answer whose `data` is over the {MAX_BODY}-byte cap"
+                ));
             }
+            Outcome::Job { state, data }
         }
     }
 }
@@ -122,10 +164,10 @@ fn classify_429(json: Option<&Value>, headers: &RateHeaders, now: SystemTime) ->
         until = until.max(clock::from_unix_secs(reset));
     }
     // A garbled value must not park the bucket for years.
-    until = until.min(now + clock::MAX_SERVER_WAIT);
+    until = until.min(now.checked_add(clock::MAX_SERVER_WAIT).unwrap_or(now));
     if until == now {
         // A 429 that says nothing about when: wait a little rather than hammer.
-        until = now + Duration::from_secs(1);
+        until = now.checked_add(Duration::from_secs(1)).unwrap_or(now);
     }
     Outcome::RateLimited {
         until,
@@ -140,12 +182,14 @@ fn as_secs(v: &Value) -> Option<u64> {
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64))
 }
 
+/// The error message of an answer, bounded to [`MAX_LOG_FIELD`]: it goes into logs,
+/// `last_error` and the attempt record.
 fn error_message(json: Option<&Value>, body: &[u8], status: u16) -> String {
     let from_json = json.and_then(|j| {
         j.get("error")
             .or_else(|| j.get("message"))
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .map(|m| bounded(m, MAX_LOG_FIELD))
     });
     match from_json {
         Some(m) => m,
@@ -191,6 +235,130 @@ mod tests {
             } => assert_eq!(data["creditsUsed"], 3),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_huge_retry_after_on_a_500_is_clamped() {
+        let headers = RateHeaders {
+            retry_after: Some(u64::MAX),
+            ..Default::default()
+        };
+        let body = br#"{"success":false,"error":"boom","retryAfter":18446744073709551615}"#;
+        match classify(Call::Submit, 500, &headers, body, at(0)) {
+            Outcome::Transient { retry_after, .. } => {
+                assert_eq!(retry_after, Some(clock::MAX_SERVER_WAIT))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unreadable_2xx_to_a_submit_is_an_ambiguous_submit() {
+        let h = RateHeaders::default();
+        let long_id = format!(r#"{{"data":{{"jobId":"{}"}}}}"#, "i".repeat(4096));
+        let bad_chars = br#"{"data":{"jobId":"a/b?c"}}"#;
+        for body in [
+            &b"<html>oops"[..],
+            br#"{"data":{}}"#,
+            br#"{"success":true}"#,
+            br#"{"data":{"jobId":""}}"#,
+            long_id.as_bytes(),
+            bad_chars,
+        ] {
+            let out = classify(Call::Submit, 200, &h, body, at(0));
+            assert!(
+                matches!(&out, Outcome::Transient { ambiguous: true, reason, .. } if reason.len() < 300),
+                "{out:?}"
+            );
+            assert_eq!(out.name(), "ambiguous_submit");
+            // The same answer to a status call created nothing.
+            let out = classify(Call::Status, 200, &h, body, at(0));
+            assert!(
+                matches!(
+                    out,
+                    Outcome::Transient {
+                        ambiguous: false,
+                        ..
+                    }
+                ),
+                "{out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_over_the_cap_is_garbled_when_2xx_and_its_status_otherwise() {
+        let h = RateHeaders::default();
+        let prefix = br#"{"success":true,"data":{"jobId":"xxxxxxxx"#;
+        let out = classify_over_cap(Call::Submit, 200, &h, prefix, at(0));
+        assert!(
+            matches!(
+                out,
+                Outcome::Transient {
+                    ambiguous: true,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        let out = classify_over_cap(Call::Status, 200, &h, prefix, at(0));
+        assert!(
+            matches!(
+                out,
+                Outcome::Transient {
+                    ambiguous: false,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        // A prefix that happens to be valid JSON is still not taken as the answer.
+        let out = classify_over_cap(Call::Submit, 200, &h, br#"{"data":{"jobId":"a"}}"#, at(0));
+        assert!(matches!(out, Outcome::Transient { .. }), "{out:?}");
+        let out = classify_over_cap(Call::Submit, 401, &h, b"<html>denied", at(0));
+        assert!(matches!(out, Outcome::Unauthorized { .. }), "{out:?}");
+        let out = classify_over_cap(Call::Submit, 503, &h, b"<html>down", at(0));
+        assert!(matches!(out, Outcome::Transient { .. }), "{out:?}");
+    }
+
+    #[test]
+    fn messages_from_bodies_are_bounded() {
+        let body = format!(r#"{{"success":false,"error":"{}"}}"#, "e".repeat(MAX_BODY));
+        match classify(
+            Call::Submit,
+            400,
+            &RateHeaders::default(),
+            body.as_bytes(),
+            at(0),
+        ) {
+            Outcome::BadRequest { message } => assert!(message.len() < MAX_LOG_FIELD + 40),
+            other => panic!("unexpected {other:?}"),
+        }
+        match classify(
+            Call::Submit,
+            500,
+            &RateHeaders::default(),
+            body.as_bytes(),
+            at(0),
+        ) {
+            Outcome::Transient { reason, .. } => assert!(reason.len() < MAX_LOG_FIELD + 40),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_data_that_grows_past_the_cap_when_written_is_garbled() {
+        let nums = vec!["1e15"; MAX_BODY / 6].join(",");
+        let body = format!(r#"{{"data":{{"status":"completed","n":[{nums}]}}}}"#);
+        assert!(body.len() < MAX_BODY);
+        let out = classify(
+            Call::Status,
+            200,
+            &RateHeaders::default(),
+            body.as_bytes(),
+            at(0),
+        );
+        assert!(matches!(out, Outcome::Transient { .. }), "{out:?}");
     }
 
     #[test]

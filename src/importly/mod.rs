@@ -3,8 +3,10 @@
 //! body, timestamps, status, rate-limit headers, response body). It knows nothing of the
 //! database or of rows.
 
+mod bounds;
 mod classify;
 mod headers;
+mod scrub;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -12,11 +14,11 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-pub use classify::{Call, classify};
+pub use bounds::{MAX_BODY, MAX_JOB_ID, MAX_LOG_FIELD, bounded, redact_url, valid_job_id};
+pub use classify::{Call, classify, classify_over_cap};
 pub use headers::RateHeaders;
 
-/// Response bodies are kept for tickets up to this size.
-pub const MAX_BODY: usize = 16 * 1024;
+use scrub::Secrets;
 
 /// Which kind of job a call is about; picks the endpoints and the bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,7 +140,7 @@ pub struct Exchange {
     /// The transport error when there was no HTTP answer.
     pub error: Option<String>,
     pub headers: RateHeaders,
-    /// The body, cut at [`MAX_BODY`] bytes.
+    /// The body, cut at [`MAX_BODY`] bytes (an answer over it is not read further).
     pub response_body: Option<String>,
     pub body_truncated: bool,
     pub outcome: Outcome,
@@ -148,13 +150,14 @@ pub struct Exchange {
 pub struct Client {
     http: reqwest::Client,
     base: reqwest::Url,
-    key: Arc<RwLock<SecretString>>,
+    /// The key in use and the ones used before it in this process, for scrubbing.
+    secrets: Arc<RwLock<Secrets>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base.as_str())
+            .field("base", &redact_url(self.base.as_str()))
             .field("key", &"[REDACTED]")
             .finish()
     }
@@ -168,42 +171,49 @@ impl Client {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("importlyd/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        // A password in the base URL is a secret too: scrubbed like the key.
+        let password = base.password().map(|p| SecretString::from(p.to_owned()));
         Ok(Client {
             http,
             base,
-            key: Arc::new(RwLock::new(key)),
+            secrets: Arc::new(RwLock::new(Secrets::new(key, password))),
         })
     }
 
-    /// Swaps the key in place (SIGHUP); calls already under way keep the old one.
+    /// Swaps the key in place (SIGHUP); calls already under way keep the old one. The old
+    /// key is still scrubbed from what answers echo (see [`Secrets`]).
     pub fn set_key(&self, key: SecretString) {
-        let mut guard = self.key.write().unwrap_or_else(|p| p.into_inner());
-        *guard = key;
+        let mut guard = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        guard.set_key(key);
     }
 
     /// The Authorization value, marked sensitive so that no HTTP-layer debug output shows
     /// it. `None` for a key that is not a valid header value (the request then goes without
     /// one and Importly answers 401, which pauses the queue with a clear reason).
     fn bearer(&self) -> Option<reqwest::header::HeaderValue> {
-        let guard = self.key.read().unwrap_or_else(|p| p.into_inner());
-        let mut v =
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", guard.expose_secret()))
-                .ok()?;
+        let guard = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        let mut v = reqwest::header::HeaderValue::from_str(&format!(
+            "Bearer {}",
+            guard.key().expose_secret()
+        ))
+        .ok()?;
         v.set_sensitive(true);
         Some(v)
     }
 
-    /// `text` with every occurrence of the key replaced by `[REDACTED]`: whatever a server
-    /// or a proxy echoes back is stored, logged and put in tickets, and the key must never
-    /// reach any of those. Keys shorter than 4 characters are left alone (replacing them
-    /// would garble ordinary text, and no real key is that short).
+    /// `text` with every key this client has used (and the base URL's password), in every
+    /// form an answer may echo it, replaced by `[REDACTED]`: whatever a server or a proxy
+    /// echoes back is stored, logged and put in tickets, and no key may reach any of those.
     fn scrub(&self, text: &str) -> String {
-        let guard = self.key.read().unwrap_or_else(|p| p.into_inner());
-        let key = guard.expose_secret();
-        if key.len() < 4 {
-            return text.to_owned();
-        }
-        text.replace(key, "[REDACTED]")
+        let guard = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        guard.scrub(text)
+    }
+
+    /// How many bytes past [`MAX_BODY`] to read so that a secret straddling the cut is
+    /// still whole when scrubbed.
+    fn scrub_margin(&self) -> usize {
+        let guard = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        guard.longest_form()
     }
 
     /// `POST /import` or `POST /metadata` with `body` exactly as given.
@@ -284,7 +294,7 @@ impl Client {
                 // A request that may have been written to the wire before failing could
                 // have created a job: Importly has no idempotency key.
                 let ambiguous = is_submit && !e.is_connect() && !e.is_builder();
-                let reason = self.scrub(&transport_reason(e));
+                let reason = bounded(&self.scrub(&transport_reason(e)), MAX_LOG_FIELD);
                 ex.error = Some(reason.clone());
                 ex.outcome = Outcome::Transient {
                     reason,
@@ -292,25 +302,41 @@ impl Client {
                     ambiguous,
                 };
             }
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status().as_u16();
                 ex.http_status = Some(status);
                 ex.headers = RateHeaders::from_map(resp.headers());
-                let body = resp.bytes().await;
+                // Header texts are stored with the record too.
+                ex.headers.window = ex.headers.window.as_deref().map(|w| self.scrub(w));
+                ex.headers.plan = ex.headers.plan.as_deref().map(|p| self.scrub(p));
+                let body = read_capped(&mut resp, MAX_BODY + self.scrub_margin()).await;
+                // An answer over the cap is dropped here unread: the connection closes.
+                drop(resp);
                 ex.finished_at = SystemTime::now();
                 match body {
                     Ok(bytes) => {
                         // Stored as text, so it is read as text (invalid UTF-8 replaced)
                         // and scrubbed before anything looks at it.
+                        let over_cap = bytes.len() > MAX_BODY;
                         let body = self.scrub(&String::from_utf8_lossy(&bytes));
                         let (text, cut) = truncate_body(&body);
+                        ex.outcome = if over_cap {
+                            classify_over_cap(
+                                call,
+                                status,
+                                &ex.headers,
+                                text.as_bytes(),
+                                ex.finished_at,
+                            )
+                        } else {
+                            classify(call, status, &ex.headers, body.as_bytes(), ex.finished_at)
+                        };
                         ex.response_body = Some(text);
-                        ex.body_truncated = cut;
-                        ex.outcome =
-                            classify(call, status, &ex.headers, body.as_bytes(), ex.finished_at);
+                        ex.body_truncated = cut || over_cap;
                     }
                     Err(e) => {
                         let reason = self.scrub(&format!("reading body: {}", transport_reason(e)));
+                        let reason = bounded(&reason, MAX_LOG_FIELD);
                         ex.error = Some(reason.clone());
                         ex.outcome = Outcome::Transient {
                             reason,
@@ -350,15 +376,31 @@ fn transport_reason(e: reqwest::Error) -> String {
     format!("{kind}: {detail}")
 }
 
+/// Reads the body a chunk at a time and keeps at most `keep` bytes: an answer longer than
+/// that is not read further (a server may send gigabytes; we hold one chunk past the cap at
+/// most). A body that trickles is ended by the client's request timeout, which covers the
+/// whole exchange, body included.
+async fn read_capped(resp: &mut reqwest::Response, keep: usize) -> reqwest::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = keep.saturating_sub(buf.len());
+        if chunk.len() > room {
+            // One byte past `keep` is enough to know the answer is over the cap.
+            let take = chunk.len().min(room + 1);
+            buf.extend_from_slice(&chunk[..take]);
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
 /// Keeps at most [`MAX_BODY`] bytes, cut on a character boundary.
 fn truncate_body(text: &str) -> (String, bool) {
     if text.len() <= MAX_BODY {
         return (text.to_owned(), false);
     }
-    let mut end = MAX_BODY;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = bounds::floor_char_boundary(text, MAX_BODY);
     (text[..end].to_owned(), true)
 }
 
@@ -403,6 +445,39 @@ mod tests {
         assert!(c.bearer().unwrap().is_sensitive());
         // A tiny key is not scrubbed out of ordinary text.
         assert_eq!(client("ab").scrub("abc"), "abc");
+    }
+
+    #[test]
+    fn an_old_key_is_still_scrubbed_after_a_key_change() {
+        let c = client("sk_live_old_one");
+        c.set_key(SecretString::from("sk_live_new_one".to_owned()));
+        let echoed = r#"{"error":"revoked: sk_live_old_one","url":"x?key=sk_live_new_one"}"#;
+        assert_eq!(
+            c.scrub(echoed),
+            r#"{"error":"revoked: [REDACTED]","url":"x?key=[REDACTED]"}"#
+        );
+        let encoded = client("sk/live key");
+        assert_eq!(
+            encoded.scrub(r#"a=sk%2Flive%20key b="sk\/live key""#),
+            r#"a=[REDACTED] b="[REDACTED]""#
+        );
+    }
+
+    #[test]
+    fn the_base_urls_userinfo_is_absent_from_debug_and_its_password_scrubbed() {
+        let c = Client::new(
+            "https://ops:hunter2pass@proxy.example/importly",
+            SecretString::from("sk_live_secret42".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2pass") && !debug.contains("ops:"),
+            "{debug}"
+        );
+        assert!(debug.contains("proxy.example/importly"), "{debug}");
+        assert_eq!(c.scrub("echo hunter2pass"), "echo [REDACTED]");
     }
 
     #[test]

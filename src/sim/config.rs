@@ -34,6 +34,9 @@ pub struct SimConfig {
     pub plan: String,
     /// Probabilities of injected faults, drawn per counted request.
     pub faults: FaultMix,
+    /// Probabilities of hostile answers (absurd sizes, headers and pace), drawn from the
+    /// same per-request draw after `faults`.
+    pub hostile: HostileMix,
     /// Seed of the fault RNG, so a fault run can be replayed.
     pub seed: u64,
 }
@@ -52,6 +55,7 @@ impl Default for SimConfig {
             job_ttl: Duration::from_secs(7 * 24 * 3600),
             plan: "paid".to_owned(),
             faults: FaultMix::default(),
+            hostile: HostileMix::default(),
             seed: 1,
         }
     }
@@ -102,6 +106,46 @@ impl Default for FaultMix {
             ptimeout: 0.0,
             pgarbage: 0.0,
             timeout_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Answers a broken server or proxy might send, which the daemon must survive without
+/// crashing, wedging or growing (issue 11). Their probabilities are further slices of the
+/// same draw as [`FaultMix`], after its own: with both mixes, a draw past the sum of all of
+/// them is a normal answer.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HostileMix {
+    /// Answer 500 with `Retry-After: 18446744073709551615` (u64::MAX), and that number as
+    /// the body's `retryAfter` and `reset`; nothing else happens.
+    pub phuge_retry: f64,
+    /// Handle the request normally (a job may be created), then send its answer with one
+    /// string grown to `oversized_bytes`: a 2xx submit's `data.jobId`, a status answer's
+    /// `data.message`, an error's `error`. Streamed, so the simulator never holds it whole.
+    pub poversized: f64,
+    /// Handle the request normally, then send a 2xx answer's `data.jobId` as `long_id_len`
+    /// characters (the answer stays small: this is the job-id check, not the size cap).
+    pub plong_id: f64,
+    /// Handle the request normally, then send its answer a byte at a time, spread over
+    /// `trickle_duration`: a body that trickles past any sane request timeout.
+    pub ptrickle: f64,
+    pub oversized_bytes: u64,
+    pub long_id_len: usize,
+    #[serde(with = "humantime_serde")]
+    pub trickle_duration: Duration,
+}
+
+impl Default for HostileMix {
+    fn default() -> Self {
+        Self {
+            phuge_retry: 0.0,
+            poversized: 0.0,
+            plong_id: 0.0,
+            ptrickle: 0.0,
+            oversized_bytes: 8 * 1024 * 1024,
+            long_id_len: 4096,
+            trickle_duration: Duration::from_secs(60),
         }
     }
 }

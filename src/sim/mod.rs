@@ -11,7 +11,11 @@
 //! 3. The request is counted.
 //! 4. Fault injection from [`FaultMix`] (one seeded draw per counted request): a 500, a 200
 //!    with a non-JSON body, or a normal answer delivered only after `timeout_delay` (the job is
-//!    created even if the client gave up: an ambiguous submit).
+//!    created even if the client gave up: an ambiguous submit). The same draw picks the
+//!    hostile answers of [`HostileMix`]: a 500 with `Retry-After: 18446744073709551615`; or
+//!    the normal answer (a job may be created) sent oversized (one string grown to
+//!    `oversized_bytes`, streamed), with a `long_id_len`-character `data.jobId`, or a byte at
+//!    a time over `trickle_duration`.
 //! 5. Validation: malformed JSON, a missing or non-http(s) `url`, a bad documented option
 //!    (`includeVideo`/`includeAudio` not boolean, `videoQuality`/`audioQuality` not one of the
 //!    documented values), a missing `id`: 400. Unknown body fields are ignored.
@@ -61,7 +65,7 @@ use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{BucketConfig, FaultMix, SimConfig};
+pub use config::{BucketConfig, FaultMix, HostileMix, SimConfig};
 pub use stats::SimStats;
 
 use server::{Shared, lock};
@@ -158,6 +162,11 @@ impl Sim {
     /// Replaces the fault mix; the RNG keeps its sequence.
     pub fn set_faults(&self, f: FaultMix) {
         lock(&self.inner.state).set_faults(f);
+    }
+
+    /// Replaces the hostile mix; the RNG keeps its sequence.
+    pub fn set_hostile(&self, h: HostileMix) {
+        lock(&self.inner.state).set_hostile(h);
     }
 
     /// Stops accepting connections and ends the server, giving in-flight requests a short grace.

@@ -1,6 +1,8 @@
 //! HTTP layer: routes, extraction of what the API reads, and rendering of a `Reply`.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -11,6 +13,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::AUTHORI
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio_util::io::ReaderStream;
 
 use super::bucket::format_window;
 use super::reply::{GARBAGE_BODY, Payload, Reply};
@@ -109,11 +113,68 @@ async fn respond(
     render(reply)
 }
 
+/// How much of an oversized answer goes out per write.
+const PAD_CHUNK: usize = 64 * 1024;
+
+/// A body written by a task of its own through a small pipe, so a huge or slow answer never
+/// sits in memory whole. The task ends when the client hangs up (its writes then fail).
+fn piped<F, Fut>(write: F) -> Body
+where
+    F: FnOnce(DuplexStream) -> Fut,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let (reader, writer) = tokio::io::duplex(PAD_CHUNK);
+    let write = write(writer);
+    tokio::spawn(async move {
+        // A client that hung up ends the write with an error: nothing to report.
+        let _ = write.await;
+    });
+    Body::from_stream(ReaderStream::new(reader))
+}
+
+/// `head`, `pad` bytes of `x`, `tail`, written a chunk at a time.
+async fn oversized(
+    mut w: DuplexStream,
+    head: String,
+    pad: u64,
+    tail: String,
+) -> std::io::Result<()> {
+    w.write_all(head.as_bytes()).await?;
+    let chunk = [b'x'; PAD_CHUNK];
+    let mut left = pad;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(PAD_CHUNK).min(PAD_CHUNK);
+        w.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    w.write_all(tail.as_bytes()).await?;
+    w.shutdown().await
+}
+
+/// `body` a byte at a time, the bytes spread evenly over `over`.
+async fn trickled(mut w: DuplexStream, body: Vec<u8>, over: Duration) -> std::io::Result<()> {
+    let step = over / u32::try_from(body.len().max(1)).unwrap_or(u32::MAX);
+    for b in body {
+        tokio::time::sleep(step).await;
+        w.write_all(&[b]).await?;
+        w.flush().await?;
+    }
+    w.shutdown().await
+}
+
 fn render(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let (content_type, body) = match &reply.payload {
-        Payload::Json(v) => ("application/json", Body::from(v.to_string())),
-        Payload::Garbage => ("text/html", Body::from(GARBAGE_BODY)),
+    let (content_type, text) = match &reply.payload {
+        Payload::Json(v) => ("application/json", v.to_string()),
+        Payload::Garbage => ("text/html", GARBAGE_BODY.to_owned()),
+        Payload::Oversized { .. } => ("application/json", String::new()),
+    };
+    let body = match (reply.payload, reply.trickle) {
+        (Payload::Oversized { head, pad, tail }, _) => {
+            piped(move |w| oversized(w, head, pad, tail))
+        }
+        (_, Some(over)) => piped(move |w| trickled(w, text.into_bytes(), over)),
+        _ => Body::from(text),
     };
     let mut response = (status, body).into_response();
     let h = response.headers_mut();

@@ -9,10 +9,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::bucket::{Bucket, RateInfo, format_window};
-use super::config::{FaultMix, SimConfig};
+use super::config::{FaultMix, HostileMix, SimConfig};
 use super::duration_ms;
 use super::jobs::{Job, Kind};
-use super::reply::{Payload, Reply};
+use super::reply::{Payload, Reply, oversized_parts};
 use super::rules::{UrlRules, parse_media_url};
 use super::stats::SimStats;
 
@@ -71,6 +71,10 @@ enum Fault {
     ServerError,
     Timeout,
     Garbage,
+    HugeRetry,
+    Oversized,
+    LongId,
+    Trickle,
 }
 
 /// A job still holding a concurrency slot (and, for imports, reserved credits). Kept apart from
@@ -151,6 +155,10 @@ impl State {
         self.cfg.faults = faults;
     }
 
+    pub fn set_hostile(&mut self, hostile: HostileMix) {
+        self.cfg.hostile = hostile;
+    }
+
     pub fn hold_slots(&mut self, n: u32, now: u64) {
         self.settle(now);
         self.held_slots = n;
@@ -179,14 +187,24 @@ impl State {
         let mut reply = match fault {
             Some(Fault::ServerError) => self.error(500, "Internal server error", rate),
             Some(Fault::Garbage) => self.garbage(rate),
+            Some(Fault::HugeRetry) => self.huge_retry(rate),
             _ => match start {
                 Some(params) => self.start_job(ep.kind(), params, rate, now),
                 None => self.job_status(ep.kind(), &req.input, rate, now),
             },
         };
-        if fault == Some(Fault::Timeout) {
-            self.stats.timeouts += 1;
-            reply.delay = Some(self.cfg.faults.timeout_delay);
+        match fault {
+            Some(Fault::Timeout) => {
+                self.stats.timeouts += 1;
+                reply.delay = Some(self.cfg.faults.timeout_delay);
+            }
+            Some(Fault::Oversized) => self.oversize(&mut reply, ep.is_start()),
+            Some(Fault::LongId) => self.long_id(&mut reply),
+            Some(Fault::Trickle) => {
+                self.stats.trickles += 1;
+                reply.trickle = Some(self.cfg.hostile.trickle_duration);
+            }
+            _ => {}
         }
         self.finish(reply)
     }
@@ -246,17 +264,73 @@ impl State {
     }
 
     fn draw_fault(&mut self) -> Option<Fault> {
-        let f = &self.cfg.faults;
+        let (f, h) = (&self.cfg.faults, &self.cfg.hostile);
         // Always draw, so the fault sequence depends only on the seed and the request count.
         let r: f64 = self.rng.random();
-        if r < f.p500 {
-            Some(Fault::ServerError)
-        } else if r < f.p500 + f.ptimeout {
-            Some(Fault::Timeout)
-        } else if r < f.p500 + f.ptimeout + f.pgarbage {
-            Some(Fault::Garbage)
-        } else {
-            None
+        // Cumulative slices of the one draw, in this order (the first three as before the
+        // hostile modes existed, so old seeds replay the same).
+        let slices = [
+            (f.p500, Fault::ServerError),
+            (f.ptimeout, Fault::Timeout),
+            (f.pgarbage, Fault::Garbage),
+            (h.phuge_retry, Fault::HugeRetry),
+            (h.poversized, Fault::Oversized),
+            (h.plong_id, Fault::LongId),
+            (h.ptrickle, Fault::Trickle),
+        ];
+        let mut edge = 0.0;
+        for (p, fault) in slices {
+            edge += p;
+            if r < edge {
+                return Some(fault);
+            }
+        }
+        None
+    }
+
+    /// A 500 whose every wait hint is u64::MAX: the answer that once overflowed the
+    /// daemon's time arithmetic.
+    fn huge_retry(&mut self, rate: RateInfo) -> Reply {
+        self.stats.huge_retries += 1;
+        let body = json!({
+            "success": false,
+            "error": "Internal server error",
+            "retryAfter": u64::MAX,
+            "reset": u64::MAX,
+        });
+        let mut reply = Reply::new(500, body, rate, &self.cfg.plan);
+        reply.retry_after = Some(u64::MAX);
+        reply
+    }
+
+    /// Grows one string of a JSON answer to `oversized_bytes` (see [`oversized_parts`]).
+    fn oversize(&mut self, reply: &mut Reply, start: bool) {
+        let Payload::Json(body) = &reply.payload else {
+            return;
+        };
+        let start = start && (200..300).contains(&reply.status);
+        let (head, tail) = oversized_parts(body, start);
+        reply.payload = Payload::Oversized {
+            head,
+            pad: self.cfg.hostile.oversized_bytes,
+            tail,
+        };
+        self.stats.oversized += 1;
+    }
+
+    /// Replaces a 2xx answer's `data.jobId` by `long_id_len` characters; other answers
+    /// go out as they are.
+    fn long_id(&mut self, reply: &mut Reply) {
+        if !(200..300).contains(&reply.status) {
+            return;
+        }
+        let Payload::Json(body) = &mut reply.payload else {
+            return;
+        };
+        if let Some(data) = body.get_mut("data").and_then(Value::as_object_mut) {
+            let id = "i".repeat(self.cfg.hostile.long_id_len);
+            data.insert("jobId".into(), Value::String(id));
+            self.stats.long_ids += 1;
         }
     }
 

@@ -38,6 +38,14 @@ pub struct SimStats {
     pub timeouts: u64,
     /// Non-JSON 200s sent.
     pub garbage: u64,
+    /// 500s sent with `Retry-After: 18446744073709551615` (hostile).
+    pub huge_retries: u64,
+    /// Answers sent with one string grown to `oversized_bytes` (hostile).
+    pub oversized: u64,
+    /// 2xx answers sent with a `long_id_len`-character job id (hostile).
+    pub long_ids: u64,
+    /// Answers sent a byte at a time over `trickle_duration` (hostile).
+    pub trickles: u64,
     /// `(url, when)` of every `POST /import`, in order (url empty when the body had none);
     /// serialized as `[url, unix_ms]` pairs.
     #[serde(serialize_with = "unix_ms_pairs")]
