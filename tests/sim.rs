@@ -1074,3 +1074,133 @@ fn help_names_the_api_key_and_the_defaults() {
         );
     }
 }
+
+/// A tiny webhook receiver: records every POST body and answers `status` (settable).
+#[derive(Clone)]
+struct Receiver {
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    url: String,
+}
+
+impl Receiver {
+    async fn start(status: u16) -> Receiver {
+        use axum::extract::State;
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let code = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let app = axum::Router::new()
+            .route(
+                "/hook/{token}",
+                axum::routing::post(
+                    |State((bodies, code)): State<(
+                        std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+                        std::sync::Arc<std::sync::atomic::AtomicU16>,
+                    )>,
+                     axum::Json(v): axum::Json<Value>| async move {
+                        bodies.lock().expect("bodies").push(v);
+                        let c = code.load(std::sync::atomic::Ordering::Relaxed);
+                        axum::http::StatusCode::from_u16(c).expect("status")
+                    },
+                ),
+            )
+            .with_state((bodies.clone(), code.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            bodies,
+            status: code,
+            url,
+        }
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().expect("bodies").clone()
+    }
+}
+
+#[tokio::test]
+async fn a_job_started_with_a_webhook_url_is_delivered_when_it_ends() {
+    let (sim, api) = start(SimConfig {
+        job_duration: Duration::from_millis(400),
+        ..cfg()
+    })
+    .await;
+    let hook = Receiver::start(200).await;
+    let started = Instant::now();
+    let r = api
+        .import_body(json!({
+            "url": "https://example.com/hooked.mp4",
+            "webhookUrl": format!("{}/tok1", hook.url),
+        }))
+        .await;
+    let id = r.job_id();
+    let body = wait_until("the webhook delivery", Duration::from_secs(5), || async {
+        hook.bodies().first().cloned()
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "delivered only once the job ended"
+    );
+    assert_eq!(body["jobId"], json!(id));
+    assert_eq!(body["status"], "completed");
+    assert!(body["mediaUrl"].is_string(), "{body}");
+    // Its status already says what the delivery said.
+    let status = api.import_status(&id).await;
+    assert_eq!(status.body["data"]["status"], "completed");
+    assert_eq!(sim.webhook_counts().delivered(), 1);
+    // A job without a webhookUrl is not delivered anywhere.
+    api.import("https://example.com/plain.mp4").await.job_id();
+    assert_eq!(hook.bodies().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_webhook_is_retried_then_abandoned() {
+    let (sim, api) = start(SimConfig {
+        job_duration: Duration::from_millis(100),
+        webhooks: importlyd::sim::WebhookConfig {
+            attempts: 3,
+            interval: Duration::from_millis(100),
+        },
+        ..cfg()
+    })
+    .await;
+    let hook = Receiver::start(500).await;
+    api.import_body(json!({
+        "url": "https://example.com/refused.mp4",
+        "webhookUrl": format!("{}/tok2", hook.url),
+    }))
+    .await
+    .job_id();
+    let counts = sim.webhook_counts();
+    wait_until(
+        "the delivery to be abandoned",
+        Duration::from_secs(5),
+        || async { (counts.abandoned() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(hook.bodies().len(), 3, "the first delivery and two retries");
+    assert_eq!(counts.refused(), 3);
+    assert_eq!(counts.delivered(), 0);
+
+    // A receiver that comes back in time gets the delivery.
+    let ok = Receiver::start(500).await;
+    api.import_body(json!({
+        "url": "https://example.com/comes-back.mp4",
+        "webhookUrl": format!("{}/tok3", ok.url),
+    }))
+    .await
+    .job_id();
+    wait_until("the first refusal", Duration::from_secs(5), || async {
+        (!ok.bodies().is_empty()).then_some(())
+    })
+    .await;
+    ok.status.store(200, std::sync::atomic::Ordering::Relaxed);
+    wait_until("the retried delivery", Duration::from_secs(5), || async {
+        (counts.delivered() == 1).then_some(())
+    })
+    .await;
+}

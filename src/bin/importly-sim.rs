@@ -115,6 +115,13 @@ struct Args {
     /// How long a trickled answer takes.
     #[arg(long, value_parser = humantime::parse_duration)]
     trickle_duration: Option<Duration>,
+    /// Webhook deliveries per job end (the first and its retries) for jobs started with
+    /// `webhookUrl`.
+    #[arg(long)]
+    webhook_attempts: Option<u32>,
+    /// Time between a webhook delivery that failed and its retry.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    webhook_interval: Option<Duration>,
     /// Seed of the fault RNG.
     #[arg(long)]
     seed: Option<u64>,
@@ -153,6 +160,8 @@ fn defaults() -> Vec<(&'static str, String)> {
         ("oversized_bytes", d.hostile.oversized_bytes.to_string()),
         ("long_id_len", d.hostile.long_id_len.to_string()),
         ("trickle_duration", t(d.hostile.trickle_duration)),
+        ("webhook_attempts", d.webhooks.attempts.to_string()),
+        ("webhook_interval", t(d.webhooks.interval)),
         ("seed", d.seed.to_string()),
     ]
 }
@@ -243,6 +252,8 @@ fn apply_flags(cfg: &mut SimConfig, a: &Args) {
     set(&mut cfg.hostile.oversized_bytes, &a.oversized_bytes);
     set(&mut cfg.hostile.long_id_len, &a.long_id_len);
     set(&mut cfg.hostile.trickle_duration, &a.trickle_duration);
+    set(&mut cfg.webhooks.attempts, &a.webhook_attempts);
+    set(&mut cfg.webhooks.interval, &a.webhook_interval);
     set(&mut cfg.seed, &a.seed);
 }
 

@@ -37,6 +37,8 @@ pub struct SimConfig {
     /// Probabilities of hostile answers (absurd sizes, headers and pace), drawn from the
     /// same per-request draw after `faults`.
     pub hostile: HostileMix,
+    /// How completion callbacks (`webhookUrl`) are retried.
+    pub webhooks: WebhookConfig,
     /// Seed of the fault RNG, so a fault run can be replayed.
     pub seed: u64,
 }
@@ -56,6 +58,7 @@ impl Default for SimConfig {
             plan: "paid".to_owned(),
             faults: FaultMix::default(),
             hostile: HostileMix::default(),
+            webhooks: WebhookConfig::default(),
             seed: 1,
         }
     }
@@ -146,6 +149,26 @@ impl Default for HostileMix {
             oversized_bytes: 8 * 1024 * 1024,
             long_id_len: 4096,
             trickle_duration: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Webhook deliveries: a job started with `webhookUrl` is POSTed there when it ends; a
+/// non-2xx answer or none is retried, `attempts` in all, `interval` apart (Importly: about
+/// 3, a minute apart).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            interval: Duration::from_secs(60),
         }
     }
 }

@@ -33,6 +33,11 @@
 //! cost is reserved when accepted and charged when it completes; a failed job, or one whose
 //! status expired before it finished (`job_ttl` shorter than its duration), costs nothing.
 //!
+//! A start request whose body carries an http(s) `webhookUrl` gets a completion callback:
+//! when its job ends, its final `data` object is POSTed there, retried on a non-2xx answer
+//! or none ([`WebhookConfig`]: `attempts` in all, `interval` apart; counters in
+//! [`Sim::webhook_counts`]).
+//!
 //! # URL rules
 //! The media URL of a start request (`POST /import`, `POST /metadata`, `GET /metadata?url=`)
 //! steers the outcome, so tests and the demo can ask for each case:
@@ -56,6 +61,7 @@ mod rules;
 mod server;
 mod state;
 mod stats;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -65,8 +71,9 @@ use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{BucketConfig, FaultMix, HostileMix, SimConfig};
+pub use config::{BucketConfig, FaultMix, HostileMix, SimConfig, WebhookConfig};
 pub use stats::SimStats;
+pub use webhook::WebhookCounts;
 
 use server::{Shared, lock};
 use state::{State, now_ms};
@@ -167,6 +174,11 @@ impl Sim {
     /// Replaces the hostile mix; the RNG keeps its sequence.
     pub fn set_hostile(&self, h: HostileMix) {
         lock(&self.inner.state).set_hostile(h);
+    }
+
+    /// What the webhook deliveries of jobs started with `webhookUrl` did so far.
+    pub fn webhook_counts(&self) -> std::sync::Arc<WebhookCounts> {
+        lock(&self.inner.state).hooks().counts.clone()
     }
 
     /// Stops accepting connections and ends the server, giving in-flight requests a short grace.

@@ -19,6 +19,7 @@ use tokio_util::io::ReaderStream;
 use super::bucket::format_window;
 use super::reply::{GARBAGE_BODY, Payload, Reply};
 use super::state::{Endpoint, Input, Request, State, now_ms};
+use super::webhook;
 
 pub(crate) type Shared = Arc<Mutex<State>>;
 
@@ -106,7 +107,14 @@ async fn respond(
     };
     // Decide (and change state) before any delay, so a client that gives up on a slow answer
     // has still created its job, as with a real server.
-    let reply = lock(shared).handle(&req, now_ms());
+    let (reply, deliveries, sender) = {
+        let mut st = lock(shared);
+        let reply = st.handle(&req, now_ms());
+        (reply, st.take_deliveries(), st.hooks().clone())
+    };
+    for d in deliveries {
+        webhook::spawn(d, &sender);
+    }
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
     }

@@ -15,6 +15,7 @@ use super::jobs::{Job, Kind};
 use super::reply::{Payload, Reply, oversized_parts};
 use super::rules::{UrlRules, parse_media_url};
 use super::stats::SimStats;
+use super::webhook::{Delivery, Sender};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -107,6 +108,9 @@ pub(crate) struct State {
     id_prefix: String,
     next_seq: u64,
     stats: SimStats,
+    /// Webhook deliveries of jobs accepted since the server last took them.
+    deliveries: Vec<Delivery>,
+    hooks: Sender,
 }
 
 /// Milliseconds since the unix epoch now.
@@ -130,6 +134,11 @@ impl State {
             id_prefix: format!("{:x}", now_ms() % 0x1_0000_0000),
             next_seq: 0,
             stats: SimStats::default(),
+            deliveries: Vec::new(),
+            hooks: Sender {
+                cfg: cfg.webhooks.clone(),
+                ..Sender::default()
+            },
             cfg,
         }
     }
@@ -401,7 +410,24 @@ impl State {
         if current >= limit {
             return self.concurrency_limited(kind, current, limit, rate);
         }
-        self.accept(kind, url, &rules, cost, rate, now)
+        // A start request may ask for a completion callback (POST /import and POST
+        // /metadata bodies; GET /metadata has none).
+        let hook = body
+            .as_ref()
+            .and_then(|b| b.get("webhookUrl"))
+            .and_then(Value::as_str)
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .map(str::to_owned);
+        let seq = self.next_seq;
+        let reply = self.accept(kind, url, &rules, cost, rate, now);
+        if let Some(url) = hook
+            && self.next_seq != seq
+            && let Some(job) = self.jobs.get(&self.job_id(kind))
+        {
+            let job = job.clone();
+            self.deliveries.push(Delivery { url, job });
+        }
+        reply
     }
 
     /// Counts a start request for a `/flaky500-N` URL; true while it is one of the first N.
@@ -466,8 +492,7 @@ impl State {
         };
         let duration = duration_ms(base).saturating_mul(if rules.slow { 3 } else { 1 });
         self.next_seq += 1;
-        let prefix = if kind == Kind::Import { "imp" } else { "meta" };
-        let id = format!("{prefix}_{}_{}", self.id_prefix, self.next_seq);
+        let id = self.job_id(kind);
         let job = Job {
             id: id.clone(),
             kind,
@@ -502,6 +527,22 @@ impl State {
             Kind::Metadata => &mut self.stats.max_concurrent_metadata,
         };
         *max = (*max).max(now);
+    }
+
+    /// The id of the latest job of `kind` (`next_seq` numbers them).
+    fn job_id(&self, kind: Kind) -> String {
+        let prefix = if kind == Kind::Import { "imp" } else { "meta" };
+        format!("{prefix}_{}_{}", self.id_prefix, self.next_seq)
+    }
+
+    /// Webhook deliveries of jobs accepted since the last call, for the server to make.
+    pub fn take_deliveries(&mut self) -> Vec<Delivery> {
+        std::mem::take(&mut self.deliveries)
+    }
+
+    /// How deliveries are made, and their counters.
+    pub fn hooks(&self) -> &Sender {
+        &self.hooks
     }
 
     // ---- status endpoints ----
