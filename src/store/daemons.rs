@@ -114,9 +114,11 @@ pub struct DaemonLock {
 }
 
 impl DaemonLock {
-    /// `<db>.lock`, beside the database.
+    /// `<db>.lock`, beside the database. An existing database is named by its real path, so
+    /// two spellings of it (a symlink, `./q.db` and `/srv/q.db`) share one lock.
     pub fn path_for(db: &Path) -> PathBuf {
-        let mut p = db.as_os_str().to_owned();
+        let real = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_owned());
+        let mut p = real.into_os_string();
         p.push(".lock");
         PathBuf::from(p)
     }
@@ -270,6 +272,20 @@ mod tests {
         assert_eq!(err.exit_code(), 1);
         drop(first);
         DaemonLock::acquire(&db).expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn a_symlink_to_the_database_shares_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let _held = DaemonLock::acquire(&db).unwrap();
+        assert!(matches!(
+            DaemonLock::acquire(&link),
+            Err(LockError::Held { .. })
+        ));
     }
 
     #[test]
