@@ -262,8 +262,8 @@ impl Config {
         if self.database.path.as_os_str().is_empty() {
             return key("database.path", "must not be empty");
         }
-        if self.api.request_timeout.is_zero() {
-            return key("api.request_timeout", "must be greater than zero");
+        for (k, value, min) in self.durations() {
+            check_duration(k, value, min)?;
         }
         for (name, b) in [
             ("import", &self.limits.import),
@@ -273,9 +273,6 @@ impl Config {
             if b.requests == 0 {
                 return key(&format!("limits.{name}.requests"), "must be at least 1");
             }
-            if b.window < Duration::from_secs(1) {
-                return key(&format!("limits.{name}.window"), "must be at least 1s");
-            }
             if name != "status" && b.concurrent == 0 {
                 return key(&format!("limits.{name}.concurrent"), "must be at least 1");
             }
@@ -283,20 +280,8 @@ impl Config {
         if self.retry.max_attempts == 0 {
             return key("retry.max_attempts", "must be at least 1");
         }
-        if self.retry.base_delay.is_zero() {
-            return key("retry.base_delay", "must be greater than zero");
-        }
         if self.retry.max_delay < self.retry.base_delay {
             return key("retry.max_delay", "must not be less than retry.base_delay");
-        }
-        if self.poll.status_interval.is_zero() {
-            return key("poll.status_interval", "must be greater than zero");
-        }
-        if self.poll.queue_interval.is_zero() {
-            return key("poll.queue_interval", "must be greater than zero");
-        }
-        if self.pause.probe_interval.is_zero() {
-            return key("pause.probe_interval", "must be greater than zero");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return key(
@@ -320,6 +305,93 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The longest any configured duration may be. The code multiplies and adds durations
+/// (`status_interval * 6`, `now + probe_interval`, backoff doublings up to `max_delay`), and
+/// `SystemTime + Duration` panics on overflow: bounding them all at load keeps every such sum
+/// far from the edge, and nothing sensible is longer.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The shortest interval where zero makes no sense (a zero or 1 ns queue interval is a busy
+/// loop, a zero timeout fails every request).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+impl Config {
+    /// Every duration key with the least it may be; all are at most [`MAX_DURATION`].
+    fn durations(&self) -> Vec<(String, Duration, Duration)> {
+        let mut d = vec![
+            (
+                "api.request_timeout".to_owned(),
+                self.api.request_timeout,
+                MIN_INTERVAL,
+            ),
+            (
+                "retry.base_delay".to_owned(),
+                self.retry.base_delay,
+                MIN_INTERVAL,
+            ),
+            (
+                "retry.max_delay".to_owned(),
+                self.retry.max_delay,
+                MIN_INTERVAL,
+            ),
+            (
+                "poll.status_interval".to_owned(),
+                self.poll.status_interval,
+                MIN_INTERVAL,
+            ),
+            (
+                "poll.queue_interval".to_owned(),
+                self.poll.queue_interval,
+                MIN_INTERVAL,
+            ),
+            (
+                "pause.probe_interval".to_owned(),
+                self.pause.probe_interval,
+                MIN_INTERVAL,
+            ),
+            // Zero is meaningful here: never reuse cached metadata.
+            (
+                "metadata.cache_ttl".to_owned(),
+                self.metadata.cache_ttl,
+                Duration::ZERO,
+            ),
+        ];
+        for (name, b) in [
+            ("import", &self.limits.import),
+            ("status", &self.limits.status),
+            ("metadata", &self.limits.metadata),
+        ] {
+            d.push((
+                format!("limits.{name}.window"),
+                b.window,
+                Duration::from_secs(1),
+            ));
+        }
+        d
+    }
+}
+
+/// `value` within `min..=MAX_DURATION`, or an error naming `key`.
+fn check_duration(key: String, value: Duration, min: Duration) -> Result<(), ConfigError> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    let reason = if value < min {
+        if min == MIN_INTERVAL {
+            "must be greater than zero (at least 1ms)".to_owned()
+        } else {
+            format!("must be at least {}", show(min))
+        }
+    } else if value > MAX_DURATION {
+        format!(
+            "must be at most {} (got {})",
+            show(MAX_DURATION),
+            show(value)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Key { key, reason })
 }
 
 /// Under systemd (`StateDirectory=` sets `$STATE_DIRECTORY`, several paths joined by `:`),

@@ -11,12 +11,13 @@ use super::{CmdResult, Failure};
 use crate::clock;
 use crate::config::Config;
 use crate::limits::{Budget, BudgetView};
-use crate::store::{ListFilter, Row, Store};
+use crate::store::{ListFilter, Row, Store, StoredDaemon};
 
 pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
     let counts = store.status_counts().await?;
     let pauses = store.pauses().await?;
     let stored = store.buckets().await?;
+    let daemons = store.daemons().await?;
     let now = SystemTime::now();
     let mut buckets: BTreeMap<&str, BudgetView> = BTreeMap::new();
     for (name, limit) in [
@@ -56,6 +57,7 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
             "oldest_pending_age_secs": oldest_age,
             "last_error": counts.last_error,
             "credits_used": counts.credits_used,
+            "daemons": live_daemons(&daemons, now, in_flight),
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
@@ -65,6 +67,7 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
         .iter()
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
+    println!("daemon:    {}", daemon_line(&daemons, now));
     println!("rows:      {}", line.join(", "));
     println!(
         "in flight: {in_flight}   credits used: {}",
@@ -303,4 +306,39 @@ pub async fn resume(store: &Store) -> CmdResult {
         println!("pause lifted; a running daemon resumes within poll.queue_interval");
     }
     Ok(())
+}
+
+/// The daemons whose heartbeat is fresh, for `status --json` (the names of the PostgreSQL
+/// contract; on SQLite at most one daemon runs, so every row in flight is its own).
+fn live_daemons(all: &[StoredDaemon], now: SystemTime, in_flight: i64) -> Vec<Value> {
+    all.iter()
+        .filter(|d| d.is_live(now))
+        .map(|d| {
+            json!({"id": d.id, "host": d.host, "pid": d.pid, "version": d.version,
+                   "started_at": d.started_at, "heartbeat_at": d.heartbeat_at,
+                   "in_flight": in_flight})
+        })
+        .collect()
+}
+
+/// Whether a daemon runs, from the most recently seen `daemons` row.
+fn daemon_line(all: &[StoredDaemon], now: SystemTime) -> String {
+    let Some(d) = all.first() else {
+        return "no daemon has run against this database".into();
+    };
+    let ago = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+    let silent = ago(d.silent_for(now));
+    let who = format!("pid {} on {}", d.pid, d.host);
+    match &d.stopped_at {
+        _ if d.is_live(now) => format!(
+            "running since {}, last seen {} ({silent} ago) ({who})",
+            d.started_at, d.heartbeat_at
+        ),
+        Some(at) => format!("not running; the last one ({who}) stopped at {at}, {silent} ago"),
+        None => format!(
+            "no daemon seen for {silent} (the last, {who}, was killed or is stuck; \
+             last heartbeat {})",
+            d.heartbeat_at
+        ),
+    }
 }

@@ -17,7 +17,7 @@ use crate::apikey;
 use crate::config::Config;
 use crate::importly::Client;
 use crate::scheduler::{Control, Scheduler};
-use crate::store::Store;
+use crate::store::{DaemonLock, Store};
 
 pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     logging::init(&cfg.log);
@@ -29,7 +29,15 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
         tracing::warn!(error = %e, "cannot catch SIGXFSZ");
     }
     let key = apikey::load(&cfg).map_err(|e| Failure::usage(e.to_string()))?;
+    // One daemon per database: a second would reset the first one's rows. Held until exit.
+    let lock = DaemonLock::acquire(&cfg.database.path).map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })?;
     let store = Store::open(&cfg.database.path).await?;
+    if let Err(e) = store.register_daemon(lock.info.clone()).await {
+        tracing::warn!(error = %e, "cannot record this daemon yet; its heartbeat will");
+    }
     let client = Client::new(&cfg.api.base_url, key, cfg.api.request_timeout)
         .map_err(|e| Failure::usage(format!("config key `api.base_url`: {e}")))?;
     let shutdown = CancellationToken::new();
@@ -73,7 +81,11 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    if let Err(e) = store.daemon_stopped().await {
+        tracing::warn!(error = %e, "cannot record this daemon's stop");
+    }
     store.close().await;
+    drop(lock);
     result.map_err(|e| Failure {
         code: 1,
         message: format!("{e:#}"),

@@ -80,9 +80,12 @@ impl Store {
         .await?)
     }
 
-    /// Saves all buckets in one transaction.
+    /// Saves all buckets in one transaction. In `importlyd run` this is also the daemon's
+    /// heartbeat (`daemons.heartbeat_at`): the scheduler saves at least every 10 s as its
+    /// idle write probe, and the beat rides in the same transaction.
     pub async fn save_buckets(&self, buckets: &[StoredBucket]) -> Result<()> {
-        if buckets.is_empty() {
+        let daemon = self.daemon.get();
+        if buckets.is_empty() && daemon.is_none() {
             return Ok(());
         }
         let mut writer = self.writer().await?;
@@ -106,6 +109,9 @@ impl Store {
             .bind(&now)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(d) = daemon {
+            super::daemons::beat(&mut tx, d, &now).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -7,6 +7,7 @@
 //! always covers our longest lock.
 
 mod attempts;
+mod daemons;
 mod limits;
 mod metadata;
 mod ops;
@@ -19,12 +20,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 pub use attempts::{AttemptRecord, StoredAttempt};
+pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{EnqueueRow, ListFilter, STATES, StatusCounts};
@@ -122,6 +124,9 @@ pub struct Store {
     reader: SqlitePool,
     /// How the writer was opened, to open it again (see `begin_immediate`).
     writer_opts: SqliteConnectOptions,
+    /// Set by `importlyd run` (`register_daemon`): the daemon whose heartbeat every budget
+    /// save refreshes. Unset for the operator commands.
+    daemon: Arc<OnceLock<DaemonInfo>>,
 }
 
 /// The writer, held for one statement or one transaction.
@@ -173,11 +178,23 @@ impl Store {
             writer: Arc::new(Mutex::new(Some(writer))),
             reader,
             writer_opts: opts,
+            daemon: Arc::new(OnceLock::new()),
         })
     }
 
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&mut *self.writer().await?).await?;
+        let mut writer = self.writer().await?;
+        let result = MIGRATOR.run(&mut *writer).await;
+        if result.is_err() {
+            // A migration that manages its own transaction (`-- no-transaction`, a table
+            // rebuild with foreign keys off) may have failed half-way: undo it and restore
+            // the connection's settings. Both are harmless when nothing was left open.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *writer).await;
+        }
+        let _ = sqlx::raw_sql("PRAGMA foreign_keys = ON")
+            .execute(&mut *writer)
+            .await;
+        result?;
         Ok(())
     }
 

@@ -189,21 +189,47 @@ impl Store {
     /// Deletes finished rows (and their logs) last changed before `before`. With
     /// `completed_only`, only `completed` rows; otherwise every terminal state. Deletes in
     /// small batches so no single write holds the lock for long.
+    ///
+    /// The external_ids of the rows deleted go to `purged_external_ids` in the same
+    /// transaction, where a trigger makes a later INSERT with one of them a no-op: feeding
+    /// the same file again must not import (and pay for) them twice.
     pub async fn purge(&self, before: &str, completed_only: bool) -> Result<u64> {
+        const BATCH: usize = 1000;
         let mut total = 0;
         loop {
-            let n = sqlx::query(
-                "DELETE FROM imports WHERE id IN (SELECT id FROM imports \
-                   WHERE updated_at < ?1 AND (state = 'completed' OR (NOT ?2 AND \
-                         state IN ('failed', 'cancelled'))) LIMIT 1000)",
+            let mut writer = self.writer().await?;
+            let mut tx = self.begin_immediate(&mut writer).await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM imports \
+                 WHERE updated_at < ?1 AND (state = 'completed' OR (NOT ?2 AND \
+                       state IN ('failed', 'cancelled'))) LIMIT ?3",
             )
             .bind(before)
             .bind(completed_only)
-            .execute(&mut *self.writer().await?)
-            .await?
-            .rows_affected();
+            .bind(BATCH as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let list =
+                serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO purged_external_ids (external_id, purged_at) \
+                 SELECT external_id, ?2 FROM imports \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND external_id IS NOT NULL \
+                 ON CONFLICT (external_id) DO NOTHING",
+            )
+            .bind(&list)
+            .bind(clock::now_iso())
+            .execute(&mut *tx)
+            .await?;
+            let n =
+                sqlx::query("DELETE FROM imports WHERE id IN (SELECT value FROM json_each(?1))")
+                    .bind(&list)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            tx.commit().await?;
             total += n;
-            if n < 1000 {
+            if ids.len() < BATCH {
                 return Ok(total);
             }
         }

@@ -1,0 +1,319 @@
+//! One daemon per SQLite file, and the trace it leaves for `status`.
+//!
+//! Two daemons on one file would undo each other's work: start-up recovery and shutdown put
+//! every `submitting` row back to `pending`, including the other daemon's. So `run` takes an
+//! exclusive advisory lock (`flock`) on `<db>.lock` for its whole life; the kernel drops it
+//! when the process ends, kill -9 included, so a dead daemon never blocks its successor.
+//! The holder writes who it is into the lock file, for the refusal message.
+//!
+//! The `daemons` row is the heartbeat: written at start, refreshed by every budget save
+//! (`save_buckets`, at least every 10 s while the daemon runs), marked stopped at a clean
+//! shutdown. A row whose heartbeat is older than [`DAEMON_STALE_AFTER`] is a daemon that
+//! died (or is wedged), whatever it last said.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+
+use super::{Result, Store};
+use crate::clock;
+
+/// A heartbeat older than this means the daemon is not running: three missed beats of the
+/// 10 s write probe.
+pub const DAEMON_STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// Who a daemon is: written into the lock file and the `daemons` row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    pub started_at: String,
+}
+
+impl DaemonInfo {
+    /// This process, starting now.
+    pub fn this_process() -> DaemonInfo {
+        let now = SystemTime::now();
+        let host = host_name();
+        let pid = std::process::id();
+        DaemonInfo {
+            id: format!("{host}:{pid}:{}", clock::unix_ms(now)),
+            host,
+            pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: clock::iso(now),
+        }
+    }
+}
+
+/// A `daemons` row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct StoredDaemon {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// Set at a clean shutdown.
+    pub stopped_at: Option<String>,
+}
+
+impl StoredDaemon {
+    /// Running: not stopped, and its heartbeat is fresh at `now`.
+    pub fn is_live(&self, now: SystemTime) -> bool {
+        self.stopped_at.is_none() && self.silent_for(now) <= DAEMON_STALE_AFTER
+    }
+
+    /// How long since its last heartbeat (zero if the heartbeat is in the future or
+    /// unreadable, which only an outside writer could cause).
+    pub fn silent_for(&self, now: SystemTime) -> Duration {
+        clock::parse_iso(&self.heartbeat_at)
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another importlyd daemon is running on this database ({holder}; lock file {path}); \
+         stop it first"
+    )]
+    Held { path: String, holder: String },
+    #[error("config key `database.path`: directory {0} does not exist")]
+    NoDirectory(String),
+    #[error("cannot open the lock file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl LockError {
+    /// 2 for a configuration error, 1 otherwise (another daemon runs, an I/O failure).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LockError::NoDirectory(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The exclusive lock on `<db>.lock`, held until dropped (or the process ends).
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: File,
+    pub info: DaemonInfo,
+}
+
+impl DaemonLock {
+    /// `<db>.lock`, beside the database. An existing database is named by its real path, so
+    /// two spellings of it (a symlink, `./q.db` and `/srv/q.db`) share one lock.
+    pub fn path_for(db: &Path) -> PathBuf {
+        let real = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_owned());
+        let mut p = real.into_os_string();
+        p.push(".lock");
+        PathBuf::from(p)
+    }
+
+    /// Takes the lock without waiting, or says who holds it.
+    pub fn acquire(db: &Path) -> std::result::Result<DaemonLock, LockError> {
+        let path = DaemonLock::path_for(db);
+        let shown = path.display().to_string();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| match db.parent() {
+                Some(dir) if source.kind() == std::io::ErrorKind::NotFound => {
+                    LockError::NoDirectory(dir.display().to_string())
+                }
+                _ => LockError::Io {
+                    path: shown.clone(),
+                    source,
+                },
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    holder: holder_of(&path),
+                    path: shown,
+                });
+            }
+            // A file system without flock (some network mounts): refusing to start there
+            // would stop the daemon for good, so go on, unguarded, and say so.
+            Err(TryLockError::Error(e)) => tracing::warn!(
+                lock_file = %shown,
+                error = %e,
+                "cannot lock the database's lock file; make sure only one daemon runs on it"
+            ),
+        }
+        let info = DaemonInfo::this_process();
+        // Who we are, for a second daemon's message; a courtesy, so a failure is only logged.
+        let written = serde_json::to_vec(&info)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                file.set_len(0)?;
+                file.seek(SeekFrom::Start(0))?;
+                file.write_all(&json)?;
+                file.write_all(b"\n")
+            });
+        if let Err(e) = written {
+            tracing::warn!(lock_file = %shown, error = %e, "cannot write the lock file");
+        }
+        Ok(DaemonLock { _file: file, info })
+    }
+}
+
+/// "pid N on HOST since T", from the lock file the holder wrote.
+fn holder_of(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| serde_json::from_str::<DaemonInfo>(s.trim()).ok())
+        .map(|d| format!("pid {} on {} since {}", d.pid, d.host, d.started_at))
+        .unwrap_or_else(|| "holder unknown".to_owned())
+}
+
+/// The kernel's host name (Linux), else `$HOSTNAME`, else "unknown".
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Writes (or refreshes) `d`'s row with `heartbeat_at = now`, in the caller's transaction.
+pub(super) async fn beat(conn: &mut SqliteConnection, d: &DaemonInfo, now: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO daemons (id, host, pid, version, started_at, heartbeat_at) \
+         VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, stopped_at = NULL",
+    )
+    .bind(&d.id)
+    .bind(&d.host)
+    .bind(i64::from(d.pid))
+    .bind(&d.version)
+    .bind(&d.started_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// `run`, holding the lock: this store's budget saves now refresh `info`'s heartbeat.
+    /// The rows of earlier daemons go (they are dead: we hold the lock) and ours is written.
+    pub async fn register_daemon(&self, info: DaemonInfo) -> Result<()> {
+        let info = self.daemon.get_or_init(|| info).clone();
+        let mut writer = self.writer().await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
+        sqlx::query("DELETE FROM daemons WHERE id <> ?")
+            .bind(&info.id)
+            .execute(&mut *tx)
+            .await?;
+        beat(&mut tx, &info, &clock::now_iso()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A clean shutdown: our row says when we stopped, so `status` does not wait for the
+    /// heartbeat to go stale.
+    pub async fn daemon_stopped(&self) -> Result<()> {
+        let Some(info) = self.daemon.get() else {
+            return Ok(());
+        };
+        let now = clock::now_iso();
+        sqlx::query("UPDATE daemons SET stopped_at = ?1, heartbeat_at = ?1 WHERE id = ?2")
+            .bind(&now)
+            .bind(&info.id)
+            .execute(&mut *self.writer().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Every daemon row, the most recently seen first.
+    pub async fn daemons(&self) -> Result<Vec<StoredDaemon>> {
+        Ok(sqlx::query_as::<_, StoredDaemon>(
+            "SELECT id, host, pid, version, started_at, heartbeat_at, stopped_at \
+             FROM daemons ORDER BY heartbeat_at DESC, id",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_database_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        let first = DaemonLock::acquire(&db).unwrap();
+        let err = DaemonLock::acquire(&db).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {} on {}", first.info.pid, first.info.host)),
+            "{text}"
+        );
+        assert_eq!(err.exit_code(), 1);
+        drop(first);
+        DaemonLock::acquire(&db).expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn a_symlink_to_the_database_shares_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let _held = DaemonLock::acquire(&db).unwrap();
+        assert!(matches!(
+            DaemonLock::acquire(&link),
+            Err(LockError::Held { .. })
+        ));
+    }
+
+    #[test]
+    fn a_missing_directory_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DaemonLock::acquire(&dir.path().join("nope/q.db")).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("database.path"), "{err}");
+    }
+
+    #[test]
+    fn a_heartbeat_older_than_the_threshold_is_not_live() {
+        let now = SystemTime::now();
+        let at = |ago: Duration| clock::iso(now - ago);
+        let mut d = StoredDaemon {
+            id: "h:1:0".into(),
+            host: "h".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at: at(Duration::from_secs(600)),
+            heartbeat_at: at(Duration::from_secs(5)),
+            stopped_at: None,
+        };
+        assert!(d.is_live(now));
+        d.heartbeat_at = at(DAEMON_STALE_AFTER + Duration::from_secs(1));
+        assert!(!d.is_live(now));
+        d.heartbeat_at = at(Duration::from_secs(1));
+        d.stopped_at = Some(d.heartbeat_at.clone());
+        assert!(!d.is_live(now));
+    }
+}

@@ -1,0 +1,74 @@
+//! Issue 11: absurd durations in the config are refused at load (exit 2, the key named),
+//! before any of them can overflow time arithmetic in the daemon.
+
+mod common;
+
+use common::*;
+
+/// Every duration key, with a value past the 30-day bound and one below its minimum.
+const KEYS: [(&str, &str, &str); 10] = [
+    ("api", "request_timeout", "0s"),
+    ("limits.import", "window", "500ms"),
+    ("limits.status", "window", "0s"),
+    ("limits.metadata", "window", "999ms"),
+    ("retry", "base_delay", "0s"),
+    ("retry", "max_delay", "500us"),
+    ("poll", "status_interval", "0s"),
+    ("poll", "queue_interval", "1ns"),
+    ("pause", "probe_interval", "0s"),
+    ("metadata", "cache_ttl", ""),
+];
+
+async fn status_with(dir: &std::path::Path, section: &str, line: &str) -> Out {
+    let db = dir.join("q.db");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\npath = {:?}\n[{section}]\n{line}\n",
+            db.to_str().expect("utf-8 temp path")
+        ),
+    )
+    .expect("write config");
+    cli(&path, &["status"]).await
+}
+
+#[tokio::test]
+async fn a_duration_past_thirty_days_or_below_its_minimum_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (section, key, too_small) in KEYS {
+        let full = format!("{section}.{key}");
+        let mut cases = vec![
+            format!("{key} = \"100000000d\""),
+            format!("{key} = \"31d\""),
+        ];
+        if !too_small.is_empty() {
+            cases.push(format!("{key} = \"{too_small}\""));
+        }
+        for line in cases {
+            let out = status_with(dir.path(), section, &line).await;
+            assert_eq!(out.code(), Some(2), "[{section}] {line}: {out:?}");
+            assert!(
+                out.stderr.contains(&format!("`{full}`")),
+                "[{section}] {line}: stderr does not name {full}: {}",
+                out.stderr
+            );
+            assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        }
+    }
+}
+
+#[tokio::test]
+async fn thirty_days_and_the_minimums_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    for (section, key, line) in [
+        ("retry", "max_delay", "max_delay = \"30d\""),
+        ("pause", "probe_interval", "probe_interval = \"30d\""),
+        ("poll", "queue_interval", "queue_interval = \"1ms\""),
+        ("limits.import", "window", "window = \"1s\""),
+        ("metadata", "cache_ttl", "cache_ttl = \"0s\""),
+    ] {
+        let out = status_with(dir.path(), section, line).await;
+        assert_eq!(out.code(), Some(0), "[{section}] {key}: {out:?}");
+    }
+}
