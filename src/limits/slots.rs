@@ -17,9 +17,13 @@ pub struct Slots {
     cap: u32,
     /// When to try one more slot than `cap` (someone else may have let theirs go).
     probe_at: Option<SystemTime>,
+    /// The base probe delay (`poll.status_interval`: we notice a slot freed elsewhere about
+    /// as soon as we notice one of our own jobs ending).
     probe_delay: Duration,
-    /// Concurrency 429s in a row: each doubles the wait for the next probe (a probe costs
-    /// one request of the import budget, so slots held elsewhere must not drain it).
+    /// Concurrency 429s since the last accepted probe: each doubles the wait for the next
+    /// probe (a probe costs one request of the import budget, so slots held elsewhere must
+    /// not drain it). Only the probe's own success ends the run: our jobs cycling through
+    /// the slots we do hold say nothing about the one held elsewhere.
     refusals: u32,
 }
 
@@ -41,11 +45,18 @@ impl Slots {
             .map_or(self.configured, |a| a.min(self.configured))
     }
 
-    pub fn reconfigure(&mut self, configured: u32) {
+    /// SIGHUP: a new `concurrent` and a new base probe delay. A probe already scheduled is
+    /// brought forward if the new delay makes it due sooner; a longer one applies from the
+    /// next refusal on.
+    pub fn reconfigure(&mut self, configured: u32, probe_delay: Duration, now: SystemTime) {
         self.configured = configured;
+        self.probe_delay = probe_delay;
         self.cap = self.cap.min(self.ceiling());
-        if self.cap < self.ceiling() && self.probe_at.is_none() {
-            self.probe_at = Some(SystemTime::now());
+        if self.cap < self.ceiling() {
+            let due = now + self.current_delay();
+            self.probe_at = Some(self.probe_at.map_or(now, |p| p.min(due)));
+        } else {
+            self.probe_at = None;
         }
     }
 
@@ -66,30 +77,49 @@ impl Slots {
     }
 
     /// A submit is going out while `held` of ours are in progress. If it takes a slot past
-    /// `cap`, it is the probe: the cap grows by that slot and the next probe is scheduled.
-    pub fn sent(&mut self, held: u32, now: SystemTime) {
+    /// `cap`, it is the probe: the cap grows by that slot, the next probe is scheduled, and
+    /// true is returned (the caller hands it back to [`Slots::accepted`]).
+    pub fn sent(&mut self, held: u32, now: SystemTime) -> bool {
         if held >= self.cap && self.probe_due(now) {
             self.cap = (held + 1).min(self.ceiling());
             self.probe_at = (self.cap < self.ceiling()).then(|| now + self.current_delay());
+            return true;
+        }
+        false
+    }
+
+    /// A submit was accepted. Only the probe's own accept proves the probed slot free and
+    /// sends the probe delay back to its base; an accept in a slot we already held does not.
+    pub fn accepted(&mut self, probe: bool, now: SystemTime) {
+        if probe {
+            self.refusals = 0;
+            self.probe_at = self.probe_at.map(|p| p.min(now + self.probe_delay));
         }
     }
 
-    /// A submit was accepted: whatever we probed for was free; probes go back to the short
-    /// delay.
-    pub fn accepted(&mut self) {
-        self.refusals = 0;
-    }
-
     /// A concurrency 429 while `held` jobs of ours were in progress: the rest of the
-    /// account's slots are someone else's. `limit` is the body's `concurrentLimit`. One of
-    /// ours finishing reopens a slot at once; otherwise we probe for one after a delay that
-    /// doubles with each refusal in a row (up to 5 minutes).
-    pub fn refused(&mut self, held: u32, limit: Option<u32>, now: SystemTime) {
+    /// account's slots are someone else's. `limit` and `current` are the body's
+    /// `concurrentLimit` and `currentConcurrent`. One of ours finishing reopens a slot at
+    /// once; otherwise we probe for one after a delay that doubles with each refusal since
+    /// the last accepted probe (up to 5 minutes). A body saying fewer jobs are in progress
+    /// than allowed means a slot has just freed: the delay goes back to its base.
+    pub fn refused(
+        &mut self,
+        held: u32,
+        limit: Option<u32>,
+        current: Option<u32>,
+        now: SystemTime,
+    ) {
         if let Some(l) = limit.filter(|l| *l > 0) {
             self.account = Some(l);
         }
         self.cap = held.min(self.ceiling());
-        self.refusals = self.refusals.saturating_add(1);
+        let freed = matches!((current, limit), (Some(c), Some(l)) if c < l);
+        self.refusals = if freed {
+            0
+        } else {
+            self.refusals.saturating_add(1)
+        };
         self.probe_at = (self.cap < self.ceiling()).then(|| now + self.current_delay());
     }
 
@@ -130,29 +160,67 @@ mod tests {
         let mut s = Slots::new(2, secs(5));
         assert_eq!(s.free(0, t0), 2);
         // Someone else holds both slots: we hold none.
-        s.refused(0, Some(2), t0);
+        s.refused(0, Some(2), Some(2), t0);
         assert_eq!(s.free(0, t0), 0);
         assert_eq!(s.free(0, t0 + secs(5)), 1, "a probe after the delay");
         // Looking is free: only a sent probe moves the cap.
         assert_eq!(s.free(0, t0 + secs(5)), 1);
-        s.sent(0, t0 + secs(5));
+        assert!(s.sent(0, t0 + secs(5)), "that submit is the probe");
         // Still refused: back to zero, and the next probe waits twice as long.
-        s.refused(0, Some(2), t0 + secs(5));
+        s.refused(0, Some(2), Some(2), t0 + secs(5));
         assert_eq!(s.free(0, t0 + secs(14)), 0);
         assert_eq!(s.free(0, t0 + secs(15)), 1);
-        s.sent(0, t0 + secs(15));
-        s.accepted();
-        // Accepted: we hold one; the probe scheduled when it went (10 s, two refusals in a
-        // row then) offers the second.
-        assert_eq!(s.free(1, t0 + secs(16)), 0);
-        assert_eq!(s.free(1, t0 + secs(25)), 1);
-        s.sent(1, t0 + secs(25));
+        assert!(s.sent(0, t0 + secs(15)));
+        s.accepted(true, t0 + secs(15));
+        // The probe was accepted: we hold one, and the delay is back at its base, so the
+        // second slot is probed 5 s later (not the 20 s the refusals had reached).
+        assert_eq!(s.free(1, t0 + secs(19)), 0);
+        assert_eq!(s.free(1, t0 + secs(20)), 1);
+        assert!(s.sent(1, t0 + secs(20)));
         assert_eq!(s.cap(), 2);
         assert_eq!(s.probe_at(), None, "at the ceiling, nothing to probe");
-        // The accept ended the run of refusals: the next refusal waits the short delay
-        // again (5 s, not 20 s).
-        s.refused(1, Some(2), t0 + secs(30));
+        s.accepted(true, t0 + secs(20));
+        // A later refusal starts again from the short delay.
+        s.refused(1, Some(2), Some(2), t0 + secs(30));
         assert_eq!(s.probe_at(), Some(t0 + secs(35)));
+    }
+
+    #[test]
+    fn accepts_in_slots_we_hold_do_not_reset_the_probe_delay() {
+        let t0 = UNIX_EPOCH + secs(100);
+        let mut s = Slots::new(2, secs(1));
+        // One of two slots is held elsewhere; ours cycles through the other.
+        s.refused(1, Some(2), Some(2), t0);
+        assert_eq!(s.probe_at(), Some(t0 + secs(1)));
+        let mut now = t0;
+        for refusal in 1..=5u32 {
+            // Our job in the slot we hold ends and the next takes its place at once: not a
+            // probe, and its accept says nothing about the other slot.
+            assert_eq!(s.free(0, now), 1, "our own slot reopens at once");
+            assert!(!s.sent(0, now));
+            s.accepted(false, now);
+            // The probe, when due, is refused again.
+            let due = s.probe_at().expect("a probe is scheduled");
+            assert_eq!(due, now + secs(1 << (refusal - 1)), "refusal {refusal}");
+            now = due;
+            assert_eq!(s.free(1, now), 1);
+            assert!(s.sent(1, now));
+            s.refused(1, Some(2), Some(2), now);
+        }
+        assert_eq!(s.probe_at(), Some(now + secs(32)));
+    }
+
+    #[test]
+    fn a_refusal_showing_a_free_slot_resets_the_delay() {
+        let t0 = UNIX_EPOCH + secs(100);
+        let mut s = Slots::new(2, secs(1));
+        for _ in 0..6 {
+            s.refused(1, Some(2), Some(2), t0);
+        }
+        assert_eq!(s.probe_at(), Some(t0 + secs(32)));
+        // Someone let go between our send and the server's count.
+        s.refused(1, Some(2), Some(1), t0 + secs(40));
+        assert_eq!(s.probe_at(), Some(t0 + secs(41)));
     }
 
     #[test]
@@ -160,7 +228,7 @@ mod tests {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(2, secs(5));
         for _ in 0..40 {
-            s.refused(0, None, t0);
+            s.refused(0, None, None, t0);
         }
         assert_eq!(s.probe_at(), Some(t0 + MAX_PROBE_DELAY));
     }
@@ -170,7 +238,7 @@ mod tests {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(5, secs(5));
         // The account allows 2 and we hold 2: never probe for a third.
-        s.refused(2, Some(2), t0);
+        s.refused(2, Some(2), Some(2), t0);
         assert_eq!(s.free(2, t0 + secs(3600)), 0);
         assert_eq!(s.free(1, t0 + secs(3600)), 1);
         assert_eq!(s.probe_at(), None);
@@ -180,8 +248,29 @@ mod tests {
     fn our_job_finishing_reopens_a_slot() {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(2, secs(60));
-        s.refused(1, None, t0);
+        s.refused(1, None, None, t0);
         assert_eq!(s.free(1, t0), 0);
         assert_eq!(s.free(0, t0), 1);
+    }
+
+    #[test]
+    fn reconfigure_rereads_the_probe_delay() {
+        let t0 = UNIX_EPOCH + secs(100);
+        let mut s = Slots::new(2, secs(60));
+        s.refused(1, Some(2), Some(2), t0);
+        assert_eq!(s.probe_at(), Some(t0 + secs(60)));
+        // A shorter delay takes effect for the probe already scheduled...
+        s.reconfigure(2, secs(2), t0 + secs(1));
+        assert_eq!(s.probe_at(), Some(t0 + secs(3)));
+        // ...and for the next refusals.
+        assert!(s.sent(1, t0 + secs(3)));
+        s.refused(1, Some(2), Some(2), t0 + secs(3));
+        assert_eq!(s.probe_at(), Some(t0 + secs(7)));
+        // More slots configured than the account allows: the account's limit stays the
+        // ceiling.
+        s.reconfigure(4, secs(2), t0 + secs(4));
+        assert_eq!(s.free(1, t0 + secs(7)), 1);
+        assert!(s.sent(1, t0 + secs(7)));
+        assert_eq!(s.cap(), 2);
     }
 }
