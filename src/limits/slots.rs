@@ -25,6 +25,14 @@ pub struct Slots {
     /// not drain it). Only the probe's own success ends the run: our jobs cycling through
     /// the slots we do hold say nothing about the one held elsewhere.
     refusals: u32,
+    /// Our jobs in progress when the last probe went: a refusal of that probe leaves us
+    /// those slots, even if one of them ended while the probe was on its way.
+    probe_held: u32,
+    /// When a probe was last accepted, and the refusals before it. The accepted probe may
+    /// only have taken a slot of ours whose job had just ended at Importly (we learn that at
+    /// its next poll): a refusal soon after shows it, and the run of refusals goes on from
+    /// there instead of from the base delay.
+    won: Option<(SystemTime, u32)>,
 }
 
 impl Slots {
@@ -36,6 +44,8 @@ impl Slots {
             probe_at: None,
             probe_delay,
             refusals: 0,
+            probe_held: 0,
+            won: None,
         }
     }
 
@@ -83,6 +93,7 @@ impl Slots {
         if held >= self.cap && self.probe_due(now) {
             self.cap = (held + 1).min(self.ceiling());
             self.probe_at = (self.cap < self.ceiling()).then(|| now + self.current_delay());
+            self.probe_held = held;
             return true;
         }
         false
@@ -92,43 +103,49 @@ impl Slots {
     /// sends the probe delay back to its base; an accept in a slot we already held does not.
     pub fn accepted(&mut self, probe: bool, now: SystemTime) {
         if probe {
+            self.won = Some((now, self.refusals));
             self.refusals = 0;
             self.probe_at = self.probe_at.map(|p| p.min(now + self.probe_delay));
         }
     }
 
-    /// A concurrency 429 while `held` jobs of ours were in progress: the rest of the
-    /// account's slots are someone else's. `limit` and `current` are the body's
-    /// `concurrentLimit` and `currentConcurrent`. One of ours finishing reopens a slot at
-    /// once; otherwise we probe for one after a delay that doubles with each refusal since
-    /// the last accepted probe (up to 5 minutes). A body saying fewer jobs are in progress
-    /// than allowed means a slot has just freed: the delay goes back to its base.
+    /// A concurrency 429 while `held` jobs of ours were in progress (`probe`: the refused
+    /// submit was the probe): the rest of the account's slots are someone else's. `limit`
+    /// and `current` are the body's `concurrentLimit` and `currentConcurrent`. One of ours
+    /// finishing reopens a slot at once; otherwise we probe for one after a delay that
+    /// doubles with each refusal since the last accepted probe (up to 5 minutes). A body
+    /// saying fewer jobs are in progress than allowed means a slot has just freed: the delay
+    /// goes back to its base.
     pub fn refused(
         &mut self,
         held: u32,
         limit: Option<u32>,
         current: Option<u32>,
+        probe: bool,
         now: SystemTime,
     ) {
         if let Some(l) = limit.filter(|l| *l > 0) {
             self.account = Some(l);
         }
-        self.cap = held.min(self.ceiling());
-        let freed = matches!((current, limit), (Some(c), Some(l)) if c < l);
-        self.refusals = if freed {
-            0
+        let ours = if probe {
+            held.max(self.probe_held)
         } else {
-            self.refusals.saturating_add(1)
+            held
         };
+        self.cap = ours.min(self.ceiling());
+        let freed = matches!((current, limit), (Some(c), Some(l)) if c < l);
+        let before = match self.won.take() {
+            // The accepted probe had only taken back a slot of ours: the run goes on.
+            Some((at, prior)) if now < at + delay_after(self.probe_delay, prior) => prior,
+            _ => self.refusals,
+        };
+        self.refusals = if freed { 0 } else { before.saturating_add(1) };
         self.probe_at = (self.cap < self.ceiling()).then(|| now + self.current_delay());
     }
 
-    /// The probe delay after the refusals so far: `probe_delay * 2^(refusals-1)`, capped.
+    /// The probe delay after the refusals so far (see [`delay_after`]).
     fn current_delay(&self) -> Duration {
-        let doublings = self.refusals.saturating_sub(1).min(16);
-        self.probe_delay
-            .saturating_mul(1 << doublings)
-            .min(MAX_PROBE_DELAY.max(self.probe_delay))
+        delay_after(self.probe_delay, self.refusals)
     }
 
     /// When a probe is due, for the scheduler's wake-up.
@@ -143,6 +160,14 @@ impl Slots {
     pub fn cap(&self) -> u32 {
         self.cap
     }
+}
+
+/// The probe delay after `refusals` refusals in a row: `base * 2^(refusals-1)`, at most
+/// [`MAX_PROBE_DELAY`] (or `base`, if that is longer).
+fn delay_after(base: Duration, refusals: u32) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(16);
+    base.saturating_mul(1 << doublings)
+        .min(MAX_PROBE_DELAY.max(base))
 }
 
 #[cfg(test)]
@@ -160,14 +185,14 @@ mod tests {
         let mut s = Slots::new(2, secs(5));
         assert_eq!(s.free(0, t0), 2);
         // Someone else holds both slots: we hold none.
-        s.refused(0, Some(2), Some(2), t0);
+        s.refused(0, Some(2), Some(2), false, t0);
         assert_eq!(s.free(0, t0), 0);
         assert_eq!(s.free(0, t0 + secs(5)), 1, "a probe after the delay");
         // Looking is free: only a sent probe moves the cap.
         assert_eq!(s.free(0, t0 + secs(5)), 1);
         assert!(s.sent(0, t0 + secs(5)), "that submit is the probe");
         // Still refused: back to zero, and the next probe waits twice as long.
-        s.refused(0, Some(2), Some(2), t0 + secs(5));
+        s.refused(0, Some(2), Some(2), true, t0 + secs(5));
         assert_eq!(s.free(0, t0 + secs(14)), 0);
         assert_eq!(s.free(0, t0 + secs(15)), 1);
         assert!(s.sent(0, t0 + secs(15)));
@@ -181,7 +206,7 @@ mod tests {
         assert_eq!(s.probe_at(), None, "at the ceiling, nothing to probe");
         s.accepted(true, t0 + secs(20));
         // A later refusal starts again from the short delay.
-        s.refused(1, Some(2), Some(2), t0 + secs(30));
+        s.refused(1, Some(2), Some(2), false, t0 + secs(30));
         assert_eq!(s.probe_at(), Some(t0 + secs(35)));
     }
 
@@ -190,7 +215,7 @@ mod tests {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(2, secs(1));
         // One of two slots is held elsewhere; ours cycles through the other.
-        s.refused(1, Some(2), Some(2), t0);
+        s.refused(1, Some(2), Some(2), false, t0);
         assert_eq!(s.probe_at(), Some(t0 + secs(1)));
         let mut now = t0;
         for refusal in 1..=5u32 {
@@ -205,7 +230,7 @@ mod tests {
             now = due;
             assert_eq!(s.free(1, now), 1);
             assert!(s.sent(1, now));
-            s.refused(1, Some(2), Some(2), now);
+            s.refused(1, Some(2), Some(2), true, now);
         }
         assert_eq!(s.probe_at(), Some(now + secs(32)));
     }
@@ -215,11 +240,11 @@ mod tests {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(2, secs(1));
         for _ in 0..6 {
-            s.refused(1, Some(2), Some(2), t0);
+            s.refused(1, Some(2), Some(2), false, t0);
         }
         assert_eq!(s.probe_at(), Some(t0 + secs(32)));
         // Someone let go between our send and the server's count.
-        s.refused(1, Some(2), Some(1), t0 + secs(40));
+        s.refused(1, Some(2), Some(1), false, t0 + secs(40));
         assert_eq!(s.probe_at(), Some(t0 + secs(41)));
     }
 
@@ -228,7 +253,7 @@ mod tests {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(2, secs(5));
         for _ in 0..40 {
-            s.refused(0, None, None, t0);
+            s.refused(0, None, None, false, t0);
         }
         assert_eq!(s.probe_at(), Some(t0 + MAX_PROBE_DELAY));
     }
@@ -238,7 +263,7 @@ mod tests {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(5, secs(5));
         // The account allows 2 and we hold 2: never probe for a third.
-        s.refused(2, Some(2), Some(2), t0);
+        s.refused(2, Some(2), Some(2), false, t0);
         assert_eq!(s.free(2, t0 + secs(3600)), 0);
         assert_eq!(s.free(1, t0 + secs(3600)), 1);
         assert_eq!(s.probe_at(), None);
@@ -248,7 +273,7 @@ mod tests {
     fn our_job_finishing_reopens_a_slot() {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(2, secs(60));
-        s.refused(1, None, None, t0);
+        s.refused(1, None, None, false, t0);
         assert_eq!(s.free(1, t0), 0);
         assert_eq!(s.free(0, t0), 1);
     }
@@ -257,14 +282,14 @@ mod tests {
     fn reconfigure_rereads_the_probe_delay() {
         let t0 = UNIX_EPOCH + secs(100);
         let mut s = Slots::new(2, secs(60));
-        s.refused(1, Some(2), Some(2), t0);
+        s.refused(1, Some(2), Some(2), false, t0);
         assert_eq!(s.probe_at(), Some(t0 + secs(60)));
         // A shorter delay takes effect for the probe already scheduled...
         s.reconfigure(2, secs(2), t0 + secs(1));
         assert_eq!(s.probe_at(), Some(t0 + secs(3)));
         // ...and for the next refusals.
         assert!(s.sent(1, t0 + secs(3)));
-        s.refused(1, Some(2), Some(2), t0 + secs(3));
+        s.refused(1, Some(2), Some(2), true, t0 + secs(3));
         assert_eq!(s.probe_at(), Some(t0 + secs(7)));
         // More slots configured than the account allows: the account's limit stays the
         // ceiling.
@@ -272,5 +297,41 @@ mod tests {
         assert_eq!(s.free(1, t0 + secs(7)), 1);
         assert!(s.sent(1, t0 + secs(7)));
         assert_eq!(s.cap(), 2);
+    }
+
+    #[test]
+    fn a_refused_probe_leaves_us_the_slots_we_held_when_it_went() {
+        let t0 = UNIX_EPOCH + secs(100);
+        let mut s = Slots::new(2, secs(1));
+        s.refused(1, Some(2), Some(2), false, t0);
+        assert!(s.sent(1, t0 + secs(1)));
+        // Our job ended (and was polled) while the probe was on its way: its slot is still
+        // ours, to be reused at once, not after the next probe.
+        s.refused(0, Some(2), Some(2), true, t0 + secs(1));
+        assert_eq!(s.cap(), 1);
+        assert_eq!(s.free(0, t0 + secs(1)), 1);
+    }
+
+    #[test]
+    fn a_probe_that_only_took_back_our_own_slot_does_not_end_the_run() {
+        let t0 = UNIX_EPOCH + secs(100);
+        let mut s = Slots::new(2, secs(1));
+        for _ in 0..4 {
+            s.refused(1, Some(2), Some(2), false, t0);
+        }
+        let due = s.probe_at().expect("a probe is scheduled");
+        assert_eq!(due, t0 + secs(8));
+        // The probe is accepted, but only because our own job had just ended at Importly:
+        // the next submit into "our" slot is refused at once. The run goes on (16 s), it
+        // does not start again from 1 s.
+        assert!(s.sent(1, due));
+        s.accepted(true, due);
+        s.refused(1, Some(2), Some(2), false, due + secs(1));
+        assert_eq!(s.probe_at(), Some(due + secs(17)));
+        // A refusal long after a real win starts a new run from the base delay.
+        assert!(s.sent(1, due + secs(17)));
+        s.accepted(true, due + secs(17));
+        s.refused(1, Some(2), Some(2), false, due + secs(600));
+        assert_eq!(s.probe_at(), Some(due + secs(601)));
     }
 }

@@ -159,7 +159,7 @@ impl Scheduler {
                 let held = self.held(kind);
                 self.lanes[lane_index(kind)]
                     .slots
-                    .refused(held, *limit, *current, now);
+                    .refused(held, *limit, *current, slot_probe, now);
                 tracing::warn!(
                     id,
                     ours = held,
