@@ -104,19 +104,22 @@ async fn a_server_looser_than_the_config_is_used_at_its_rate() {
     sim.shutdown().await;
 }
 
-/// A server allowing 2 per 3 s with a config that allows thousands: no 429 at all, not even
-/// at start (the first request's answer is awaited before the config is trusted further).
+/// A server allowing 2 per 3 s with a config that allows a million a minute (so loose that
+/// it would let every free slot's request go at once): no 429 at all, not even at start,
+/// because until Importly has answered once, the config is trusted for one request only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stricter_than_the_config_costs_no_429() {
     let window = secs(3);
     let sim = start_sim(SimConfig {
-        import: BucketConfig::new(2, window, 2),
+        import: BucketConfig::new(2, window, 3),
         job_duration: ms(200),
         ..sim_config()
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = daemon_config(dir.path(), &sim);
+    let mut cfg = daemon_config(dir.path(), &sim);
+    cfg.limits.import.requests = 1_000_000;
+    cfg.limits.import.concurrent = 3;
     let db = Db::create(&cfg.database.path).await;
     db.insert_many(&urls("strict", 6)).await;
     let daemon = Daemon::start(&cfg, KEY).await;

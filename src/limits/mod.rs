@@ -175,7 +175,20 @@ impl Budget {
         // Clamped: a garbled reset must not park the bucket for years.
         let reset_at = clock::from_unix_secs(reset).min(now + clock::MAX_SERVER_WAIT);
         let len = h.window_len();
+        let fresh = |reserve| Window {
+            limit,
+            remaining,
+            reset_at,
+            len,
+            next_allowed: now,
+            reserve,
+        };
         match &mut self.server {
+            // Another window length (a plan change, or a window restored from an older
+            // run): the new window replaces ours, even though it ends sooner.
+            Some(s) if reset_at > now && len.is_some() && s.len.is_some() && len != s.len => {
+                *s = fresh(self.reserve);
+            }
             Some(s) => {
                 s.observe(limit, remaining, reset_at, now);
                 if len.is_some() {
@@ -184,14 +197,7 @@ impl Budget {
             }
             None if reset_at > now => {
                 // What the config window spent of this window is already in `remaining`.
-                self.server = Some(Window {
-                    limit,
-                    remaining,
-                    reset_at,
-                    len,
-                    next_allowed: now,
-                    reserve: self.reserve,
-                });
+                self.server = Some(fresh(self.reserve));
             }
             None => {}
         }
@@ -455,5 +461,17 @@ mod tests {
         let v = later.view(t(1100));
         assert_eq!((v.source, v.limit, v.remaining), ("server", 6, 6));
         assert_eq!(later.burst(t(1100)), 1, "paced, no burst");
+    }
+
+    #[test]
+    fn a_new_window_length_from_the_server_replaces_the_old_window() {
+        let now = t(1000);
+        let mut b = Budget::new("import", &cfg(240, 3600), now);
+        b.observe(&headers(240, 0, 3600, Some("1 h")), now);
+        assert_eq!(b.next_send_at(now), t(3600));
+        // The plan changed to 10 a minute: its window ends sooner, and rules.
+        b.observe(&headers(10, 9, 1020, Some("1 m")), now);
+        assert_eq!(b.next_send_at(now), now);
+        assert_eq!(b.view(now).limit, 10);
     }
 }
