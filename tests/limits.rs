@@ -91,7 +91,10 @@ async fn a_server_looser_than_the_config_is_used_at_its_rate() {
     wait_completed(&db, 12, secs(30)).await;
     daemon.stop().await;
     let stats = sim.stats();
-    assert_eq!(stats.rate_limited, 0, "no 429: the server's window was kept");
+    assert_eq!(
+        stats.rate_limited, 0,
+        "no 429: the server's window was kept"
+    );
     let per_window = posts_per_window(&stats, window, "loose");
     assert!(
         per_window.values().all(|n| *n <= 6),
@@ -323,8 +326,16 @@ async fn when_the_headers_stop_the_learned_window_goes_on() {
     let db_rows = db.all_attempts().await;
     let headerless = db_rows
         .iter()
-        .filter(|a| a.request_body.as_deref().is_some_and(|b| b.contains("headerless")))
-        .filter(|a| a.rate_limit.as_deref().is_some_and(|r| r.contains("remaining")))
+        .filter(|a| {
+            a.request_body
+                .as_deref()
+                .is_some_and(|b| b.contains("headerless"))
+        })
+        .filter(|a| {
+            a.rate_limit
+                .as_deref()
+                .is_some_and(|r| r.contains("remaining"))
+        })
         .count();
     assert_eq!(headerless, 0, "the proxy did strip the headers");
     sim.shutdown().await;
@@ -372,11 +383,9 @@ async fn a_slot_held_elsewhere_costs_a_handful_of_429s_and_is_taken_back() {
     let delay = base
         .saturating_mul(1 << (refused.saturating_sub(1)).min(16))
         .min(secs(300));
-    wait_until(
-        "both slots ours again",
-        delay + secs(3),
-        || async move { d.count("running").await >= 2 },
-    )
+    wait_until("both slots ours again", delay + secs(3), || async move {
+        d.count("running").await >= 2
+    })
     .await;
     wait_completed(&db, 50, secs(60)).await;
     daemon.stop().await;

@@ -423,7 +423,11 @@ mod tests {
         server.block_until(t(1100));
         server.reconfigure(&cfg(100, 3600), now);
         assert_eq!(server.next_send_at(now), t(1100));
-        assert_eq!(server.view(now).source, "server", "SIGHUP keeps the learned window");
+        assert_eq!(
+            server.view(now).source,
+            "server",
+            "SIGHUP keeps the learned window"
+        );
     }
 
     #[test]
