@@ -512,7 +512,7 @@ impl Scheduler {
             scope = scope.as_str(),
             "paused: sending one request as a probe"
         );
-        if let Some(p) = self
+        for p in self
             .pauses
             .probed(scope, now, self.cfg.pause.probe_interval)
         {
