@@ -379,15 +379,19 @@ async fn a_slot_held_elsewhere_costs_a_handful_of_429s_and_is_taken_back() {
     assert!(refused >= 1, "the held slot was noticed");
 
     // The other program lets go: the next probe comes within the delay reached so far.
+    // Enough rows are queued that the single slot cannot run out of work before then.
     sim.release_slots();
+    // Counted again: a probe may have been refused since the count above.
+    let refused = sim.stats().concurrency_limited;
     let delay = base
         .saturating_mul(1 << (refused.saturating_sub(1)).min(16))
         .min(secs(300));
+    let extra = (delay.as_millis() / 250) as usize + 10;
+    db.insert_many(&urls("held-more", extra)).await;
     wait_until("both slots ours again", delay + secs(3), || async move {
         d.count("running").await >= 2
     })
     .await;
-    wait_completed(&db, 50, secs(60)).await;
     daemon.stop().await;
     let stats = sim.stats();
     assert!(stats.max_concurrent_imports <= 2);
