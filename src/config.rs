@@ -76,6 +76,9 @@ pub struct BucketLimit {
     pub window: Duration,
     /// Jobs in progress at once; `0` for buckets without a concurrency limit (status).
     pub concurrent: u32,
+    /// Requests of every window left unused, for other programs on the same key.
+    #[serde(default)]
+    pub reserve: u64,
 }
 
 impl BucketLimit {
@@ -84,6 +87,7 @@ impl BucketLimit {
             requests,
             window: Duration::from_secs(3600),
             concurrent,
+            reserve: 0,
         }
     }
 }
@@ -138,7 +142,7 @@ pub struct PollConfig {
 impl Default for PollConfig {
     fn default() -> Self {
         Self {
-            status_interval: Duration::from_secs(5),
+            status_interval: Duration::from_secs(1),
             queue_interval: Duration::from_millis(250),
         }
     }
@@ -272,6 +276,12 @@ impl Config {
         ] {
             if b.requests == 0 {
                 return key(&format!("limits.{name}.requests"), "must be at least 1");
+            }
+            if b.reserve >= b.requests {
+                return key(
+                    &format!("limits.{name}.reserve"),
+                    "must be less than requests",
+                );
             }
             if name != "status" && b.concurrent == 0 {
                 return key(&format!("limits.{name}.concurrent"), "must be at least 1");

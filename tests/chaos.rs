@@ -122,16 +122,19 @@ fn chaos_config(dir: &Path, sim: &Sim, concurrent: u32) -> Config {
         requests: 100_000,
         window: WINDOW,
         concurrent,
+        reserve: 0,
     };
     cfg.limits.status = BucketLimit {
         requests: 1_000_000,
         window: WINDOW,
         concurrent: 0,
+        reserve: 0,
     };
     cfg.limits.metadata = BucketLimit {
         requests: 100_000,
         window: WINDOW,
         concurrent: 5,
+        reserve: 0,
     };
     cfg.poll.status_interval = ms(50);
     cfg.poll.queue_interval = ms(30);

@@ -405,6 +405,7 @@ async fn a_long_random_mix_of_hostile_answers_leaves_one_small_process_and_every
         requests: 100_000,
         window: secs(60),
         concurrent: 4,
+        reserve: 0,
     };
     cfg.poll.status_interval = ms(50);
     cfg.retry.max_attempts = 30;

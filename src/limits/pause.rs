@@ -158,16 +158,25 @@ impl Pauses {
         p
     }
 
-    /// A probe went out: the next one waits a whole interval.
+    /// A probe went out for `scope`: the next one waits a whole interval. A submit probes
+    /// the key too, so a 401 pause that is also due counts as probed by it (otherwise a
+    /// status poll would go out as a second probe); returns every pause changed, for the
+    /// caller to persist.
     pub fn probed(
         &mut self,
         scope: Scope,
         now: SystemTime,
         probe_interval: Duration,
-    ) -> Option<Pause> {
-        let p = self.list.iter_mut().find(|p| p.scope == scope)?;
-        p.next_probe = now + probe_interval;
-        Some(p.clone())
+    ) -> Vec<Pause> {
+        let mut changed = Vec::new();
+        for p in &mut self.list {
+            let also_key = scope != Scope::All && p.scope == Scope::All && p.next_probe <= now;
+            if p.scope == scope || also_key {
+                p.next_probe = now + probe_interval;
+                changed.push(p.clone());
+            }
+        }
+        changed
     }
 
     /// Lifts `scope`'s pause on evidence from a request sent at `sent_at`; true if one was
@@ -219,5 +228,34 @@ mod tests {
         assert!(matches!(p.poll_gate(t0), Gate::Closed { .. }));
         assert!(p.lift(Scope::All, t0));
         assert_eq!(p.poll_gate(t0), Gate::Open);
+    }
+
+    #[test]
+    fn with_a_401_and_a_402_due_one_probe_goes_not_two() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1000);
+        let iv = Duration::from_secs(300);
+        let mut p = Pauses::default();
+        p.pause(Scope::All, "401".into(), 401, t0, iv);
+        p.pause(Scope::Import, "402".into(), 402, t0, iv);
+        let due = t0 + iv;
+        let Gate::Probe(scope) = p.submit_gate(Scope::Import, due) else {
+            panic!("a probe is due");
+        };
+        let changed = p.probed(scope, due, iv);
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        // The submit probed the key too: no status poll goes out as a second probe, and no
+        // second submit.
+        assert!(matches!(p.poll_gate(due), Gate::Closed { .. }));
+        assert!(matches!(
+            p.submit_gate(Scope::Import, due),
+            Gate::Closed { .. }
+        ));
+        // A status poll probes only the key: the 402 stays due for a submit once the key
+        // is known good.
+        let mut q = Pauses::default();
+        q.pause(Scope::Import, "402".into(), 402, t0, iv);
+        q.pause(Scope::All, "401".into(), 401, t0, iv);
+        assert_eq!(q.poll_gate(due), Gate::Probe(Scope::All));
+        assert_eq!(q.probed(Scope::All, due, iv).len(), 1);
     }
 }

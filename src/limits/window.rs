@@ -1,6 +1,7 @@
 //! One fixed request window: `limit` requests per `len`, windows aligned to multiples of
 //! `len` in unix time (as Importly counts them). Sends are paced: the requests left are
 //! spread evenly over the time left, so the budget is used fully but never in one burst.
+//! `reserve` requests of every window are left unused (for other programs on the key).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +15,10 @@ pub struct Window {
     pub len: Option<Duration>,
     /// Earliest time the next request may go (pacing).
     pub next_allowed: SystemTime,
-    /// Set by a rate-limit 429: nothing goes before this.
-    pub blocked_until: Option<SystemTime>,
+    /// Requests of each window we leave to other programs on the key. At most `limit - 1`
+    /// counts: a window always lets at least one request of ours through, or a server limit
+    /// at or below the reserve would stop the daemon for good.
+    pub reserve: u64,
 }
 
 /// The end of the aligned window that contains `now`.
@@ -38,18 +41,13 @@ impl Window {
             reset_at: aligned_end(now, len),
             len: Some(len),
             next_allowed: now,
-            blocked_until: None,
+            reserve: 0,
         }
     }
 
     /// Moves to the current window if the stored one has ended. Returns false when the
     /// window has ended and its length is unknown (the caller should drop it).
     pub fn roll(&mut self, now: SystemTime) -> bool {
-        if let Some(b) = self.blocked_until
-            && b <= now
-        {
-            self.blocked_until = None;
-        }
         if now < self.reset_at {
             return true;
         }
@@ -64,13 +62,16 @@ impl Window {
         }
     }
 
+    /// Requests we may still send in this window: what is left minus the reserve.
+    pub fn usable(&self) -> u64 {
+        let reserve = self.reserve.min(self.limit.saturating_sub(1));
+        self.remaining.saturating_sub(reserve)
+    }
+
     /// When the next request may go (`now` or later). Call [`Window::roll`] first.
     pub fn next_send_at(&self, now: SystemTime) -> SystemTime {
         let mut t = self.next_allowed.max(now);
-        if let Some(b) = self.blocked_until {
-            t = t.max(b);
-        }
-        if self.remaining == 0 {
+        if self.usable() == 0 {
             t = t.max(self.reset_at);
         }
         t
@@ -83,7 +84,7 @@ impl Window {
             return 0;
         }
         if self.spacing(now) < Duration::from_millis(1) {
-            self.remaining
+            self.usable()
         } else {
             1
         }
@@ -91,10 +92,10 @@ impl Window {
 
     fn spacing(&self, now: SystemTime) -> Duration {
         let left = self.reset_at.duration_since(now).unwrap_or(Duration::ZERO);
-        if self.remaining == 0 {
-            return left;
+        match self.usable() {
+            0 => left,
+            n => left / u32::try_from(n).unwrap_or(u32::MAX),
         }
-        left / u32::try_from(self.remaining).unwrap_or(u32::MAX)
     }
 
     /// Accounts for one request sent at `now`.
@@ -122,10 +123,6 @@ impl Window {
             self.remaining = self.remaining.min(remaining);
             self.reset_at = reset_at;
         }
-    }
-
-    pub fn block_until(&mut self, until: SystemTime) {
-        self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
     }
 }
 
@@ -182,5 +179,35 @@ mod tests {
         assert_eq!(w.burst(now), 1_000_000_000);
         let slow = Window::fresh(240, Duration::from_secs(3600), now);
         assert_eq!(slow.burst(now), 1);
+    }
+
+    #[test]
+    fn the_reserve_is_left_unused_and_the_rest_paced_over_the_window() {
+        let now = t(0);
+        let mut w = Window::fresh(6, Duration::from_secs(3), now);
+        w.reserve = 2;
+        let mut sends = Vec::new();
+        let mut clock = now;
+        while w.usable() > 0 {
+            clock = w.next_send_at(clock);
+            w.take(clock);
+            sends.push(clock);
+        }
+        // 4 of 6, spread over the whole window; the last 2 stay with the server.
+        assert_eq!(sends, vec![t(0), t(750), t(1_500), t(2_250)]);
+        assert_eq!(w.remaining, 2);
+        assert_eq!(w.next_send_at(t(2_500)), t(3_000));
+        assert!(w.roll(t(3_000)));
+        assert_eq!(w.usable(), 4);
+    }
+
+    #[test]
+    fn a_reserve_at_or_above_the_limit_still_lets_one_request_through() {
+        let mut w = Window::fresh(2, Duration::from_secs(10), t(0));
+        w.reserve = 5;
+        assert_eq!(w.usable(), 1);
+        w.take(t(0));
+        assert_eq!(w.usable(), 0);
+        assert_eq!(w.next_send_at(t(1)), t(10_000));
     }
 }

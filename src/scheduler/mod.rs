@@ -67,6 +67,8 @@ enum Done {
         kind: JobKind,
         ex: Exchange,
         probe: Option<Scope>,
+        /// This submit is the probe for one more concurrency slot (see `Slots::sent`).
+        slot_probe: bool,
     },
     Poll {
         id: i64,
@@ -450,7 +452,7 @@ impl Scheduler {
         let held = self.held(kind);
         let lane = &mut self.lanes[li];
         lane.budget.take(now);
-        lane.slots.sent(held, now);
+        let slot_probe = lane.slots.sent(held, now);
         lane.submitting.insert(row.id);
         self.buckets_dirty = true;
         tracing::debug!(id = row.id, url = %row.url, kind = kind.as_str(), "submitting");
@@ -462,6 +464,7 @@ impl Scheduler {
                 kind,
                 ex,
                 probe,
+                slot_probe,
             }
         });
     }
@@ -509,7 +512,7 @@ impl Scheduler {
             scope = scope.as_str(),
             "paused: sending one request as a probe"
         );
-        if let Some(p) = self
+        for p in self
             .pauses
             .probed(scope, now, self.cfg.pause.probe_interval)
         {
@@ -615,7 +618,8 @@ impl Scheduler {
                         JobKind::Metadata => &config.limits.metadata,
                     };
                     lane.budget.reconfigure(limit, now);
-                    lane.slots.reconfigure(limit.concurrent);
+                    lane.slots
+                        .reconfigure(limit.concurrent, config.poll.status_interval, now);
                     lane.maybe_due = true;
                 }
                 self.status.reconfigure(&config.limits.status, now);

@@ -21,6 +21,7 @@ impl Scheduler {
                 kind,
                 ex,
                 probe,
+                slot_probe,
             } => {
                 self.lanes[lane_index(kind)].submitting.remove(&row.id);
                 self.lanes[lane_index(kind)]
@@ -28,7 +29,7 @@ impl Scheduler {
                     .observe(&ex.headers, ex.finished_at);
                 self.buckets_dirty = true;
                 self.lift_pauses(kind, &ex, probe).await;
-                self.on_submit(row, kind, ex).await;
+                self.on_submit(row, kind, ex, slot_probe).await;
             }
             Done::Poll { id, ex, probe } => {
                 if let Some(job) = self.jobs.get_mut(&id) {
@@ -122,14 +123,14 @@ impl Scheduler {
         .await;
     }
 
-    async fn on_submit(&mut self, row: Claimed, kind: JobKind, ex: Exchange) {
+    async fn on_submit(&mut self, row: Claimed, kind: JobKind, ex: Exchange, slot_probe: bool) {
         let keep = self.cfg.log.keep_attempts;
         let attempt = row.attempts + 1;
         let id = row.id;
         let now = ex.finished_at;
         match &ex.outcome {
             Outcome::Accepted { job_id } => {
-                self.lanes[lane_index(kind)].slots.accepted();
+                self.lanes[lane_index(kind)].slots.accepted(slot_probe, now);
                 // Stored with the rest of this group's answers (see `record_group`); the job
                 // is polled once its `running` state is on disk.
                 let record = attempt_record(&ex, attempt, Some(job_id));
@@ -158,7 +159,7 @@ impl Scheduler {
                 let held = self.held(kind);
                 self.lanes[lane_index(kind)]
                     .slots
-                    .refused(held, *limit, now);
+                    .refused(held, *limit, *current, slot_probe, now);
                 tracing::warn!(
                     id,
                     ours = held,

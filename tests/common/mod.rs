@@ -132,16 +132,19 @@ pub fn daemon_config_at(dir: &Path, base_url: &str) -> Config {
         requests: 10_000,
         window: secs(60),
         concurrent: 2,
+        reserve: 0,
     };
     cfg.limits.status = BucketLimit {
         requests: 100_000,
         window: secs(60),
         concurrent: 0,
+        reserve: 0,
     };
     cfg.limits.metadata = BucketLimit {
         requests: 10_000,
         window: secs(60),
         concurrent: 5,
+        reserve: 0,
     };
     cfg.retry.max_attempts = 8;
     cfg.retry.base_delay = ms(200);
