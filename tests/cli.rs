@@ -685,3 +685,190 @@ async fn bad_lines_are_reported_by_number_and_the_rest_is_queued() {
     assert_eq!(three.external_id.as_deref(), Some("e3 over\ntwo lines"));
     db.close().await;
 }
+
+// ---- issue 15: wait and enqueue --wait ----
+
+/// A row another program queued for an hour from now: never finished during a test, so a
+/// wait that followed it would not end.
+async fn insert_postponed(db: &Db, url: &str, external_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO imports (url, external_id, next_attempt_at) \
+         VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')) RETURNING id",
+    )
+    .bind(url)
+    .bind(external_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// `enqueue --wait` against the real daemon follows exactly the rows it queued: it ends,
+/// exit 0, once they are completed, while a row outside the batch is still pending. Off a
+/// terminal it prints progress lines and a final count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_wait_follows_exactly_its_rows_to_the_end() {
+    let sim = start_sim(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim);
+    let config = write_config(dir.path(), &cfg);
+    let db = Db::create(&cfg.database.path).await;
+    let other = insert_postponed(&db, "https://media.example.com/later.mp4", "other-1").await;
+    let mut daemon = Proc::start(&config, Some(KEY), "daemon");
+    let out = cli(
+        &config,
+        &[
+            "enqueue",
+            "--wait",
+            "https://media.example.com/a.mp4",
+            "https://media.example.com/b.mp4",
+            "https://media.example.com/c.mp4",
+            "https://media.example.com/d.mp4",
+        ],
+    )
+    .await
+    .ok();
+    assert!(out.stdout.contains("queued 4 rows"), "{}", said(&out));
+    assert!(
+        out.stdout.contains("4 rows: 4 completed in"),
+        "{}",
+        said(&out)
+    );
+    assert!(
+        out.stdout.lines().any(|l| l.contains("/4 finished")),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(db.count("completed").await, 4, "{}", db.dump().await);
+    assert_eq!(db.row(other).await.state, "pending");
+    daemon.terminate(secs(20)).await;
+    db.close().await;
+    sim.shutdown().await;
+}
+
+/// `wait --external-id-prefix` follows the batch only; a failed row makes it exit 1 with
+/// a summary naming the row and its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_exits_1_and_names_the_rows_that_failed() {
+    let sim = start_sim(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim);
+    let config = write_config(dir.path(), &cfg);
+    let db = Db::create(&cfg.database.path).await;
+    insert_postponed(&db, "https://media.example.com/later.mp4", "other-1").await;
+    let file = dir.path().join("batch.csv");
+    std::fs::write(
+        &file,
+        "https://media.example.com/ok.mp4,,batch-1\n\
+         https://media.example.com/fail/clip.mp4,,batch-2\n\
+         https://media.example.com/ok2.mp4,,batch-3\n",
+    )
+    .unwrap();
+    cli(&config, &["enqueue", "--file", file.to_str().unwrap()])
+        .await
+        .ok();
+    let failing: i64 = sqlx::query_scalar("SELECT id FROM imports WHERE external_id = 'batch-2'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let mut daemon = Proc::start(&config, Some(KEY), "daemon");
+    let out = cli(&config, &["wait", "--external-id-prefix", "batch-"]).await;
+    assert_eq!(out.code(), Some(1), "{}", said(&out));
+    assert!(
+        out.stdout.contains("3 rows: 2 completed, 1 failed in"),
+        "{}",
+        said(&out)
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "row {failing} failed (https://media.example.com/fail/clip.mp4): "
+        )),
+        "{}",
+        said(&out)
+    );
+    assert!(
+        out.stderr.contains("1 of 3 rows did not complete"),
+        "{}",
+        said(&out)
+    );
+    daemon.terminate(secs(20)).await;
+    db.close().await;
+    sim.shutdown().await;
+}
+
+/// With no daemon, `wait` says so once nothing changed for --stall-after; Ctrl-C detaches
+/// (exit 130) and leaves the rows queued. A row id that does not exist is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_without_a_daemon_says_so_and_ctrl_c_leaves_the_rows_queued() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, db_path) = config_for(dir.path(), "q.db");
+    let db = Db::create(&db_path).await;
+    let a = db.insert("https://media.example.com/a.mp4").await;
+    let b = db.insert("https://media.example.com/b.mp4").await;
+
+    let out = cli(&config, &["wait", &a.to_string(), "999"]).await;
+    assert_eq!(out.code(), Some(1), "{}", said(&out));
+    assert!(
+        out.stderr.contains("no row with id [999]"),
+        "{}",
+        said(&out)
+    );
+
+    let mut c = command(Some(KEY));
+    c.arg("--config")
+        .arg(&config)
+        .args([
+            "wait",
+            &a.to_string(),
+            &b.to_string(),
+            "--stall-after",
+            "1s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = c.spawn().expect("wait starts");
+    let pid = child.id().expect("pid");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            let stall = line.contains("no daemon seems to be running against this database");
+            seen.push(line);
+            if stall {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen:?}");
+    assert!(seen[0].contains("0/2 finished: 2 pending"), "{seen:?}");
+
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let rest = tokio::time::timeout(secs(30), async {
+        let mut rest = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            rest.push(line);
+        }
+        rest
+    })
+    .await
+    .expect("stdout closes");
+    let exit = tokio::time::timeout(secs(30), child.wait())
+        .await
+        .expect("wait exits on SIGINT")
+        .expect("status");
+    assert_eq!(exit.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("detached: 2 of 2 rows unfinished stay queued")),
+        "{rest:?}"
+    );
+    assert_eq!(db.count("pending").await, 2);
+    db.close().await;
+}

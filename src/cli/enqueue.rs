@@ -32,17 +32,31 @@ pub struct Queued {
     pub ids: BTreeSet<i64>,
 }
 
+/// Queues the rows; returns what was queued even when the command failed part-way (bad
+/// lines, a read error), for `--wait`.
 pub async fn enqueue(
     store: &Store,
     urls: Vec<String>,
     options: Option<String>,
     kind: Option<&str>,
     file: Option<PathBuf>,
-) -> Result<Queued, Failure> {
+) -> (Queued, CmdResult) {
+    let mut queued = Queued::default();
+    let outcome = enqueue_into(store, urls, options, kind, file, &mut queued).await;
+    (queued, outcome)
+}
+
+async fn enqueue_into(
+    store: &Store,
+    urls: Vec<String>,
+    options: Option<String>,
+    kind: Option<&str>,
+    file: Option<PathBuf>,
+    queued: &mut Queued,
+) -> CmdResult {
     if urls.is_empty() && file.is_none() {
         return Err(Failure::usage("nothing to enqueue: give URLs or --file"));
     }
-    let mut queued = Queued::default();
     if !urls.is_empty() {
         let rows: Vec<EnqueueRow> = urls
             .into_iter()
@@ -64,9 +78,9 @@ pub async fn enqueue(
             options,
             external_id: None,
         };
-        enqueue_file(store, &path, &defaults, &mut queued).await?;
+        enqueue_file(store, &path, &defaults, queued).await?;
     }
-    Ok(queued)
+    Ok(())
 }
 
 fn report_queued(ids: &[i64]) {

@@ -13,6 +13,7 @@ mod report;
 mod run;
 mod systemd;
 mod ticket;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,33 @@ pub enum Command {
         /// Read rows from this file, or `-` for standard input.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Then follow exactly these rows (and those already queued under the file's
+        /// external ids) until all are finished, as `wait` does.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: how long without any change before saying that no daemon seems to
+        /// be running.
+        #[arg(long, value_parser = parse_duration, default_value = "2m", requires = "wait")]
+        stall_after: Duration,
+    },
+    /// Follow rows until every one is finished; exit 0 if all completed, 1 if any failed or
+    /// was cancelled (with a summary), 130 on Ctrl-C (which leaves them queued).
+    ///
+    /// The rows are chosen once, at the start: those named, created within --since, with an
+    /// external_id starting with --external-id-prefix (all given filters apply); with none,
+    /// every row not yet finished. A progress bar on a terminal, a line per change (at most
+    /// every few seconds) otherwise.
+    Wait {
+        ids: Vec<i64>,
+        /// Rows created within this long (e.g. 1h).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        #[arg(long)]
+        external_id_prefix: Option<String>,
+        /// How long without any change to these rows before saying that no daemon seems to
+        /// be running against this database.
+        #[arg(long, value_parser = parse_duration, default_value = "2m")]
+        stall_after: Duration,
     },
     /// Counts per state, budgets, pauses, oldest pending row, last error.
     Status {
@@ -323,11 +351,33 @@ async fn dispatch(cli: Cli) -> CmdResult {
             options,
             kind,
             file,
+            wait,
+            stall_after,
         } => {
+            let store = open(&cfg).await?;
             let kind = kind.map(Kind::as_str);
-            enqueue::enqueue(&open(&cfg).await?, urls, options, kind, file)
-                .await
-                .map(drop)
+            let (queued, outcome) = enqueue::enqueue(&store, urls, options, kind, file).await;
+            if !wait || outcome.as_ref().is_err_and(|f| f.code == 2) {
+                return outcome;
+            }
+            // Bad lines were reported; the rows that did go in are still followed, and the
+            // exit status tells of both.
+            let followed =
+                wait::follow(&store, queued.ids.into_iter().collect(), stall_after).await;
+            outcome.and(followed)
+        }
+        Command::Wait {
+            ids,
+            since,
+            external_id_prefix,
+            stall_after,
+        } => {
+            let sel = wait::Selection {
+                ids,
+                since: since.map(ago),
+                external_id_prefix,
+            };
+            wait::wait(&existing(&cfg).await?, sel, stall_after).await
         }
         Command::Status { json } => report::status(&existing(&cfg).await?, &cfg, json).await,
         Command::List {

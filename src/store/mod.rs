@@ -27,7 +27,9 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 pub use attempts::{AttemptRecord, StoredAttempt};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
-pub use ops::{ChunkOutcome, EnqueueRow, ExportRow, ListFilter, STATES, StatusCounts};
+pub use ops::{
+    ChunkOutcome, EnqueueRow, ExportRow, ListFilter, RowsProgress, STATES, StatusCounts,
+};
 pub use progress::{Finished, Progress, Started};
 pub use queue::{Claimed, Fate};
 

@@ -45,6 +45,14 @@ pub struct ExportRow {
     pub last_error: Option<String>,
 }
 
+/// See [`Store::progress_of`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowsProgress {
+    /// state -> rows (states without rows absent)
+    pub counts: BTreeMap<String, i64>,
+    pub last_update: Option<String>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
     pub state: Option<String>,
@@ -214,6 +222,69 @@ impl Store {
         .fetch(&self.reader)
         .map_err(StoreError::from)
         .boxed()
+    }
+
+    /// The rows `wait` follows: those named by `ids` (all when `None`), created at or after
+    /// `since`, whose external_id starts with `prefix`; with `unfinished`, only those not
+    /// yet in a terminal state.
+    pub async fn select_ids(
+        &self,
+        ids: Option<&[i64]>,
+        since: Option<&str>,
+        prefix: Option<&str>,
+        unfinished: bool,
+    ) -> Result<Vec<i64>> {
+        let list = ids
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM imports \
+             WHERE (?1 IS NULL OR id IN (SELECT value FROM json_each(?1))) \
+               AND (?2 IS NULL OR created_at >= ?2) \
+               AND (?3 IS NULL OR substr(external_id, 1, length(?3)) = ?3) \
+               AND (NOT ?4 OR state NOT IN ('completed', 'failed', 'cancelled')) \
+             ORDER BY id",
+        )
+        .bind(list)
+        .bind(since)
+        .bind(prefix)
+        .bind(unfinished)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// How far the rows `ids` are: the number per state and the latest `updated_at` among
+    /// them (so a change that keeps every state, a retry's new attempt, still shows).
+    pub async fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress> {
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT state, count(*), max(updated_at) FROM imports \
+             WHERE id IN (SELECT value FROM json_each(?)) GROUP BY state",
+        )
+        .bind(list)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut p = RowsProgress::default();
+        for (state, n, updated) in rows {
+            p.counts.insert(state, n);
+            p.last_update = p.last_update.max(updated);
+        }
+        Ok(p)
+    }
+
+    /// The first `limit` rows among `ids` that ended failed or cancelled.
+    pub async fn unsuccessful_among(&self, ids: &[i64], limit: u32) -> Result<Vec<Row>> {
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROW_COLUMNS} FROM imports \
+             WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('failed', 'cancelled') \
+             ORDER BY id LIMIT ?"
+        )))
+        .bind(list)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     pub async fn row(&self, id: i64) -> Result<Option<Row>> {
