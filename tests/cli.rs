@@ -96,6 +96,27 @@ async fn a_closed_stdout_ends_every_command_quietly() {
         );
     }
 
+    // Both stdout and stderr closed (`2>&1 | head`): the bad-line report on stderr does not
+    // panic either, and the exit status still says there were bad lines.
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(
+        &bad,
+        "ftp://media.example.com/a.mp4\nhttps://media.example.com/b.mp4\n",
+    )
+    .unwrap();
+    let mut c = command(Some(KEY));
+    c.arg("--config")
+        .arg(&config)
+        .args(["enqueue", "--file", bad.to_str().unwrap()])
+        .stdout(Stdio::from(widowed_pipe()))
+        .stderr(Stdio::from(widowed_pipe()));
+    let status = c.status().await.expect("enqueue runs");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "1 for the bad line, not a panic's 101"
+    );
+
     // Half-way: the reader takes the first lines of a long output (far more than a pipe
     // holds), then goes away, as `head -3` does.
     for args in [&["list"][..], &["export"][..]] {

@@ -221,10 +221,10 @@ fn print_summary(tally: &mut Tally) {
     // found on the way.
     tally.bad.sort_by_key(|(line, _)| *line);
     for (line, reason) in &tally.bad {
-        eprintln!("importlyd: line {line}: {reason}");
+        errln!("importlyd: line {line}: {reason}");
     }
     if tally.bad_count > tally.bad.len() {
-        eprintln!(
+        errln!(
             "importlyd: ... and {} more bad lines",
             tally.bad_count - tally.bad.len()
         );

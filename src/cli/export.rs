@@ -26,7 +26,8 @@ pub const COLUMNS: [&str; 10] = [
 
 pub async fn export(store: &Store, filter: &ListFilter, format: ExportFormat) -> CmdResult {
     let mut rows = store.export(filter);
-    // `Stdout` exits quietly when the reader goes away (`export | head`).
+    // When the reader goes away (`export | head`), `Stdout` drops the rest and the loops
+    // stop reading rows.
     let out = BufWriter::with_capacity(64 * 1024, Stdout);
     match format {
         ExportFormat::Csv => {
@@ -39,6 +40,9 @@ pub async fn export(store: &Store, filter: &ListFilter, format: ExportFormat) ->
             w.write_record(COLUMNS).map_err(write_failed)?;
             while let Some(row) = rows.try_next().await? {
                 w.serialize(&row).map_err(write_failed)?;
+                if super::out::gone() {
+                    return Ok(());
+                }
             }
             w.flush().map_err(write_failed)?;
         }
@@ -46,6 +50,9 @@ pub async fn export(store: &Store, filter: &ListFilter, format: ExportFormat) ->
             let mut out = out;
             while let Some(row) = rows.try_next().await? {
                 write_json_line(&mut out, &row).map_err(write_failed)?;
+                if super::out::gone() {
+                    return Ok(());
+                }
             }
             out.flush().map_err(write_failed)?;
         }

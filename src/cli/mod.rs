@@ -302,14 +302,14 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("importlyd: cannot start the async runtime: {e}");
+            errln!("importlyd: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("importlyd: {}", f.message);
+            errln!("importlyd: {}", f.message);
             ExitCode::from(f.code)
         }
     }
@@ -454,7 +454,7 @@ async fn existing(cfg: &Config) -> Result<Store, Failure> {
 
 fn write_all(bytes: &[u8]) -> CmdResult {
     use std::io::Write;
-    // `out::Stdout` exits on a failed write rather than return an error.
+    // `out::Stdout` never returns an error (see out.rs).
     let _ = out::Stdout.write_all(bytes);
     out::flush();
     Ok(())

@@ -17,8 +17,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{CmdResult, Failure};
 use crate::store::{RowsProgress, Store};
 
-/// How often the rows are read again.
-const TICK: Duration = Duration::from_millis(500);
+/// How often the rows are read again: each look reads every row of the set, so a large
+/// set is looked at less often.
+fn tick(rows: usize) -> Duration {
+    if rows > 10_000 {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(500)
+    }
+}
 
 /// Off a terminal, the least time between two progress lines.
 const LINE_EVERY: Duration = Duration::from_secs(3);
@@ -102,7 +109,7 @@ pub async fn follow(store: &Store, ids: Vec<i64>, stall_after: Duration) -> CmdR
             ));
         }
         tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(tick(ids.len())) => {}
             _ = &mut ctrl_c => {
                 view.finish();
                 outln!(
