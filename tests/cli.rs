@@ -953,3 +953,54 @@ async fn export_streams_in_bounded_memory() {
     );
     eprintln!("export of {size} bytes: peak RSS {peak_kib} KiB");
 }
+
+/// A file is read as a stream and committed chunk by chunk: while `enqueue --file -` waits
+/// for the rest of its input, its first 1,000 rows are already queued and another program
+/// inserts at once, its row landing between the two chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_committed_chunk_by_chunk_so_other_writers_get_in_between() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, db_path) = config_for(dir.path(), "q.db");
+    let db = Db::create(&db_path).await;
+    let mut c = command(Some(KEY));
+    c.arg("--config")
+        .arg(&config)
+        .args(["enqueue", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = c.spawn().expect("enqueue starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let lines = |range: std::ops::Range<u32>| -> String {
+        range
+            .map(|i| format!("https://media.example.com/clip-{i}.mp4\n"))
+            .collect()
+    };
+    stdin.write_all(lines(0..1500).as_bytes()).await.unwrap();
+    stdin.flush().await.unwrap();
+    wait_until("the first chunk is committed", secs(30), || async {
+        db.count("pending").await == 1000
+    })
+    .await;
+    let between = db.insert("https://other.example.com/x.mp4").await;
+    stdin.write_all(lines(1500..2500).as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(secs(60), child.wait_with_output())
+        .await
+        .expect("enqueue ends")
+        .expect("wait");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("inserted 2500, duplicates 0 (by external_id), bad lines 0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        between, 1001,
+        "the other program's row lands between the chunks"
+    );
+    assert_eq!(db.count("pending").await, 2501);
+    db.close().await;
+}
