@@ -468,3 +468,24 @@ fn ago(d: Duration) -> String {
             .unwrap_or(SystemTime::UNIX_EPOCH),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--state` offers exactly the states the schema allows.
+    #[test]
+    fn state_values_are_the_schema_states() {
+        let ours: Vec<&str> = State::value_variants().iter().map(|s| s.as_str()).collect();
+        assert_eq!(ours, crate::store::STATES);
+        for s in State::value_variants() {
+            let name = s.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(name.as_deref(), Some(s.as_str()));
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
