@@ -671,12 +671,14 @@ async fn bad_lines_are_reported_by_number_and_the_rest_is_queued() {
         ",{},e8",                          // 12 no url
         "https://e.com/9.mp4",             // 13
     ];
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let mut bytes = (lines.join("\n") + "\n").into_bytes();
+    bytes.extend(b"https://e.com/\xff.mp4,,e14\n"); // 14 not UTF-8
+    std::fs::write(&file, bytes).unwrap();
     let out = cli(&config, &["enqueue", "--file", file.to_str().unwrap()]).await;
     assert_eq!(out.code(), Some(1), "{}", said(&out));
     assert!(
         out.stdout
-            .contains("inserted 3, duplicates 2 (by external_id), bad lines 4"),
+            .contains("inserted 3, duplicates 2 (by external_id), bad lines 5"),
         "{}",
         said(&out)
     );
@@ -686,7 +688,7 @@ async fn bad_lines_are_reported_by_number_and_the_rest_is_queued() {
         .filter_map(|l| l.strip_prefix("importlyd: line "))
         .map(|l| l.split(':').next().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(named, [4, 8, 11, 12], "{}", out.stderr);
+    assert_eq!(named, [4, 8, 11, 12, 14], "{}", out.stderr);
     assert!(
         out.stderr
             .contains("url_must_be_http_or_https (ftp://e.com/2.mp4)")

@@ -127,6 +127,53 @@ async fn enqueue_file(
         (Box::new(f), size)
     };
     let progress = progress_bar(size);
+    let mut tally = Tally::default();
+    let read = read_and_insert(store, input, defaults, &progress, &mut tally, queued).await;
+    progress.finish_and_clear();
+    // The summary always, even after a failure part-way: what is queued stays queued.
+    print_summary(&mut tally);
+    read.map_err(|e| match e {
+        Stop::Read(e) => Failure {
+            code: 1,
+            message: format!("--file {}: {e}", path.display()),
+        },
+        Stop::Store(f) => f,
+    })?;
+    if tally.bad_count > 0 {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "{} bad lines in {} were skipped (the rest is queued): fix them and enqueue \
+                 just those lines",
+                tally.bad_count,
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Why reading a file stopped before its end.
+enum Stop {
+    Read(csv::Error),
+    Store(Failure),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        Stop::Store(f)
+    }
+}
+
+/// Reads the file record by record and inserts it chunk by chunk, counting into `tally`.
+async fn read_and_insert(
+    store: &Store,
+    input: Box<dyn Read>,
+    defaults: &EnqueueRow,
+    progress: &ProgressBar,
+    tally: &mut Tally,
+    queued: &mut Queued,
+) -> Result<(), Stop> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -134,7 +181,6 @@ async fn enqueue_file(
         .trim(csv::Trim::All)
         .buffer_capacity(64 * 1024)
         .from_reader(std::io::BufReader::new(input));
-    let mut tally = Tally::default();
     let mut chunk: Vec<(u64, EnqueueRow)> = Vec::with_capacity(CHUNK);
     let mut first = true;
     let mut record = csv::StringRecord::new();
@@ -161,17 +207,12 @@ async fn enqueue_file(
                 tally.bad_line(at, e.to_string());
             }
             Err(e) => {
-                insert_chunk(store, &mut chunk, &mut tally, queued).await?;
-                progress.finish_and_clear();
-                print_summary(&mut tally);
-                return Err(Failure {
-                    code: 1,
-                    message: format!("--file {}: {e}", path.display()),
-                });
+                insert_chunk(store, &mut chunk, tally, queued).await?;
+                return Err(Stop::Read(e));
             }
         }
         if chunk.len() >= CHUNK {
-            insert_chunk(store, &mut chunk, &mut tally, queued).await?;
+            insert_chunk(store, &mut chunk, tally, queued).await?;
             progress.set_position(reader.position().byte());
             progress.set_message(format!(
                 "{} inserted, {} duplicates, {} bad lines",
@@ -181,20 +222,7 @@ async fn enqueue_file(
             ));
         }
     }
-    insert_chunk(store, &mut chunk, &mut tally, queued).await?;
-    progress.finish_and_clear();
-    print_summary(&mut tally);
-    if tally.bad_count > 0 {
-        return Err(Failure {
-            code: 1,
-            message: format!(
-                "{} bad lines in {} were skipped (the rest is queued): fix them and enqueue \
-                 just those lines",
-                tally.bad_count,
-                path.display()
-            ),
-        });
-    }
+    insert_chunk(store, &mut chunk, tally, queued).await?;
     Ok(())
 }
 
