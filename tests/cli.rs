@@ -763,6 +763,37 @@ async fn enqueue_wait_follows_exactly_its_rows_to_the_end() {
     );
     assert_eq!(db.count("completed").await, 4, "{}", db.dump().await);
     assert_eq!(db.row(other).await.state, "pending");
+
+    // A file fed twice: the second run inserts nothing and follows the rows already queued
+    // under its external ids (finished: it ends at once).
+    let file = dir.path().join("batch.csv");
+    std::fs::write(
+        &file,
+        "https://media.example.com/e.mp4,,x-1
+https://media.example.com/f.mp4,,x-2
+",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = cli(&config, &["enqueue", "--file", path, "--wait"])
+        .await
+        .ok();
+    assert!(
+        out.stdout.contains("2 rows: 2 completed in"),
+        "{}",
+        said(&out)
+    );
+    let out = cli(&config, &["enqueue", "--file", path, "--wait"])
+        .await
+        .ok();
+    assert!(
+        out.stdout
+            .contains("inserted 0, duplicates 2 (by external_id)")
+            && out.stdout.contains("2 rows: 2 completed in"),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(db.row(other).await.state, "pending");
     daemon.terminate(secs(20)).await;
     db.close().await;
     sim.shutdown().await;
