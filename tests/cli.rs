@@ -1037,3 +1037,44 @@ async fn a_file_is_committed_chunk_by_chunk_so_other_writers_get_in_between() {
     assert_eq!(db.count("pending").await, 2501);
     db.close().await;
 }
+
+/// A daemon busy with long jobs changes no row for a while, but it is running: `wait` does
+/// not claim otherwise (it also watches the budgets the daemon saves as it works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_does_not_call_a_daemon_with_long_jobs_missing() {
+    let sim = start_sim(importlyd::sim::SimConfig {
+        job_duration: secs(6),
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim);
+    let config = write_config(dir.path(), &cfg);
+    let db = Db::create(&cfg.database.path).await;
+    let mut daemon = Proc::start(&config, Some(KEY), "daemon");
+    let out = cli(
+        &config,
+        &[
+            "enqueue",
+            "--wait",
+            "--stall-after",
+            "3s",
+            "https://media.example.com/long.mp4",
+        ],
+    )
+    .await
+    .ok();
+    assert!(
+        out.stdout.contains("1 row: 1 completed in"),
+        "{}",
+        said(&out)
+    );
+    assert!(
+        !out.stdout.contains("no daemon seems to be running"),
+        "{}",
+        said(&out)
+    );
+    daemon.terminate(secs(20)).await;
+    db.close().await;
+    sim.shutdown().await;
+}

@@ -82,29 +82,33 @@ pub async fn follow(store: &Store, ids: Vec<i64>, stall_after: Duration) -> CmdR
     let done_at_start = first.finished();
     let mut last = first;
     let mut last_change = Instant::now();
+    let mut last_heartbeat = store.budgets_saved_at().await?;
     let mut stalled = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let now = Snapshot::of(store.progress_of(&ids).await?, total);
-        if now.progress != last.progress {
+        // A daemon is alive when a followed row changed, or when it saved its budgets (it
+        // does so every few seconds while it runs, even while long jobs change no row).
+        let heartbeat = store.budgets_saved_at().await?;
+        if now.progress != last.progress || heartbeat != last_heartbeat {
             last_change = Instant::now();
             stalled = false;
         }
         last = now;
+        last_heartbeat = heartbeat;
         let rate = Rate::new(last.finished() - done_at_start, started.elapsed());
         view.show(&last, rate);
         if last.unfinished() == 0 {
             break;
         }
-        // No row of the set changed at all: nobody is working on them. (The daemon's
-        // heartbeat, once `status` shows it, is the surer sign; this needs nothing but the
-        // rows.)
+        // Neither a row nor the budgets changed: nobody is working on this database. (The
+        // daemon heartbeat `status` is to show is the surer sign, once there is one.)
         if !stalled && last_change.elapsed() >= stall_after {
             stalled = true;
             view.note(&format!(
                 "no daemon seems to be running against this database (none of these {total} \
-                 rows changed for {})",
+                 rows changed, and no daemon saved its budgets, for {})",
                 humantime::format_duration(stall_after)
             ));
         }
