@@ -51,7 +51,7 @@ pub async fn demo(rows: u32) -> CmdResult {
     let store = Store::open(&cfg.database.path).await.map_err(fail)?;
     let samples: Vec<EnqueueRow> = (1..=rows).map(sample).collect();
     store.enqueue(&samples).await.map_err(fail)?;
-    println!(
+    outln!(
         "importlyd demo: simulator at {}, database {}, {} rows queued (concurrency {})",
         sim.base_url(),
         cfg.database.path.display(),
@@ -76,7 +76,7 @@ pub async fn demo(rows: u32) -> CmdResult {
         let c = store.status_counts().await.map_err(fail)?.counts;
         let get = |s: &str| c.get(s).copied().unwrap_or(0);
         let done = get("completed") + get("failed") + get("cancelled");
-        println!(
+        outln!(
             "  {:>5.1}s  pending {:>3}  in flight {:>2}  completed {:>3}  failed {:>3}",
             started.elapsed().as_secs_f64(),
             get("pending"),
@@ -97,7 +97,7 @@ pub async fn demo(rows: u32) -> CmdResult {
     daemon.await.map_err(fail)?.map_err(fail)?;
 
     let all = store.list(&ListFilter::default()).await.map_err(fail)?;
-    println!("\n{:>4}  {:<10}  {:<44}  RESULT", "ID", "STATE", "URL");
+    outln!("\n{:>4}  {:<10}  {:<44}  RESULT", "ID", "STATE", "URL");
     for r in &all {
         let result = match r.state.as_str() {
             "completed" => format!(
@@ -108,11 +108,11 @@ pub async fn demo(rows: u32) -> CmdResult {
             ),
             _ => r.last_error.clone().unwrap_or_default(),
         };
-        println!("{:>4}  {:<10}  {:<44}  {}", r.id, r.state, r.url, result);
+        outln!("{:>4}  {:<10}  {:<44}  {}", r.id, r.state, r.url, result);
     }
     let stats = sim.stats();
     let completed = all.iter().filter(|r| r.state == "completed").count();
-    println!(
+    outln!(
         "\n{completed} completed, {} failed in {:.1}s; the simulator saw {} POST /import, \
          at most {} jobs at once (limit {}), {} status polls, {} 429s",
         all.len() - completed,
@@ -126,11 +126,11 @@ pub async fn demo(rows: u32) -> CmdResult {
     if let Some(r) = all.iter().find(|r| r.state == "failed") {
         let attempts = store.attempts(r.id).await.map_err(fail)?;
         let ticket = super::ticket::build(r, &attempts, &cfg);
-        println!(
+        outln!(
             "\nThe support ticket `importlyd ticket {}` prints for a failed row:\n",
             r.id
         );
-        print!(
+        out!(
             "{}",
             super::ticket::render(&ticket, super::TicketFormat::Text)
         );

@@ -1,22 +1,28 @@
 //! `importlyd` commands: argument parsing, exit codes and output. Each command is a thin
 //! layer over the store (operator commands) or the scheduler (`run`).
 
+// First: its `outln!`/`out!` macros serve every command below.
+#[macro_use]
+mod out;
+
 mod demo;
 mod enqueue;
+mod export;
 mod logging;
 mod report;
 mod run;
 mod systemd;
 mod ticket;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
-use crate::store::Store;
+use crate::store::{ListFilter, Store};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,17 +45,50 @@ pub enum Command {
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Queue URLs: as arguments, or from a file (one URL a line, or CSV url,options,external_id).
+    ///
+    /// URLs given as arguments go in together or not at all (a bad one is a usage error,
+    /// exit 2). A file goes in 1,000 rows per transaction; its bad lines are skipped and
+    /// reported with their line numbers (exit 1 if there were any), duplicates by
+    /// external_id are counted and skipped.
     Enqueue {
         urls: Vec<String>,
-        /// JSON object merged into each request body (arguments only).
+        /// JSON object merged into each request body: for every URL argument, and for every
+        /// line of --file that has no options of its own (a CSV line's own options win).
         #[arg(long)]
         options: Option<String>,
-        /// `import` (default) or `metadata`.
-        #[arg(long)]
-        kind: Option<String>,
+        /// The kind of every row (a file has no kind column).
+        #[arg(long, value_enum)]
+        kind: Option<Kind>,
         /// Read rows from this file, or `-` for standard input.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Then follow exactly these rows (and those already queued under the file's
+        /// external ids) until all are finished, as `wait` does.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: how long without any change before saying that no daemon seems to
+        /// be running.
+        #[arg(long, value_parser = parse_duration, default_value = "2m", requires = "wait")]
+        stall_after: Duration,
+    },
+    /// Follow rows until every one is finished; exit 0 if all completed, 1 if any failed or
+    /// was cancelled (with a summary), 130 on Ctrl-C (which leaves them queued).
+    ///
+    /// The rows are chosen once, at the start: those named, created within --since, with an
+    /// external_id starting with --external-id-prefix (all given filters apply); with none,
+    /// every row not yet finished. A progress bar on a terminal, a line per change (at most
+    /// every few seconds) otherwise.
+    Wait {
+        ids: Vec<i64>,
+        /// Rows created within this long (e.g. 1h).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        #[arg(long)]
+        external_id_prefix: Option<String>,
+        /// How long without any change to these rows before saying that no daemon seems to
+        /// be running against this database.
+        #[arg(long, value_parser = parse_duration, default_value = "2m")]
+        stall_after: Duration,
     },
     /// Counts per state, budgets, pauses, oldest pending row, last error.
     Status {
@@ -58,8 +97,8 @@ pub enum Command {
     },
     /// List rows.
     List {
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_enum)]
+        state: Option<State>,
         /// Only rows changed within this long (e.g. 24h, 7d).
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
@@ -97,6 +136,9 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
     /// Failed rows back to pending with a fresh attempt count.
+    ///
+    /// Rows named that are not failed (or do not exist) are left alone and reported; the
+    /// exit status is then 1, as for `cancel`.
     Retry {
         ids: Vec<i64>,
         #[arg(long)]
@@ -105,6 +147,9 @@ pub enum Command {
         since: Option<Duration>,
     },
     /// Cancel pending rows.
+    ///
+    /// Rows named that are not pending (or do not exist) are left alone and reported; the
+    /// exit status is then 1, as for `retry`.
     Cancel {
         #[arg(required = true)]
         ids: Vec<i64>,
@@ -117,6 +162,71 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         rows: u32,
     },
+    /// Results out, oldest row first: id, external_id, url, kind, state, importly_job_id,
+    /// media_url, credits_used, completed_at, last_error.
+    Export {
+        /// `csv` (RFC 4180, with a header line) or `jsonl` (one JSON object a line).
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        #[arg(long, value_enum)]
+        state: Option<State>,
+        /// Only rows changed within this long (e.g. 24h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+    },
+    /// Print a shell completion script (e.g. `importlyd completions bash > /etc/bash_completion.d/importlyd`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `importlyd man | man -l -`.
+    Man,
+}
+
+/// A row's state (the `state_must_be_known` CHECK constraint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum State {
+    Pending,
+    Submitting,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Submitting => "submitting",
+            State::Running => "running",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A row's kind (the `kind_must_be_import_or_metadata` CHECK constraint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    Import,
+    Metadata,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Import => "import",
+            Kind::Metadata => "metadata",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -192,14 +302,14 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("importlyd: cannot start the async runtime: {e}");
+            errln!("importlyd: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("importlyd: {}", f.message);
+            errln!("importlyd: {}", f.message);
             ExitCode::from(f.code)
         }
     }
@@ -207,8 +317,25 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> CmdResult {
     let cfg_path = cli.config.clone();
-    if let Command::Demo { rows } = cli.command {
-        return demo::demo(rows).await;
+    // The commands that need neither a config nor a database.
+    match cli.command {
+        Command::Demo { rows } => return demo::demo(rows).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "importlyd", &mut script);
+            return write_all(&script);
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| Failure {
+                    code: 1,
+                    message: format!("rendering the man page: {e}"),
+                })?;
+            return write_all(&page);
+        }
+        _ => {}
     }
     let cfg = Config::load(cfg_path.as_deref())?;
     match cli.command {
@@ -216,7 +343,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Migrate => {
             let store = open(&cfg).await?;
             store.close().await;
-            println!("schema of {} is up to date", cfg.database.path.display());
+            outln!("schema of {} is up to date", cfg.database.path.display());
             Ok(())
         }
         Command::Enqueue {
@@ -224,19 +351,53 @@ async fn dispatch(cli: Cli) -> CmdResult {
             options,
             kind,
             file,
-        } => enqueue::enqueue(&open(&cfg).await?, urls, options, kind, file).await,
-        Command::Status { json } => report::status(&open(&cfg).await?, &cfg, json).await,
+            wait,
+            stall_after,
+        } => {
+            let store = open(&cfg).await?;
+            let kind = kind.map(Kind::as_str);
+            let (queued, outcome) = enqueue::enqueue(&store, urls, options, kind, file).await;
+            if !wait || outcome.as_ref().is_err_and(|f| f.code == 2) {
+                return outcome;
+            }
+            // Bad lines were reported; the rows that did go in are still followed, and the
+            // exit status tells of both.
+            let followed =
+                wait::follow(&store, queued.ids.into_iter().collect(), stall_after).await;
+            outcome.and(followed)
+        }
+        Command::Wait {
+            ids,
+            since,
+            external_id_prefix,
+            stall_after,
+        } => {
+            let sel = wait::Selection {
+                ids,
+                since: since.map(ago),
+                external_id_prefix,
+            };
+            wait::wait(&existing(&cfg).await?, sel, stall_after).await
+        }
+        Command::Status { json } => report::status(&existing(&cfg).await?, &cfg, json).await,
         Command::List {
             state,
             since,
             limit,
             json,
-        } => report::list(&open(&cfg).await?, state, since.map(ago), limit, json).await,
-        Command::Show { id, json } => report::show(&open(&cfg).await?, id, json).await,
+        } => {
+            let filter = ListFilter {
+                state: state.map(|s| s.as_str().to_owned()),
+                since: since.map(ago),
+                limit,
+            };
+            report::list(&existing(&cfg).await?, &filter, json).await
+        }
+        Command::Show { id, json } => report::show(&existing(&cfg).await?, id, json).await,
         Command::Purge {
             completed,
             older_than,
-        } => report::purge(&open(&cfg).await?, completed, ago(older_than)).await,
+        } => report::purge(&existing(&cfg).await?, completed, ago(older_than)).await,
         Command::Ticket {
             id,
             format,
@@ -244,22 +405,59 @@ async fn dispatch(cli: Cli) -> CmdResult {
             since,
             dir,
         } => {
-            let store = open(&cfg).await?;
+            let store = existing(&cfg).await?;
             ticket::command(&store, &cfg, id, format, failed, since.map(ago), dir).await
         }
         Command::Retry { ids, failed, since } => {
-            report::retry(&open(&cfg).await?, ids, failed, since.map(ago)).await
+            report::retry(&existing(&cfg).await?, ids, failed, since.map(ago)).await
         }
-        Command::Cancel { ids } => report::cancel(&open(&cfg).await?, ids).await,
-        Command::Resume => report::resume(&open(&cfg).await?).await,
-        Command::Demo { .. } => Ok(()),
+        Command::Cancel { ids } => report::cancel(&existing(&cfg).await?, ids).await,
+        Command::Resume => report::resume(&existing(&cfg).await?).await,
+        Command::Export {
+            format,
+            state,
+            since,
+        } => {
+            let filter = ListFilter {
+                state: state.map(|s| s.as_str().to_owned()),
+                since: since.map(ago),
+                limit: None,
+            };
+            export::export(&existing(&cfg).await?, &filter, format).await
+        }
+        Command::Demo { .. } | Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 
-/// Opens the database, creating and migrating it if needed, so every command works on a
-/// fresh path (inserting never needs the daemon).
+/// Opens the database, creating and migrating it if needed: for the commands that may
+/// start a queue (`migrate`, `enqueue`; `run` opens its own), so inserting never needs the
+/// daemon.
 async fn open(cfg: &Config) -> Result<Store, Failure> {
     Ok(Store::open(&cfg.database.path).await?)
+}
+
+/// Opens the database the commands that read or change rows work on. A wrong path must not
+/// leave an empty database behind that looks like a queue with nothing in it.
+async fn existing(cfg: &Config) -> Result<Store, Failure> {
+    let path = &cfg.database.path;
+    if !path.is_file() {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "no database at {} (check database.path; `importlyd migrate` creates one)",
+                path.display()
+            ),
+        });
+    }
+    Ok(Store::open_existing(path).await?)
+}
+
+fn write_all(bytes: &[u8]) -> CmdResult {
+    use std::io::Write;
+    // `out::Stdout` never returns an error (see out.rs).
+    let _ = out::Stdout.write_all(bytes);
+    out::flush();
+    Ok(())
 }
 
 /// The ISO time `d` ago.
@@ -269,4 +467,25 @@ fn ago(d: Duration) -> String {
             .checked_sub(d)
             .unwrap_or(SystemTime::UNIX_EPOCH),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--state` offers exactly the states the schema allows.
+    #[test]
+    fn state_values_are_the_schema_states() {
+        let ours: Vec<&str> = State::value_variants().iter().map(|s| s.as_str()).collect();
+        assert_eq!(ours, crate::store::STATES);
+        for s in State::value_variants() {
+            let name = s.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(name.as_deref(), Some(s.as_str()));
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

@@ -59,7 +59,7 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
             "credits_used": counts.credits_used,
             "daemons": live_daemons(&daemons, now, in_flight),
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
     let line: Vec<String> = counts
@@ -67,18 +67,18 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
         .iter()
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
-    println!("daemon:    {}", daemon_line(&daemons, now));
-    println!("rows:      {}", line.join(", "));
-    println!(
+    outln!("daemon:    {}", daemon_line(&daemons, now));
+    outln!("rows:      {}", line.join(", "));
+    outln!(
         "in flight: {in_flight}   credits used: {}",
         counts.credits_used
     );
     match oldest_age {
-        Some(a) => println!(
+        Some(a) => outln!(
             "oldest pending: {} ago",
             humantime::format_duration(Duration::from_secs(a))
         ),
-        None => println!("oldest pending: none"),
+        None => outln!("oldest pending: none"),
     }
     for (name, b) in &buckets {
         let reset = clock::iso(SystemTime::UNIX_EPOCH + Duration::from_secs(b.reset));
@@ -87,51 +87,49 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
             .as_deref()
             .map(|u| format!(", blocked until {u}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "budget {name:<8} {}/{} left, resets {reset} ({}){blocked}",
-            b.remaining, b.limit, b.source
+            b.remaining,
+            b.limit,
+            b.source
         );
     }
     if pauses.is_empty() {
-        println!("paused:    no");
+        outln!("paused:    no");
     }
     for p in &pauses {
-        println!(
+        outln!(
             "PAUSED ({}): {} since {}; next probe {} (`importlyd resume` to retry now)",
-            p.scope, p.reason, p.since, p.next_probe
+            p.scope,
+            p.reason,
+            p.since,
+            p.next_probe
         );
     }
     if let Some(e) = &counts.last_error {
-        println!(
+        outln!(
             "last error: row {} at {}: {}",
-            e.id, e.updated_at, e.last_error
+            e.id,
+            e.updated_at,
+            e.last_error
         );
     }
     Ok(())
 }
 
-pub async fn list(
-    store: &Store,
-    state: Option<String>,
-    since: Option<String>,
-    limit: Option<u32>,
-    as_json: bool,
-) -> CmdResult {
-    let rows = store
-        .list(&ListFilter {
-            state,
-            since,
-            limit,
-        })
-        .await?;
+pub async fn list(store: &Store, filter: &ListFilter, as_json: bool) -> CmdResult {
+    let rows = store.list(filter).await?;
     if as_json {
         let out: Vec<Value> = rows.iter().map(row_json).collect();
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>6}  {:<10}  {:>3}  {:<20}  URL / ERROR",
-        "ID", "STATE", "TRY", "UPDATED"
+        "ID",
+        "STATE",
+        "TRY",
+        "UPDATED"
     );
     // The URL and its note share what is left of the terminal after the fixed columns.
     let width = terminal_width();
@@ -147,7 +145,7 @@ pub async fn list(
         let url = shorten(&r.url, room);
         let note_room = room.saturating_sub(url.chars().count()).max(12);
         let updated: String = r.updated_at.chars().take(19).collect();
-        println!(
+        outln!(
             "{:>6}  {:<10}  {:>3}  {:<20}  {}{}",
             r.id,
             r.state,
@@ -202,7 +200,7 @@ pub async fn show(store: &Store, id: i64, as_json: bool) -> CmdResult {
     let attempts = store.attempts(id).await?;
     if as_json {
         let out = json!({"row": row_json(&row), "attempts": attempts});
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
     let v = row_json(&row);
@@ -213,32 +211,38 @@ pub async fn show(store: &Store, id: i64, as_json: bool) -> CmdResult {
                 Value::Null => "-".into(),
                 other => other.to_string(),
             };
-            println!("{k:>16}: {text}");
+            outln!("{k:>16}: {text}");
         }
     }
-    println!("\n{} logged exchanges (oldest first):", attempts.len());
+    outln!("\n{} logged exchanges (oldest first):", attempts.len());
     for a in &attempts {
         let status = a
             .http_status
             .map(|s| s.to_string())
             .or_else(|| a.error.clone())
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {} -> {}  try {} {} {} -> {} ({})",
-            a.started_at, a.finished_at, a.attempt, a.method, a.endpoint, status, a.outcome
+            a.started_at,
+            a.finished_at,
+            a.attempt,
+            a.method,
+            a.endpoint,
+            status,
+            a.outcome
         );
         if let Some(j) = &a.job_id {
-            println!("      job id: {j}");
+            outln!("      job id: {j}");
         }
         if let Some(r) = &a.rate_limit {
-            println!("      rate limit: {r}");
+            outln!("      rate limit: {r}");
         }
         if let Some(b) = &a.response_body {
             let cut = if a.body_truncated { " (truncated)" } else { "" };
-            println!("      response body{cut}: {b}");
+            outln!("      response body{cut}: {b}");
         }
     }
-    println!("\n(`importlyd ticket {id}` formats this for Importly's support)");
+    outln!("\n(`importlyd ticket {id}` formats this for Importly's support)");
     Ok(())
 }
 
@@ -252,48 +256,70 @@ pub async fn retry(
         return Err(Failure::usage("give row ids or --failed"));
     }
     let done = store.retry(&ids, all_failed, since.as_deref()).await?;
-    println!("{} rows back to pending", done.len());
-    let skipped: Vec<i64> = ids.iter().copied().filter(|i| !done.contains(i)).collect();
-    if !skipped.is_empty() {
-        println!("not failed, left as they are: {skipped:?}");
-    }
-    Ok(())
+    outln!("{} rows back to pending", done.len());
+    left_alone(store, &ids, &done, Action::Retry).await
 }
 
 pub async fn cancel(store: &Store, ids: Vec<i64>) -> CmdResult {
     let done = store.cancel(&ids).await?;
-    println!("cancelled {} rows", done.len());
-    let mut refused = false;
-    for id in ids.iter().filter(|i| !done.contains(i)) {
-        refused = true;
-        match store.row(*id).await? {
-            Some(r) if r.state == "running" || r.state == "submitting" => println!(
-                "row {id} is {} at Importly (job {}): it cannot be cancelled from here and will finish",
-                r.state,
-                r.importly_job_id.as_deref().unwrap_or("not yet known")
-            ),
-            Some(r) => println!(
-                "row {id} is {}: only pending rows can be cancelled",
-                r.state
-            ),
-            None => println!("row {id} does not exist"),
+    outln!("cancelled {} rows", done.len());
+    left_alone(store, &ids, &done, Action::Cancel).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Retry,
+    Cancel,
+}
+
+/// `retry` and `cancel` behave alike: they act on every named row they can, say for each
+/// other one why it was left alone, and exit 1 if there was any (0 only when every named row
+/// was acted on).
+async fn left_alone(store: &Store, named: &[i64], done: &[i64], action: Action) -> CmdResult {
+    let (verb, only) = match action {
+        Action::Retry => ("retried", "failed"),
+        Action::Cancel => ("cancelled", "pending"),
+    };
+    let mut skipped = Vec::new();
+    for &id in named {
+        if done.contains(&id) || skipped.contains(&id) {
+            continue;
+        }
+        skipped.push(id);
+        match store.row(id).await? {
+            Some(r)
+                if action == Action::Cancel
+                    && (r.state == "running" || r.state == "submitting") =>
+            {
+                outln!(
+                    "row {id} is {} at Importly (job {}): it cannot be cancelled from here and will finish",
+                    r.state,
+                    r.importly_job_id.as_deref().unwrap_or("not yet known")
+                )
+            }
+            Some(r) => outln!("row {id} is {}: only {only} rows can be {verb}", r.state),
+            None => outln!("row {id} does not exist"),
         }
     }
-    if refused {
-        return Err(Failure {
-            code: 1,
-            message: "some rows were not cancelled".into(),
-        });
+    if skipped.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(Failure {
+        code: 1,
+        message: format!(
+            "{} of the rows named {} not {verb}",
+            skipped.len(),
+            if skipped.len() == 1 { "was" } else { "were" }
+        ),
+    })
 }
 
 pub async fn purge(store: &Store, completed_only: bool, before: String) -> CmdResult {
     let n = store.purge(&before, completed_only).await?;
-    println!("deleted {n} rows last changed before {before}");
+    outln!("deleted {n} rows last changed before {before}");
     let cached = store.purge_metadata_cache(&before).await?;
     if cached > 0 {
-        println!("deleted {cached} metadata cache entries fetched before {before}");
+        outln!("deleted {cached} metadata cache entries fetched before {before}");
     }
     Ok(())
 }
@@ -301,9 +327,9 @@ pub async fn purge(store: &Store, completed_only: bool, before: String) -> CmdRe
 pub async fn resume(store: &Store) -> CmdResult {
     let n = store.clear_pauses().await?;
     if n == 0 {
-        println!("not paused");
+        outln!("not paused");
     } else {
-        println!("pause lifted; a running daemon resumes within poll.queue_interval");
+        outln!("pause lifted; a running daemon resumes within poll.queue_interval");
     }
     Ok(())
 }

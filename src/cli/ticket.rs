@@ -29,7 +29,7 @@ pub async fn command(
                 });
             };
             let attempts = store.attempts(id).await?;
-            print!("{}", render(&build(&row, &attempts, cfg), format));
+            out!("{}", render(&build(&row, &attempts, cfg), format));
             Ok(())
         }
         (None, true) => {
@@ -58,7 +58,7 @@ pub async fn command(
                     },
                 )?;
             }
-            println!("wrote {} tickets to {}", rows.len(), dir.display());
+            outln!("wrote {} tickets to {}", rows.len(), dir.display());
             Ok(())
         }
         _ => Err(Failure::usage("give one row id, or --failed --dir PATH")),

@@ -29,7 +29,9 @@ pub use attempts::{AttemptRecord, StoredAttempt};
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
-pub use ops::{EnqueueRow, ListFilter, STATES, StatusCounts};
+pub use ops::{
+    ChunkOutcome, EnqueueRow, ExportRow, ListFilter, RowsProgress, STATES, StatusCounts,
+};
 pub use progress::{Finished, Progress, Started};
 pub use queue::{Claimed, Fate};
 
@@ -140,8 +142,20 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing database and applies migrations; a missing file is an error, never
+    /// created (the operator commands that only read or change rows).
+    pub async fn open_existing(path: &Path) -> Result<Store> {
+        let store = Store::connect(path, false).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
     /// Opens without touching the schema (the operator commands that only read).
     pub async fn open_unmigrated(path: &Path) -> Result<Store> {
+        Store::connect(path, true).await
+    }
+
+    async fn connect(path: &Path, create: bool) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
@@ -152,7 +166,7 @@ impl Store {
         }
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable across process crashes in WAL mode; FULL would add an
             // fsync per commit for power loss only.

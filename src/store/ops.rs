@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::{ROW_COLUMNS, Result, Row, Store, StoreError};
@@ -16,6 +17,40 @@ pub struct EnqueueRow {
     pub kind: Option<String>,
     pub options: Option<String>,
     pub external_id: Option<String>,
+}
+
+/// What [`Store::enqueue_chunk`] did with a chunk.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkOutcome {
+    /// Ids of the rows inserted, ascending.
+    pub inserted: Vec<i64>,
+    /// Rows skipped because their `external_id` was already queued.
+    pub duplicates: usize,
+    /// Rows refused (index in the chunk, the constraint's message).
+    pub bad: Vec<(usize, String)>,
+}
+
+/// The columns `importlyd export` writes, in this order (the contract in interface.md).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct ExportRow {
+    pub id: i64,
+    pub external_id: Option<String>,
+    pub url: String,
+    pub kind: String,
+    pub state: String,
+    pub importly_job_id: Option<String>,
+    pub media_url: Option<String>,
+    pub credits_used: Option<i64>,
+    pub completed_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// See [`Store::progress_of`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowsProgress {
+    /// state -> rows (states without rows absent)
+    pub counts: BTreeMap<String, i64>,
+    pub last_update: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -51,6 +86,24 @@ pub const STATES: [&str; 6] = [
     "cancelled",
 ];
 
+/// One row in, `None` when its `external_id` was already queued.
+async fn insert_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    r: &EnqueueRow,
+) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO imports (url, kind, options, external_id) \
+         VALUES (?, coalesce(?, 'import'), coalesce(?, '{}'), ?) \
+         ON CONFLICT (external_id) DO NOTHING RETURNING id",
+    )
+    .bind(&r.url)
+    .bind(&r.kind)
+    .bind(&r.options)
+    .bind(&r.external_id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
 impl Store {
     /// Inserts rows in one transaction; a duplicate `external_id` is skipped, so feeding
     /// the same file twice adds nothing. Returns the ids of the rows inserted; a bad row
@@ -84,6 +137,162 @@ impl Store {
         }
         tx.commit().await?;
         Ok(ids)
+    }
+
+    /// Inserts one chunk of a file's rows in one transaction, skipping the bad ones: a
+    /// transaction per chunk keeps the write lock short however long the file, and a bad line
+    /// costs only itself. Clean chunks go in as one statement; a chunk with a bad row is
+    /// inserted again row by row (in the same transaction: a failed statement undoes only
+    /// itself) to name the rows at fault.
+    pub async fn enqueue_chunk(&self, rows: &[EnqueueRow]) -> Result<ChunkOutcome> {
+        let mut writer = self.writer().await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
+        let batch: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!([r.url, r.kind, r.options, r.external_id]))
+            .collect();
+        let batch =
+            serde_json::to_string(&batch).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // `WHERE true`: SQLite reads `ON CONFLICT` after a bare `FROM` as a join constraint.
+        let all: std::result::Result<Vec<i64>, StoreError> = sqlx::query_scalar(
+            "INSERT INTO imports (url, kind, options, external_id) \
+             SELECT value ->> 0, coalesce(value ->> 1, 'import'), coalesce(value ->> 2, '{}'), \
+                    value ->> 3 \
+             FROM json_each(?) WHERE true \
+             ON CONFLICT (external_id) DO NOTHING RETURNING id",
+        )
+        .bind(&batch)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::from);
+        let mut out = ChunkOutcome::default();
+        match all {
+            Ok(mut ids) => {
+                ids.sort_unstable();
+                out.duplicates = rows.len() - ids.len();
+                out.inserted = ids;
+            }
+            Err(e) if e.is_constraint() => {
+                for (i, r) in rows.iter().enumerate() {
+                    match insert_one(&mut tx, r).await {
+                        Ok(Some(id)) => out.inserted.push(id),
+                        Ok(None) => out.duplicates += 1,
+                        Err(StoreError::Sql(sqlx::Error::Database(d)))
+                            if d.message().contains("constraint") =>
+                        {
+                            out.bad.push((i, d.message().to_owned()));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The ids of the rows with these external ids (the rows a file named, inserted now or
+    /// before).
+    pub async fn ids_by_external_id(&self, external_ids: &[String]) -> Result<Vec<i64>> {
+        let list =
+            serde_json::to_string(external_ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM imports WHERE external_id IN (SELECT value FROM json_each(?)) \
+             ORDER BY id",
+        )
+        .bind(list)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// The rows `export` writes, oldest first, as a stream: rows are read as they are
+    /// written out, so memory stays bounded however many there are.
+    pub fn export(&self, f: &ListFilter) -> BoxStream<'_, Result<ExportRow>> {
+        sqlx::query_as::<_, ExportRow>(
+            "SELECT id, external_id, url, kind, state, importly_job_id, media_url, \
+                    credits_used, completed_at, last_error \
+             FROM imports \
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR updated_at >= ?2) \
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(f.state.clone())
+        .bind(f.since.clone())
+        .bind(f.limit.map(i64::from).unwrap_or(-1))
+        .fetch(&self.reader)
+        .map_err(StoreError::from)
+        .boxed()
+    }
+
+    /// The rows `wait` follows: those named by `ids` (all when `None`), created at or after
+    /// `since`, whose external_id starts with `prefix`; with `unfinished`, only those not
+    /// yet in a terminal state.
+    pub async fn select_ids(
+        &self,
+        ids: Option<&[i64]>,
+        since: Option<&str>,
+        prefix: Option<&str>,
+        unfinished: bool,
+    ) -> Result<Vec<i64>> {
+        let list = ids
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM imports \
+             WHERE (?1 IS NULL OR id IN (SELECT value FROM json_each(?1))) \
+               AND (?2 IS NULL OR created_at >= ?2) \
+               AND (?3 IS NULL OR substr(external_id, 1, length(?3)) = ?3) \
+               AND (NOT ?4 OR state NOT IN ('completed', 'failed', 'cancelled')) \
+             ORDER BY id",
+        )
+        .bind(list)
+        .bind(since)
+        .bind(prefix)
+        .bind(unfinished)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// How far the rows `ids` are: the number per state and the latest `updated_at` among
+    /// them (so a change that keeps every state, a retry's new attempt, still shows).
+    pub async fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress> {
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT state, count(*), max(updated_at) FROM imports \
+             WHERE id IN (SELECT value FROM json_each(?)) GROUP BY state",
+        )
+        .bind(list)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut p = RowsProgress::default();
+        for (state, n, updated) in rows {
+            p.counts.insert(state, n);
+            p.last_update = p.last_update.max(updated);
+        }
+        Ok(p)
+    }
+
+    /// When a daemon last saved its rate budgets: it does so at least every 10 s while it
+    /// runs, idle or busy, so this moves while any daemon works on this database.
+    pub async fn budgets_saved_at(&self) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT max(updated_at) FROM buckets")
+            .fetch_one(&self.reader)
+            .await?)
+    }
+
+    /// The first `limit` rows among `ids` that ended failed or cancelled.
+    pub async fn unsuccessful_among(&self, ids: &[i64], limit: u32) -> Result<Vec<Row>> {
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROW_COLUMNS} FROM imports \
+             WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('failed', 'cancelled') \
+             ORDER BY id LIMIT ?"
+        )))
+        .bind(list)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     pub async fn row(&self, id: i64) -> Result<Option<Row>> {
