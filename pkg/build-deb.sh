@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=target/release/importlyd
-[ -x "$bin" ] || cargo build --release --locked
+cargo build --release --locked --bin importlyd   # a no-op when up to date
 out=target/deb-assets
 rm -rf "$out" && mkdir -p "$out"
 
