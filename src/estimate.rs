@@ -95,13 +95,13 @@ pub fn rate_text(limit: u64, window: Duration) -> String {
     let s = window.as_secs();
     let unit = if s == 0 {
         format!("{}ms", window.as_millis())
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         if s == 3600 {
             "h".into()
         } else {
             format!("{}h", s / 3600)
         }
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         if s == 60 {
             "min".into()
         } else {
@@ -219,6 +219,49 @@ pub fn estimate(lanes: &[LaneInput], paused: Option<&str>, now: SystemTime) -> E
     out
 }
 
+/// The lanes' inputs from what `status` knows: the queue's shape, each bucket's view (the
+/// server's window once known, else the config's), and the configured concurrency.
+pub fn inputs(
+    shape: &crate::store::QueueShape,
+    views: &std::collections::BTreeMap<&str, crate::limits::BudgetView>,
+    cfg: &crate::config::Config,
+) -> Vec<LaneInput> {
+    let mut lanes = Vec::new();
+    for (kind, limit) in [
+        ("import", &cfg.limits.import),
+        ("metadata", &cfg.limits.metadata),
+    ] {
+        let Some(view) = views.get(kind) else {
+            continue;
+        };
+        let get = |m: &std::collections::BTreeMap<String, u64>| m.get(kind).copied().unwrap_or(0);
+        let window = view
+            .window_secs
+            .map(Duration::from_secs)
+            .unwrap_or(limit.window);
+        lanes.push(LaneInput {
+            kind: if kind == "import" {
+                "import"
+            } else {
+                "metadata"
+            },
+            ahead: get(&shape.ahead),
+            running: get(&shape.running),
+            limit: view.limit,
+            remaining: view.remaining.saturating_sub(view.reserve),
+            reset: SystemTime::UNIX_EPOCH + Duration::from_secs(view.reset),
+            window,
+            reserve: view.reserve,
+            slots: limit.concurrent,
+            mean_job: shape
+                .mean_job_ms
+                .get(kind)
+                .map(|ms| Duration::from_secs_f64((ms / 1000.0).min(MAX_ESTIMATE.as_secs_f64()))),
+        });
+    }
+    lanes
+}
+
 /// A short duration for people: "45s", "12m", "3h 20m", "2d 4h".
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -238,7 +281,7 @@ pub fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

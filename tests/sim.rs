@@ -1075,11 +1075,14 @@ fn help_names_the_api_key_and_the_defaults() {
     }
 }
 
+type Bodies = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+type Code = std::sync::Arc<std::sync::atomic::AtomicU16>;
+
 /// A tiny webhook receiver: records every POST body and answers `status` (settable).
 #[derive(Clone)]
 struct Receiver {
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    bodies: Bodies,
+    status: Code,
     url: String,
 }
 
@@ -1092,10 +1095,7 @@ impl Receiver {
             .route(
                 "/hook/{token}",
                 axum::routing::post(
-                    |State((bodies, code)): State<(
-                        std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-                        std::sync::Arc<std::sync::atomic::AtomicU16>,
-                    )>,
+                    |State((bodies, code)): State<(Bodies, Code)>,
                      axum::Json(v): axum::Json<Value>| async move {
                         bodies.lock().expect("bodies").push(v);
                         let c = code.load(std::sync::atomic::Ordering::Relaxed);

@@ -363,7 +363,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             // Bad lines were reported; the rows that did go in are still followed, and the
             // exit status tells of both.
             let followed =
-                wait::follow(&store, queued.ids.into_iter().collect(), stall_after).await;
+                wait::follow(&store, &cfg, queued.ids.into_iter().collect(), stall_after).await;
             outcome.and(followed)
         }
         Command::Wait {
@@ -377,7 +377,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
                 since: since.map(ago),
                 external_id_prefix,
             };
-            wait::wait(&existing(&cfg).await?, sel, stall_after).await
+            wait::wait(&existing(&cfg).await?, &cfg, sel, stall_after).await
         }
         Command::Status { json } => report::status(&existing(&cfg).await?, &cfg, json).await,
         Command::List {

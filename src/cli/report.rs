@@ -10,25 +10,81 @@ use serde_json::{Value, json};
 use super::{CmdResult, Failure};
 use crate::clock;
 use crate::config::Config;
+use crate::estimate::{self, Estimate};
 use crate::limits::{Budget, BudgetView};
-use crate::store::{ListFilter, Row, Store, StoredDaemon};
+use crate::store::{
+    ListFilter, QueueShape, Row, Store, StoreError, StoredBucket, StoredDaemon, StoredPause,
+};
 
-pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
-    let counts = store.status_counts().await?;
-    let pauses = store.pauses().await?;
-    let stored = store.buckets().await?;
-    let daemons = store.daemons().await?;
-    let now = SystemTime::now();
-    let mut buckets: BTreeMap<&str, BudgetView> = BTreeMap::new();
+/// Each bucket as the daemon last saved it (the server's window once known, else the
+/// config's), rolled forward to `now`.
+fn budget_views(
+    stored: &[StoredBucket],
+    cfg: &Config,
+    now: SystemTime,
+) -> BTreeMap<&'static str, BudgetView> {
+    let mut buckets = BTreeMap::new();
     for (name, limit) in [
         ("import", &cfg.limits.import),
         ("status", &cfg.limits.status),
         ("metadata", &cfg.limits.metadata),
     ] {
         let mut b = Budget::new(name, limit, now);
-        b.restore(&stored, now);
+        b.restore(stored, now);
         buckets.insert(name, b.view(now));
     }
+    buckets
+}
+
+/// The drain estimate from what the database holds: the queue's shape, the saved budgets,
+/// the configured concurrency and any pause (see `crate::estimate`).
+pub async fn drain_estimate(
+    store: &Store,
+    cfg: &Config,
+    now: SystemTime,
+) -> Result<Estimate, StoreError> {
+    let shape = store.queue_shape().await?;
+    let stored = store.buckets().await?;
+    let pauses = store.pauses().await?;
+    let views = budget_views(&stored, cfg, now);
+    Ok(estimate_from(&shape, &views, &pauses, cfg, now))
+}
+
+fn estimate_from(
+    shape: &QueueShape,
+    views: &BTreeMap<&'static str, BudgetView>,
+    pauses: &[StoredPause],
+    cfg: &Config,
+    now: SystemTime,
+) -> Estimate {
+    let lanes = estimate::inputs(shape, views, cfg);
+    // A pause of the imports or of everything stops the queue; a metadata-only pause
+    // stops only that lane, which the estimate cannot time either.
+    let paused = pauses.first().map(|p| p.reason.as_str());
+    estimate::estimate(&lanes, paused, now)
+}
+
+/// "19:40 UTC" today, "2026-12-08 19:40 UTC" on another day.
+pub fn clock_text(unix_secs: u64, now: SystemTime) -> String {
+    let at = clock::iso(SystemTime::UNIX_EPOCH + Duration::from_secs(unix_secs));
+    let today = clock::iso(now);
+    let (day, time) = (&at[..10], &at[11..16]);
+    if day == &today[..10] {
+        format!("{time} UTC")
+    } else {
+        format!("{day} {time} UTC")
+    }
+}
+
+pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
+    let counts = store.status_counts().await?;
+    let pauses = store.pauses().await?;
+    let stored = store.buckets().await?;
+    let daemons = store.daemons().await?;
+    let shape = store.queue_shape().await?;
+    let now = SystemTime::now();
+    let buckets = budget_views(&stored, cfg, now);
+    let estimate = estimate_from(&shape, &buckets, &pauses, cfg, now);
     // The most severe pause first: a 401 stops everything.
     let paused = pauses
         .iter()
@@ -58,6 +114,7 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
             "last_error": counts.last_error,
             "credits_used": counts.credits_used,
             "daemons": live_daemons(&daemons, now, in_flight),
+            "estimate": estimate,
         });
         outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
@@ -106,6 +163,7 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
             p.next_probe
         );
     }
+    outln!("estimate:  {}", estimate.line(|t| clock_text(t, now)));
     if let Some(e) = &counts.last_error {
         outln!(
             "last error: row {} at {}: {}",

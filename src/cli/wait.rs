@@ -10,11 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{CmdResult, Failure};
+use crate::config::Config;
 use crate::store::{RowsProgress, Store};
 
 /// How often the rows are read again: each look reads every row of the set, so a large
@@ -42,7 +43,7 @@ pub struct Selection {
     pub external_id_prefix: Option<String>,
 }
 
-pub async fn wait(store: &Store, sel: Selection, stall_after: Duration) -> CmdResult {
+pub async fn wait(store: &Store, cfg: &Config, sel: Selection, stall_after: Duration) -> CmdResult {
     let named = (!sel.ids.is_empty()).then_some(&sel.ids[..]);
     // With no selector at all: every row not finished now ("until the queue drains").
     let nothing_chosen = named.is_none() && sel.since.is_none() && sel.external_id_prefix.is_none();
@@ -66,11 +67,16 @@ pub async fn wait(store: &Store, sel: Selection, stall_after: Duration) -> CmdRe
             message: format!("no row with id {unknown:?}"),
         });
     }
-    follow(store, ids, stall_after).await
+    follow(store, cfg, ids, stall_after).await
 }
 
 /// Follows exactly `ids` until every one is terminal.
-pub async fn follow(store: &Store, ids: Vec<i64>, stall_after: Duration) -> CmdResult {
+pub async fn follow(
+    store: &Store,
+    cfg: &Config,
+    ids: Vec<i64>,
+    stall_after: Duration,
+) -> CmdResult {
     if ids.is_empty() {
         outln!("no rows to wait for");
         return Ok(());
@@ -86,8 +92,15 @@ pub async fn follow(store: &Store, ids: Vec<i64>, stall_after: Duration) -> CmdR
     let mut stalled = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut estimate: Option<(Instant, String)> = None;
     loop {
         let now = Snapshot::of(store.progress_of(&ids).await?, total);
+        if estimate
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= ESTIMATE_EVERY)
+        {
+            estimate = Some((Instant::now(), drain_estimate(store, cfg).await));
+        }
         // A daemon is alive when a followed row changed, or when it saved its budgets (it
         // does so every few seconds while it runs, even while long jobs change no row).
         let heartbeat = store.budgets_saved_at().await?;
@@ -98,7 +111,7 @@ pub async fn follow(store: &Store, ids: Vec<i64>, stall_after: Duration) -> CmdR
         last = now;
         last_heartbeat = heartbeat;
         let rate = Rate::new(last.finished() - done_at_start, started.elapsed());
-        view.show(&last, rate);
+        view.show(&last, rate, estimate.as_ref().map(|(_, e)| e.as_str()));
         if last.unfinished() == 0 {
             break;
         }
@@ -251,11 +264,17 @@ impl std::fmt::Display for Rate {
     }
 }
 
-/// When the rows will be done. Issue 15's drain estimate (what is ahead in the queue, the
-/// budgets, the concurrency, the mean job duration, and the limit that binds) plugs in here;
-/// until then `wait` shows counts and rate only.
-fn drain_estimate(_now: &Snapshot) -> Option<String> {
-    None
+/// How often the drain estimate is worked out again (a few indexed reads).
+const ESTIMATE_EVERY: Duration = Duration::from_secs(5);
+
+/// When the queue ahead will be done and what limits it (`crate::estimate`); the rows
+/// followed are part of that queue, so their end comes at the latest then.
+async fn drain_estimate(store: &Store, cfg: &Config) -> String {
+    let now = SystemTime::now();
+    match super::report::drain_estimate(store, cfg, now).await {
+        Ok(e) => e.line(|t| super::report::clock_text(t, now)),
+        Err(e) => format!("no estimate ({e})"),
+    }
 }
 
 /// Where progress goes: a bar on a terminal, lines elsewhere.
@@ -281,8 +300,9 @@ impl View {
         }
     }
 
-    fn show(&mut self, now: &Snapshot, rate: Rate) {
-        let estimate = drain_estimate(now)
+    fn show(&mut self, now: &Snapshot, rate: Rate, estimate: Option<&str>) {
+        let estimate = estimate
+            .filter(|_| now.unfinished() > 0)
             .map(|e| format!("; {e}"))
             .unwrap_or_default();
         match self {

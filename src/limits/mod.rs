@@ -61,6 +61,11 @@ pub struct BudgetView {
     pub blocked_until: Option<String>,
     /// `server` once Importly's headers are known, `config` before.
     pub source: &'static str,
+    /// The ruling window's length in seconds, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
+    /// Requests of each window left to other programs (`limits.*.reserve`).
+    pub reserve: u64,
 }
 
 impl Budget {
@@ -226,6 +231,8 @@ impl Budget {
                 .unwrap_or(0),
             blocked_until: self.blocked_until.filter(|b| *b > now).map(clock::iso),
             source,
+            window_secs: w.len.map(|d| d.as_secs()),
+            reserve: w.reserve,
         }
     }
 

@@ -30,7 +30,8 @@ pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredD
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{
-    ChunkOutcome, EnqueueRow, ExportRow, ListFilter, RowsProgress, STATES, StatusCounts,
+    ChunkOutcome, EnqueueRow, ExportRow, ListFilter, MEAN_JOB_SAMPLE, QueueShape, RowsProgress,
+    STATES, StatusCounts,
 };
 pub use progress::{Finished, Progress, Started};
 pub use queue::{Claimed, Fate};

@@ -69,6 +69,21 @@ pub struct StatusCounts {
     pub credits_used: i64,
 }
 
+/// What the drain estimate needs of the queue, per kind (`import`, `metadata`).
+#[derive(Clone, Debug, Default)]
+pub struct QueueShape {
+    /// Rows not yet submitted: `pending` and `submitting`.
+    pub ahead: BTreeMap<String, u64>,
+    /// Jobs in progress at Importly.
+    pub running: BTreeMap<String, u64>,
+    /// Mean milliseconds from the accepted submit to completion, over the latest completed
+    /// rows ([`MEAN_JOB_SAMPLE`]); absent while none has completed.
+    pub mean_job_ms: BTreeMap<String, f64>,
+}
+
+/// How many of the latest completed rows of each kind the mean job duration is taken over.
+pub const MEAN_JOB_SAMPLE: i64 = 50;
+
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct LastError {
     pub id: i64,
@@ -345,6 +360,46 @@ impl Store {
             last_error,
             credits_used,
         })
+    }
+
+    /// The queue as the drain estimate sees it. The counts read the `imports_by_state`
+    /// index; the mean reads the latest completed rows only, so it costs the same at any
+    /// table size.
+    pub async fn queue_shape(&self) -> Result<QueueShape> {
+        let mut shape = QueueShape::default();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT kind, state, count(*) FROM imports \
+             WHERE state IN ('pending', 'submitting', 'running') GROUP BY kind, state",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        for (kind, state, n) in rows {
+            let n = u64::try_from(n).unwrap_or(0);
+            let into = if state == "running" {
+                &mut shape.running
+            } else {
+                &mut shape.ahead
+            };
+            *into.entry(kind).or_default() += n;
+        }
+        for kind in ["import", "metadata"] {
+            let mean: Option<f64> = sqlx::query_scalar(
+                "SELECT avg((julianday(i.completed_at) - julianday(a.finished_at)) * 86400000.0) \
+                 FROM (SELECT id, completed_at FROM imports \
+                       WHERE state = 'completed' AND kind = ? AND completed_at IS NOT NULL \
+                       ORDER BY updated_at DESC LIMIT ?) AS i \
+                 JOIN import_attempts AS a ON a.import_id = i.id AND a.outcome = 'accepted' \
+                 WHERE a.finished_at <= i.completed_at",
+            )
+            .bind(kind)
+            .bind(MEAN_JOB_SAMPLE)
+            .fetch_one(&self.reader)
+            .await?;
+            if let Some(m) = mean.filter(|m| m.is_finite() && *m >= 0.0) {
+                shape.mean_job_ms.insert(kind.to_owned(), m);
+            }
+        }
+        Ok(shape)
     }
 
     /// Failed rows back to `pending` with a fresh attempt count; their history stays (in
