@@ -101,19 +101,27 @@ impl Scheduler {
                             + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
                         let max = self.cfg.retry.max_attempts;
                         let keep = self.cfg.log.keep_attempts;
-                        self.persist("wait for preflight metadata", |s| async move {
-                            s.reschedule(
-                                id,
-                                &clock::iso(due),
-                                false,
-                                max,
-                                MetadataRow::WAITING,
-                                None,
-                                keep,
-                            )
-                            .await
-                        })
-                        .await;
+                        let due = clock::iso(due);
+                        let fate = self
+                            .persist("wait for preflight metadata", |s| {
+                                let due = due.clone();
+                                async move {
+                                    s.reschedule(
+                                        id,
+                                        Some(&due),
+                                        false,
+                                        max,
+                                        MetadataRow::WAITING,
+                                        None,
+                                        keep,
+                                    )
+                                    .await
+                                }
+                            })
+                            .await;
+                        if fate == Some(crate::store::Fate::Gone) {
+                            self.row_gone(id, "its wait for metadata");
+                        }
                         Verdict::Done
                     }
                     None => Verdict::Done,
@@ -143,11 +151,15 @@ impl Scheduler {
     async fn fail_guarded(&mut self, row: &Claimed, reason: String) -> Verdict {
         let (id, keep) = (row.id, self.cfg.log.keep_attempts);
         tracing::warn!(id, url = %row.url, reason = %reason, "failed by the credit guard");
-        self.persist("fail row (credit guard)", |s| {
-            let reason = reason.clone();
-            async move { s.fail(id, &reason, None, None, keep).await }
-        })
-        .await;
+        let written = self
+            .persist("fail row (credit guard)", |s| {
+                let reason = reason.clone();
+                async move { s.fail(id, &reason, None, None, keep).await }
+            })
+            .await;
+        if written == Some(crate::store::Written::Gone) {
+            self.row_gone(id, "its failure");
+        }
         Verdict::Done
     }
 

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::attempts::{self, Written};
 use super::{Result, Store};
 use crate::clock;
 
@@ -82,13 +83,17 @@ impl Store {
         duration: Option<f64>,
         formats: &str,
         data: &str,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
+        if attempts::exists(&mut tx, id).await? == Written::Gone {
+            return Ok(Written::Gone);
+        }
         let now = clock::now_iso();
+        // An earlier failure's reason (a 401 before the key was fixed) is history now.
         sqlx::query(
             "UPDATE imports SET state = 'completed', result = ?2, completed_at = ?3, \
-               updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+               last_error = NULL, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
         )
         .bind(id)
         .bind(data)
@@ -117,7 +122,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Written::Row)
     }
 
     /// A claimed metadata row whose URL is cached completes without an API call; its result

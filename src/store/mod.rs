@@ -24,7 +24,7 @@ use std::sync::Arc;
 use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-pub use attempts::{AttemptRecord, StoredAttempt};
+pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{EnqueueRow, ListFilter, STATES, StatusCounts};
