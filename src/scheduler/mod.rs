@@ -995,4 +995,47 @@ mod tests {
         assert_eq!(job.poll_failures, 1);
         store.close().await;
     }
+
+    /// Issue 12: a 401 pause and an import 402 pause both due. The submit that probes goes
+    /// out for both: neither gate lets a second request through (a status poll would
+    /// otherwise probe the 401 again before the first probe's answer).
+    #[tokio::test]
+    async fn one_request_probes_every_due_pause_it_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.database.path = dir.path().join("q.db");
+        let store = Store::open(&cfg.database.path).await.unwrap();
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let now = SystemTime::now();
+        let due = clock::iso(now - Duration::from_secs(1));
+        let stored = |scope: &str, status| crate::store::StoredPause {
+            scope: scope.into(),
+            reason: "x".into(),
+            http_status: Some(status),
+            since: due.clone(),
+            next_probe: due.clone(),
+        };
+        s.pauses.load(&[stored("all", 401), stored("import", 402)]);
+        assert!(matches!(
+            s.pauses.submit_gate(Scope::Import, now),
+            Gate::Probe(_)
+        ));
+        s.note_probe(&[Scope::All, Scope::Import], now).await;
+        assert!(matches!(
+            s.pauses.submit_gate(Scope::Import, now),
+            Gate::Closed { .. }
+        ));
+        assert!(matches!(s.pauses.poll_gate(now), Gate::Closed { .. }));
+        // And the database says so too (the queue tick reloads pauses from there).
+        for p in store.pauses().await.unwrap() {
+            assert!(p.next_probe > clock::iso(now), "{p:?}");
+        }
+        store.close().await;
+    }
 }
