@@ -351,3 +351,44 @@ async fn sighup_logs_one_outcome_line_and_the_key_source() {
     assert!(d.terminate(secs(10)).await.success());
     sim.shutdown().await;
 }
+
+/// Issue 12: two metadata rows for one URL make one API call; the second completes from
+/// the cache once the first has filled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_metadata_rows_for_one_url_make_one_call() {
+    let sim = start_sim(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim);
+    let db = Db::create(&cfg.database.path).await;
+    let url = format!("{URL}/twice.mp4");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO imports (url, kind) VALUES (?, 'metadata') RETURNING id",
+        )
+        .bind(&url)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let daemon = Daemon::start(&cfg, KEY).await;
+    let d = &db;
+    wait_until("both completed", secs(15), || async move {
+        d.count("completed").await == 2
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(sim.stats().metadata_posts, 1, "{}", db.dump().await);
+    let second = db.row(ids[1]).await;
+    assert!(
+        second
+            .result
+            .as_deref()
+            .unwrap_or("")
+            .contains("\"fromCache\":true"),
+        "{second:?}"
+    );
+    assert_eq!(second.last_error, None, "{second:?}");
+    sim.shutdown().await;
+}

@@ -589,6 +589,10 @@ impl Scheduler {
         if let preflight::Verdict::Done = self.preflight(kind, &row).await {
             return;
         }
+        if kind == JobKind::Metadata && self.metadata_in_flight(&row).await {
+            self.wait_for_metadata(&row).await;
+            return;
+        }
         let body = match crate::importly::submit_body(&row.url, &row.options) {
             Ok(b) => b,
             Err(reason) => {

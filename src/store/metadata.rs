@@ -74,6 +74,19 @@ impl Store {
         .await?)
     }
 
+    /// Whether a metadata job for `url` is running at Importly (a second row for the same
+    /// URL then waits for its result instead of paying for another call).
+    pub async fn metadata_running(&self, url: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM imports WHERE kind = 'metadata' AND url = ? AND state = 'running' \
+             LIMIT 1",
+        )
+        .bind(url)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// A metadata job completed: the row and the cache in one transaction.
     pub async fn complete_metadata(
         &self,
@@ -135,6 +148,8 @@ impl Store {
             m.insert("cachedAt".into(), cached.fetched_at.clone().into());
         }
         let now = clock::now_iso();
+        let mut writer = self.writer().await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         sqlx::query(
             "UPDATE imports SET state = 'completed', result = ?2, importly_job_id = ?3, \
                last_error = NULL, completed_at = ?4, updated_at = ?4 \
@@ -144,8 +159,15 @@ impl Store {
         .bind(data.to_string())
         .bind(&cached.job_id)
         .bind(&now)
-        .execute(&mut *self.writer().await?)
+        .execute(&mut *tx)
         .await?;
+        // Imports whose guard waits on this row's URL may go now.
+        sqlx::query(WAKE_WAITERS)
+            .bind(id)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
