@@ -1042,4 +1042,46 @@ mod tests {
         }
         store.close().await;
     }
+
+    /// A wall clock stepped back an hour: the status budget's pacing, set in the old
+    /// timeline, would hold every poll for that hour. The step is noticed and the pacing
+    /// re-based; what was spent is kept.
+    #[tokio::test]
+    async fn a_wall_clock_step_back_rebases_the_budgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.database.path = dir.path().join("q.db");
+        cfg.limits.status = crate::config::BucketLimit {
+            requests: 4,
+            window: Duration::from_secs(3600),
+            concurrent: 0,
+        };
+        let store = Store::open(&cfg.database.path).await.unwrap();
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let now = Now::read();
+        let hour = Duration::from_secs(3600);
+        // The last turn ran an hour ahead of the wall clock now, and sent a poll then.
+        let before = Now {
+            mono: now.mono,
+            wall: now.wall + hour,
+        };
+        s.status = Budget::new("status", &s.cfg.limits.status, before.wall);
+        s.status.take(before.wall);
+        s.last_turn = before;
+        assert!(s.status.next_send_at(now.wall) > now.wall + Duration::from_secs(600));
+        s.notice_clock_step(now);
+        assert_eq!(s.status.next_send_at(now.wall), now.wall);
+        // An ordinary turn (both clocks moved alike) changes nothing.
+        s.status.take(now.wall);
+        let paced = s.status.next_send_at(now.wall);
+        s.notice_clock_step(now);
+        assert_eq!(s.status.next_send_at(now.wall), paced);
+        store.close().await;
+    }
 }

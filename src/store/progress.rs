@@ -312,6 +312,43 @@ mod tests {
         store.record_progress(&finished).await.unwrap();
         let r = store.row(a).await.unwrap().unwrap();
         assert_eq!((r.state.as_str(), r.last_error), ("completed", None));
+
+        // The same for a metadata row, completed by its own statement.
+        let m = store
+            .enqueue(&[crate::store::EnqueueRow {
+                url: "https://e.com/m".into(),
+                kind: Some("metadata".into()),
+                ..Default::default()
+            }])
+            .await
+            .unwrap()[0];
+        store
+            .claim_due("metadata", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        let fate = store
+            .reschedule(m, None, false, 8, "API key rejected (HTTP 401)", None, 50)
+            .await
+            .unwrap();
+        assert_eq!(fate, crate::store::Fate::Pending);
+        store
+            .claim_due("metadata", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        store
+            .record_progress(&Progress {
+                started: vec![accepted(m, "job-m")],
+                finished: vec![],
+            })
+            .await
+            .unwrap();
+        let written = store
+            .complete_metadata(m, "job-m", None, None, "[]", "{}")
+            .await
+            .unwrap();
+        assert_eq!(written, crate::store::Written::Row);
+        let r = store.row(m).await.unwrap().unwrap();
+        assert_eq!((r.state.as_str(), r.last_error), ("completed", None));
         store.close().await;
     }
 }
