@@ -24,18 +24,42 @@ pub enum KeyError {
     Empty { source_name: String },
 }
 
+/// Where the key in force came from, for the log (never the key itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Env,
+    KeyFile(PathBuf),
+    Credential(PathBuf),
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Env => write!(f, "environment variable {ENV_VAR}"),
+            KeySource::KeyFile(p) => write!(f, "api.key_file {}", p.display()),
+            KeySource::Credential(p) => write!(f, "systemd credential {}", p.display()),
+        }
+    }
+}
+
 /// Loads the key from the first source that has one.
 pub fn load(cfg: &Config) -> Result<SecretString, KeyError> {
+    load_with_source(cfg).map(|(key, _)| key)
+}
+
+/// [`load`], also saying which source the key came from.
+pub fn load_with_source(cfg: &Config) -> Result<(SecretString, KeySource), KeyError> {
     if let Ok(v) = std::env::var(ENV_VAR) {
-        return non_empty(v, ENV_VAR);
+        return Ok((non_empty(v, ENV_VAR)?, KeySource::Env));
     }
     if !cfg.api.key_file.is_empty() {
-        return read_file(Path::new(&cfg.api.key_file));
+        let path = PathBuf::from(&cfg.api.key_file);
+        return Ok((read_file(&path)?, KeySource::KeyFile(path)));
     }
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join(CREDENTIAL_NAME);
         if path.exists() {
-            return read_file(&path);
+            return Ok((read_file(&path)?, KeySource::Credential(path)));
         }
     }
     Err(KeyError::Missing)

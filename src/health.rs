@@ -9,8 +9,9 @@
 
 use std::fmt::Display;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// While writes keep failing, how often the failure is logged again.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -25,11 +26,15 @@ pub struct Health {
 
 pub type SharedHealth = Arc<Health>;
 
+/// Milliseconds on the monotonic clock (since the first call), so that a step of the wall
+/// clock neither fakes a stall (the watchdog would withhold its ping) nor hides one.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    // +1: 0 means "never" for `failure_logged_ms`.
+    u64::try_from(origin.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 impl Health {

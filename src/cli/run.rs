@@ -28,7 +28,10 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
         tracing::warn!(error = %e, "cannot catch SIGXFSZ");
     }
-    let key = apikey::load(&cfg).map_err(|e| Failure::usage(e.to_string()))?;
+    let (key, key_source) =
+        apikey::load_with_source(&cfg).map_err(|e| Failure::usage(e.to_string()))?;
+    tracing::info!(source = %key_source, "API key loaded");
+    warn_ignored_key_file(&cfg, &key_source);
     // One daemon per database: a second would reset the first one's rows. Held until exit.
     let lock = DaemonLock::acquire(&cfg.database.path).map_err(|e| Failure {
         code: e.exit_code(),
@@ -44,6 +47,8 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     let (tx, rx) = mpsc::channel(4);
     // The config in force, for the admin listener; SIGHUP publishes a new one.
     let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
+    // The notifier reads `poll.queue_interval` from it (SIGHUP may change it).
+    let cfg_rx_notifier = cfg_rx.clone();
     let health = Health::new();
     let admin = start_admin(&cfg, cfg_rx, &store, &health, &shutdown).await?;
     let signals = tokio::spawn(watch_signals(shutdown.clone(), tx, cfg_path, cfg_tx));
@@ -58,12 +63,12 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     let (ready_tx, ready_rx) = oneshot::channel();
     let status = tokio::spawn({
         let (store, health, shutdown) = (store.clone(), health.clone(), shutdown.clone());
-        let interval = cfg.poll.queue_interval;
+        let current = cfg_rx_notifier;
         async move {
             if ready_rx.await.is_ok() {
                 notify(&[NotifyState::Ready]);
             }
-            notifier(store, health, shutdown, interval).await;
+            notifier(store, health, shutdown, current).await;
         }
     });
     let db_path = cfg.database.path.clone();
@@ -158,7 +163,7 @@ async fn watch_signals(
                     Err(_) => notify(&[NotifyState::Reloading]),
                 }
                 let old = current.borrow().clone();
-                let (config, key) = reload(cfg_path.as_deref(), &old);
+                let (config, key, outcome) = reload(cfg_path.as_deref(), &old);
                 warn_restart_only(&old, &config);
                 current.send_replace(config.clone());
                 let (applied, in_force) = oneshot::channel();
@@ -178,12 +183,8 @@ async fn watch_signals(
                 // the signals meanwhile (a SIGTERM must still stop a daemon that waits for
                 // its disk).
                 tokio::spawn(async move {
-                    if tokio::time::timeout(RELOAD_GRACE, in_force).await.is_err() {
-                        tracing::warn!(
-                            "SIGHUP: the scheduler is busy (waiting for the database?); \
-                             the new config applies when it gets to it"
-                        );
-                    }
+                    let applied = tokio::time::timeout(RELOAD_GRACE, in_force).await.is_ok();
+                    outcome.log(applied);
                     notify(&[NotifyState::Ready]);
                 });
             }
@@ -193,25 +194,81 @@ async fn watch_signals(
     shutdown.cancel();
 }
 
-/// The new config and, if it could be read, the new key. An invalid config is logged and
-/// the old one stays in force, but the key is still re-read (with the old config's key
-/// sources): rotating a key must not depend on a config edit being right.
-fn reload(path: Option<&std::path::Path>, old: &Config) -> (Config, Option<SecretString>) {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: new config rejected; the old one stays in force");
-            old.clone()
+/// What one SIGHUP did, logged as exactly one line once the scheduler has applied it.
+struct ReloadOutcome {
+    /// Why the new config was rejected (the old one stays in force).
+    config_error: Option<String>,
+    /// Where the new key came from, or why none could be read (the old one stays).
+    key: Result<apikey::KeySource, String>,
+}
+
+impl ReloadOutcome {
+    fn log(&self, applied: bool) {
+        let pending = if applied {
+            ""
+        } else {
+            " (the scheduler is busy, waiting for the database?; it applies this when it \
+             gets to it)"
+        };
+        match (&self.config_error, &self.key) {
+            (None, Ok(source)) => tracing::info!(
+                key_source = %source,
+                "SIGHUP: reloaded configuration and API key{pending}"
+            ),
+            (None, Err(key_error)) => tracing::error!(
+                key_error = %key_error,
+                "SIGHUP: reloaded configuration, but could not read the API key; keeping the old key{pending}"
+            ),
+            (Some(error), Ok(source)) => tracing::error!(
+                error = %error,
+                key_source = %source,
+                "SIGHUP: new config rejected; the old one stays in force; API key re-read{pending}"
+            ),
+            (Some(error), Err(key_error)) => tracing::error!(
+                error = %error,
+                key_error = %key_error,
+                "SIGHUP: new config rejected and the API key unreadable; the old config and key stay in force{pending}"
+            ),
         }
+    }
+}
+
+/// The new config and, if it could be read, the new key. An invalid config is rejected
+/// and the old one stays in force, but the key is still re-read (with the old config's key
+/// sources): rotating a key must not depend on a config edit being right. Nothing is
+/// logged here but the warning about an ignored key file: the outcome is one line, later.
+fn reload(
+    path: Option<&std::path::Path>,
+    old: &Config,
+) -> (Config, Option<SecretString>, ReloadOutcome) {
+    let (config, config_error) = match Config::load(path) {
+        Ok(c) => (c, None),
+        Err(e) => (old.clone(), Some(e.to_string())),
     };
-    let key = match apikey::load(&config) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: could not read the API key; keeping the old one");
-            None
+    let (key, key_outcome) = match apikey::load_with_source(&config) {
+        Ok((k, source)) => {
+            warn_ignored_key_file(&config, &source);
+            (Some(k), Ok(source))
         }
+        Err(e) => (None, Err(e.to_string())),
     };
-    (config, key)
+    let outcome = ReloadOutcome {
+        config_error,
+        key: key_outcome,
+    };
+    (config, key, outcome)
+}
+
+/// An `api.key_file` set while `IMPORTLY_API_KEY` is set is never read: say so, or an
+/// operator fixing the file and sending SIGHUP stays on the old key without a clue.
+fn warn_ignored_key_file(cfg: &Config, source: &apikey::KeySource) {
+    if *source == apikey::KeySource::Env && !cfg.api.key_file.is_empty() {
+        tracing::warn!(
+            key_file = %cfg.api.key_file,
+            "api.key_file is set but ignored: the environment variable {} is set and wins",
+            apikey::ENV_VAR
+        );
+    }
 }
 
 /// Keys read once at start-up: a change is logged instead of silently ignored.
@@ -225,9 +282,6 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.api.request_timeout != new.api.request_timeout {
         changed.push("api.request_timeout");
-    }
-    if old.poll.queue_interval != new.poll.queue_interval {
-        changed.push("poll.queue_interval");
     }
     if old.log.level != new.log.level || old.log.format != new.log.format {
         changed.push("log");

@@ -5,9 +5,11 @@
 use std::time::{Duration, SystemTime};
 
 use sd_notify::NotifyState;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::config::Config;
 use crate::health::SharedHealth;
 use crate::store::Store;
 
@@ -26,12 +28,13 @@ pub fn stall_limit(watchdog: Duration, queue_interval: Duration) -> Duration {
 }
 
 /// Runs until `shutdown`, then sends `STOPPING=1` (from here, so nothing this task sends can
-/// follow it). `queue_interval` is the scheduler's idle wake-up period.
+/// follow it). `current` is the config in force: its `poll.queue_interval` is the
+/// scheduler's idle wake-up period, which SIGHUP may change.
 pub async fn notifier(
     store: Store,
     health: SharedHealth,
     shutdown: CancellationToken,
-    queue_interval: Duration,
+    current: watch::Receiver<Config>,
 ) {
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog
@@ -51,6 +54,7 @@ pub async fn notifier(
         // The ping first and on its own: a slow status query must not delay it.
         if let Some(w) = watchdog {
             let since = health.since_progress();
+            let queue_interval = current.borrow().poll.queue_interval;
             if since < stall_limit(w, queue_interval) {
                 notify(&[NotifyState::Watchdog]);
                 if stalled {

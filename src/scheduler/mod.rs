@@ -4,6 +4,12 @@
 //!
 //! One task owns all of this state, so there are no locks: HTTP calls run in a
 //! [`JoinSet`] and come back as [`Done`] messages. It holds no SQL and no HTTP details.
+//!
+//! Time: everything the scheduler schedules (polls, ticks, rechecks, saves, sleeps) runs on
+//! tokio's monotonic [`Instant`], so a step of the wall clock neither stops polls nor makes
+//! everything due at once. The wall clock is kept for what is wall time by nature: the
+//! limits' aligned windows (Importly's resets are unix times), pauses as stored, and stored
+//! timestamps. Its deadlines are turned into instants where they meet ([`Now::at`]).
 
 mod outcome;
 mod preflight;
@@ -15,7 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
@@ -38,6 +45,44 @@ const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Most rows claimed in one statement.
 const CLAIM_BATCH: u64 = 64;
 
+/// The longest a job whose status polls keep failing waits between polls (the wait doubles
+/// from `poll.status_interval` with each failure in a row).
+const MAX_POLL_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A wall-clock jump larger than this between two loop turns (beyond what the monotonic
+/// clock saw) is a clock step: the budgets' pacing, kept in wall time, is re-based.
+const CLOCK_STEP: Duration = Duration::from_secs(2);
+
+/// The time of one loop turn on both clocks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Now {
+    mono: Instant,
+    wall: SystemTime,
+}
+
+impl Now {
+    fn read() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The instant of wall-clock time `t` (from the limits): as far from now as `t` is,
+    /// now if it has passed, at most an hour on (the loop wakes at least that often anyway).
+    fn at(&self, t: SystemTime) -> Instant {
+        let ahead = t.duration_since(self.wall).unwrap_or(Duration::ZERO);
+        self.mono + ahead.min(Duration::from_secs(3600))
+    }
+}
+
+/// The wait before polling a job again after `failures` failed polls in a row:
+/// `interval * 2^failures`, at most [`MAX_POLL_BACKOFF`] (or `interval` if that is longer).
+pub(crate) fn poll_backoff(interval: Duration, failures: u32) -> Duration {
+    let doubled = interval.saturating_mul(1u32 << failures.min(16));
+    doubled.min(MAX_POLL_BACKOFF.max(interval))
+}
+
 /// Messages from the outside (signals) to the running scheduler.
 #[derive(Debug)]
 pub enum Control {
@@ -56,8 +101,18 @@ struct Job {
     kind: JobKind,
     job_id: String,
     attempts: i64,
-    next_poll: SystemTime,
+    next_poll: Instant,
     polling: bool,
+    /// Failed polls in a row: each doubles the wait before the next (see [`poll_backoff`]).
+    poll_failures: u32,
+}
+
+/// What a running HTTP task holds, by its tokio task id: if the task dies (a panic), this
+/// is what gets released, so no slot leaks and no row is stranded in `submitting`.
+#[derive(Debug)]
+enum Held {
+    Submit { li: usize, row: Claimed },
+    Poll { id: i64 },
 }
 
 /// What an HTTP task hands back.
@@ -110,11 +165,13 @@ pub struct Scheduler {
     pauses: Pauses,
     jobs: HashMap<i64, Job>,
     tasks: JoinSet<Done>,
+    /// What each task in `tasks` holds, by task id.
+    held_by: HashMap<tokio::task::Id, Held>,
     /// Answers handled but not yet stored (group commit, see `record_group`).
     group: Group,
     shutdown: CancellationToken,
     buckets_dirty: bool,
-    buckets_saved_at: SystemTime,
+    buckets_saved_at: Instant,
     health: SharedHealth,
     /// Told once start-up recovery is done (systemd's READY=1 waits for it).
     ready: Option<oneshot::Sender<()>>,
@@ -122,7 +179,9 @@ pub struct Scheduler {
     db_changed: Arc<Notify>,
     /// Second looks after a change: inotify reports the WAL write before the other
     /// process's commit is visible to readers, so the first look can come too early.
-    rechecks: Vec<SystemTime>,
+    rechecks: Vec<Instant>,
+    /// The previous loop turn, to notice a step of the wall clock.
+    last_turn: Now,
 }
 
 /// Where a row of `kind` (as stored) is submitted, for the record of an interrupted submit.
@@ -148,7 +207,8 @@ fn scope_of(kind: JobKind) -> Scope {
 
 impl Scheduler {
     pub fn new(cfg: Config, store: Store, client: Client, shutdown: CancellationToken) -> Self {
-        let now = SystemTime::now();
+        let turn = Now::read();
+        let now = turn.wall;
         let probe_delay = cfg.poll.status_interval;
         let lane = |kind: JobKind, limit: &crate::config::BucketLimit, name| Lane {
             kind,
@@ -172,14 +232,16 @@ impl Scheduler {
             pauses: Pauses::default(),
             jobs: HashMap::new(),
             tasks: JoinSet::new(),
+            held_by: HashMap::new(),
             group: Group::default(),
             shutdown,
             buckets_dirty: false,
-            buckets_saved_at: now,
+            buckets_saved_at: turn.mono,
             health: Health::new(),
             ready: None,
             db_changed: Arc::new(Notify::new()),
             rechecks: Vec::new(),
+            last_turn: turn,
         }
     }
 
@@ -209,17 +271,18 @@ impl Scheduler {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
         }
-        let queue_interval = self.cfg.poll.queue_interval;
-        let mut next_tick = SystemTime::now();
+        let mut next_tick = Instant::now();
         loop {
             self.health.beat();
-            let now = SystemTime::now();
-            if now >= next_tick {
+            let now = Now::read();
+            self.notice_clock_step(now);
+            if now.mono >= next_tick {
                 self.tick().await;
-                next_tick = now + queue_interval;
+                // Read each time: SIGHUP may have changed it.
+                next_tick = now.mono + self.cfg.poll.queue_interval;
             }
-            if self.rechecks.iter().any(|t| *t <= now) {
-                self.rechecks.retain(|t| *t > now);
+            if self.rechecks.iter().any(|t| *t <= now.mono) {
+                self.rechecks.retain(|t| *t > now.mono);
                 self.look_for_due_rows();
             }
             self.dispatch_polls(now).await;
@@ -231,22 +294,26 @@ impl Scheduler {
             if let Some(t) = self.rechecks.iter().min() {
                 wake = wake.min(*t);
             }
-            let sleep = tokio::time::sleep(clock::until(wake).max(Duration::from_millis(1)));
+            let sleep = tokio::time::sleep_until(wake.max(now.mono + Duration::from_millis(1)));
             let db_changed = self.db_changed.clone();
             tokio::select! {
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.joined(joined).await;
                     // Answers that came in meanwhile join this group: their writes share
                     // one transaction. Bounded: only tasks already spawned can finish here.
-                    while let Some(joined) = self.tasks.try_join_next() {
+                    while let Some(joined) = self.tasks.try_join_next_with_id() {
                         self.joined(joined).await;
                     }
                     self.record_group().await;
                 }
-                Some(c) = control.recv() => self.apply(c).await,
+                Some(c) = control.recv() => {
+                    self.apply(c).await;
+                    // A new `poll.queue_interval` counts from now.
+                    next_tick = Instant::now();
+                }
                 _ = db_changed.notified() => {
                     self.look_for_due_rows();
-                    let at = SystemTime::now();
+                    let at = Instant::now();
                     self.rechecks = RECHECKS.iter().map(|d| at + *d).collect();
                 }
                 _ = sleep => {}
@@ -257,11 +324,98 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn joined(&mut self, joined: Result<Done, tokio::task::JoinError>) {
+    /// Spawns an HTTP task and records what it holds, to release it if the task dies.
+    fn spawn_tracked<F>(&mut self, held: Held, task: F)
+    where
+        F: std::future::Future<Output = Done> + Send + 'static,
+    {
+        let handle = self.tasks.spawn(task);
+        self.held_by.insert(handle.id(), held);
+    }
+
+    async fn joined(&mut self, joined: Result<(tokio::task::Id, Done), JoinError>) {
         match joined {
-            Ok(done) => self.handle(done).await,
-            Err(e) => tracing::error!(error = %e, "HTTP task failed"),
+            Ok((task, done)) => {
+                self.held_by.remove(&task);
+                self.handle(done).await;
+            }
+            Err(e) => self.task_died(e).await,
         }
+    }
+
+    /// An HTTP task ended without an answer (it panicked): release what it held. A submit's
+    /// slot is freed and its row goes back to `pending` with an ambiguous-submit record (the
+    /// POST may have reached Importly), as start-up recovery would do; a poll's job is
+    /// polled again later.
+    async fn task_died(&mut self, e: JoinError) {
+        let held = self.held_by.remove(&e.id());
+        tracing::error!(error = %e, held = ?held, "HTTP task failed; releasing what it held");
+        match held {
+            Some(Held::Submit { li, row }) => {
+                self.lanes[li].submitting.remove(&row.id);
+                let keep = self.cfg.log.keep_attempts;
+                let endpoint = submit_path(&row.kind);
+                let id = row.id;
+                let written = self
+                    .persist("release a row whose submit died", |s| async move {
+                        s.release_ambiguous(
+                            id,
+                            endpoint,
+                            "the submit task ended without an answer",
+                            keep,
+                        )
+                        .await
+                    })
+                    .await;
+                if written == Some(crate::store::Written::Gone) {
+                    self.row_gone(id, "the release of its dead submit");
+                }
+                self.look_for_due_rows();
+            }
+            Some(Held::Poll { id }) => {
+                let interval = self.cfg.poll.status_interval;
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.polling = false;
+                    job.poll_failures = job.poll_failures.saturating_add(1);
+                    job.next_poll = Instant::now() + poll_backoff(interval, job.poll_failures);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A step of the wall clock (NTP, an operator) leaves the budgets' pacing, kept in wall
+    /// time, as far off as the step: a step back would hold requests for its length. Their
+    /// state is re-based through a snapshot, which keeps what was spent and any block.
+    fn notice_clock_step(&mut self, now: Now) {
+        let last = std::mem::replace(&mut self.last_turn, now);
+        let mono = now.mono.saturating_duration_since(last.mono);
+        let (step, back) = match now.wall.duration_since(last.wall) {
+            Ok(wall) => (wall.abs_diff(mono), wall < mono),
+            Err(e) => (e.duration() + mono, true),
+        };
+        if step < CLOCK_STEP {
+            return;
+        }
+        tracing::warn!(
+            step = ?step,
+            direction = if back { "back" } else { "forward" },
+            "the wall clock stepped; re-basing the rate budgets"
+        );
+        let rebased = |b: &Budget, limit: &crate::config::BucketLimit| {
+            let mut fresh = Budget::new(b.name, limit, now.wall);
+            fresh.restore(&b.snapshot(), now.wall);
+            fresh
+        };
+        for lane in &mut self.lanes {
+            let limit = match lane.kind {
+                JobKind::Import => &self.cfg.limits.import,
+                JobKind::Metadata => &self.cfg.limits.metadata,
+            };
+            lane.budget = rebased(&lane.budget, limit);
+        }
+        self.status = rebased(&self.status, &self.cfg.limits.status);
+        self.buckets_dirty = true;
     }
 
     /// Runs start-up recovery until it succeeds: a database that is locked, full or
@@ -310,8 +464,9 @@ impl Scheduler {
                     kind,
                     job_id: r.importly_job_id,
                     attempts: r.attempts,
-                    next_poll: now,
+                    next_poll: Instant::now(),
                     polling: false,
+                    poll_failures: 0,
                 },
             );
         }
@@ -324,8 +479,11 @@ impl Scheduler {
         }
         self.status.restore(&stored, now);
         self.pauses.load(&self.store.pauses().await?);
-        for p in self.pauses.all() {
-            tracing::warn!(scope = p.scope.as_str(), reason = %p.reason, "paused since a previous run");
+        // The cause may have been fixed while we were down (that is often why we were
+        // restarted): probe once now rather than after a whole probe interval.
+        for p in self.pauses.probe_now(now) {
+            tracing::warn!(scope = p.scope.as_str(), reason = %p.reason, "paused since a previous run; probing once now");
+            self.store.set_pause(&p.to_stored()).await?;
         }
         Ok(())
     }
@@ -369,7 +527,8 @@ impl Scheduler {
         u32::try_from(held.saturating_sub(finished.count())).unwrap_or(u32::MAX)
     }
 
-    async fn dispatch_submits(&mut self, li: usize, now: SystemTime) {
+    async fn dispatch_submits(&mut self, li: usize, turn: Now) {
+        let now = turn.wall;
         let kind = self.lanes[li].kind;
         if !self.lanes[li].maybe_due || self.shutdown.is_cancelled() {
             return;
@@ -432,22 +591,33 @@ impl Scheduler {
         if let preflight::Verdict::Done = self.preflight(kind, &row).await {
             return;
         }
+        if kind == JobKind::Metadata && self.metadata_in_flight(&row).await {
+            self.wait_for_metadata(&row).await;
+            return;
+        }
         let body = match crate::importly::submit_body(&row.url, &row.options) {
             Ok(b) => b,
             Err(reason) => {
                 // CHECK constraints make this unreachable for rows inserted normally; a row
                 // edited around them still fails cleanly rather than loop.
                 let keep = self.cfg.log.keep_attempts;
-                self.persist("fail a row with bad options", |s| {
-                    let reason = reason.clone();
-                    async move { s.fail(row.id, &reason, None, None, keep).await }
-                })
-                .await;
+                let id = row.id;
+                let written = self
+                    .persist("fail a row with bad options", |s| {
+                        let reason = reason.clone();
+                        async move { s.fail(id, &reason, None, None, keep).await }
+                    })
+                    .await;
+                if written == Some(crate::store::Written::Gone) {
+                    self.row_gone(id, "its failure");
+                }
                 return;
             }
         };
-        if let Some(scope) = probe {
-            self.note_probe(scope, now).await;
+        if probe.is_some() {
+            // One probe for every due pause this request is gated by (a 401 and a 402
+            // both due must not cost two requests).
+            self.note_probe(&[Scope::All, scope_of(kind)], now).await;
         }
         let held = self.held(kind);
         let lane = &mut self.lanes[li];
@@ -457,7 +627,11 @@ impl Scheduler {
         self.buckets_dirty = true;
         tracing::debug!(id = row.id, url = %row.url, kind = kind.as_str(), "submitting");
         let client = self.client.clone();
-        self.tasks.spawn(async move {
+        let held = Held::Submit {
+            li,
+            row: row.clone(),
+        };
+        self.spawn_tracked(held, async move {
             let ex = client.submit(kind, &body).await;
             Done::Submit {
                 row,
@@ -469,14 +643,15 @@ impl Scheduler {
         });
     }
 
-    async fn dispatch_polls(&mut self, now: SystemTime) {
+    async fn dispatch_polls(&mut self, turn: Now) {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let mut due: Vec<(SystemTime, i64)> = self
+        let now = turn.wall;
+        let mut due: Vec<(Instant, i64)> = self
             .jobs
             .iter()
-            .filter(|(_, j)| !j.polling && j.next_poll <= now)
+            .filter(|(_, j)| !j.polling && j.next_poll <= turn.mono)
             .map(|(id, j)| (j.next_poll, *id))
             .collect();
         due.sort_unstable();
@@ -489,8 +664,8 @@ impl Scheduler {
             if self.status.burst(now) == 0 {
                 return;
             }
-            if let Some(scope) = probe {
-                self.note_probe(scope, now).await;
+            if probe.is_some() {
+                self.note_probe(&[Scope::All], now).await;
             }
             self.status.take(now);
             self.buckets_dirty = true;
@@ -500,35 +675,47 @@ impl Scheduler {
             job.polling = true;
             let (kind, job_id) = (job.kind, job.job_id.clone());
             let client = self.client.clone();
-            self.tasks.spawn(async move {
+            self.spawn_tracked(Held::Poll { id }, async move {
                 let ex = client.status(kind, &job_id).await;
                 Done::Poll { id, ex, probe }
             });
         }
     }
 
-    async fn note_probe(&mut self, scope: Scope, now: SystemTime) {
+    /// A request goes out as the probe of every pause among `scopes` that is due: each
+    /// waits a whole interval for its next probe.
+    async fn note_probe(&mut self, scopes: &[Scope], now: SystemTime) {
+        let due: Vec<Scope> = scopes
+            .iter()
+            .copied()
+            .filter(|s| self.pauses.get(*s).is_some_and(|p| p.next_probe <= now))
+            .collect();
+        let names: Vec<&str> = due.iter().map(|s| s.as_str()).collect();
         tracing::info!(
-            scope = scope.as_str(),
+            scope = %names.join(","),
             "paused: sending one request as a probe"
         );
-        for p in self
-            .pauses
-            .probed(scope, now, self.cfg.pause.probe_interval)
-        {
-            let stored = p.to_stored();
-            self.persist("store pause", |s| {
-                let stored = stored.clone();
-                async move { s.set_pause(&stored).await }
-            })
-            .await;
+        for scope in due {
+            // `probed` also returns the other pauses this request probes (a submit probing
+            // a 402 probes the key too); storing one twice is harmless.
+            for p in self
+                .pauses
+                .probed(scope, now, self.cfg.pause.probe_interval)
+            {
+                let stored = p.to_stored();
+                self.persist("store pause", |s| {
+                    let stored = stored.clone();
+                    async move { s.set_pause(&stored).await }
+                })
+                .await;
+            }
         }
     }
 
     /// The earliest time anything could be dispatched.
-    fn next_wake(&mut self, now: SystemTime) -> SystemTime {
-        let far = now + Duration::from_secs(3600);
-        let mut wake = far;
+    fn next_wake(&mut self, turn: Now) -> Instant {
+        let now = turn.wall;
+        let mut wake = turn.mono + Duration::from_secs(3600);
         let poll_gate = self.pauses.poll_gate(now);
         let next_poll = self
             .jobs
@@ -537,9 +724,9 @@ impl Scheduler {
             .map(|j| j.next_poll)
             .min();
         if let Some(t) = next_poll {
-            let mut t = t.max(self.status.next_send_at(now));
+            let mut t = t.max(turn.at(self.status.next_send_at(now)));
             if let Gate::Closed { until } = poll_gate {
-                t = t.max(until);
+                t = t.max(turn.at(until));
             }
             wake = wake.min(t);
         }
@@ -554,7 +741,7 @@ impl Scheduler {
             // A probe for a slot only matters with a row to send; a past one is already
             // counted in `free` below (waking for it would spin).
             if let Some(p) = lane.slots.probe_at().filter(|p| *p > now) {
-                wake = wake.min(p);
+                wake = wake.min(turn.at(p));
             }
             if lane.slots.free(held, now) == 0 {
                 continue;
@@ -563,14 +750,14 @@ impl Scheduler {
             if let Gate::Closed { until } = gate {
                 t = t.max(until);
             }
-            wake = wake.min(t);
+            wake = wake.min(turn.at(t));
         }
         wake.min(self.buckets_save_at())
     }
 
     /// Changed budgets are saved within a second; unchanged ones every
     /// [`WRITE_PROBE_INTERVAL`], as the probe of an idle daemon's database.
-    fn buckets_save_at(&self) -> SystemTime {
+    fn buckets_save_at(&self) -> Instant {
         let after = if self.buckets_dirty {
             Duration::from_secs(1)
         } else {
@@ -579,14 +766,14 @@ impl Scheduler {
         self.buckets_saved_at + after
     }
 
-    async fn save_buckets_if_due(&mut self, now: SystemTime) {
-        if now < self.buckets_save_at() {
+    async fn save_buckets_if_due(&mut self, now: Now) {
+        if now.mono < self.buckets_save_at() {
             return;
         }
-        self.save_buckets(now).await;
+        self.save_buckets(now.mono).await;
     }
 
-    async fn save_buckets(&mut self, now: SystemTime) {
+    async fn save_buckets(&mut self, now: Instant) {
         let mut rows = self.status.snapshot();
         for lane in &self.lanes {
             rows.extend(lane.budget.snapshot());
@@ -632,7 +819,8 @@ impl Scheduler {
                     })
                     .await;
                 }
-                tracing::info!("reloaded configuration and API key");
+                // The outcome line of the reload is the signal handler's (one per SIGHUP).
+                tracing::debug!("new configuration and API key in force");
                 let _ = applied.send(());
             }
         }
@@ -643,7 +831,7 @@ impl Scheduler {
     async fn drain(&mut self) {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !self.tasks.is_empty() {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
                 Ok(Some(joined)) => {
                     self.joined(joined).await;
                     self.record_group().await;
@@ -655,6 +843,8 @@ impl Scheduler {
                         "abandoning HTTP calls still in flight"
                     );
                     self.tasks.abort_all();
+                    // Recovery below releases their rows, whatever they held.
+                    self.held_by.clear();
                     break;
                 }
             }
@@ -667,7 +857,7 @@ impl Scheduler {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "could not release rows at shutdown"),
         }
-        self.save_buckets(SystemTime::now()).await;
+        self.save_buckets(Instant::now()).await;
     }
 
     /// Runs a store write until it succeeds (a full disk or a locked file is retried, not
@@ -704,5 +894,201 @@ impl Scheduler {
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_polls_back_off_doubling_up_to_a_minute() {
+        let s = Duration::from_secs;
+        let interval = Duration::from_millis(500);
+        assert_eq!(poll_backoff(interval, 0), interval);
+        assert_eq!(poll_backoff(interval, 1), s(1));
+        assert_eq!(poll_backoff(interval, 2), s(2));
+        assert_eq!(poll_backoff(interval, 7), s(60));
+        assert_eq!(poll_backoff(interval, u32::MAX), s(60));
+        // An interval above the cap is never shortened.
+        assert_eq!(poll_backoff(s(120), 3), s(120));
+    }
+
+    #[test]
+    fn wall_deadlines_become_instants_as_far_away() {
+        let now = Now::read();
+        assert_eq!(now.at(now.wall), now.mono);
+        assert_eq!(now.at(now.wall - Duration::from_secs(5)), now.mono);
+        assert_eq!(
+            now.at(now.wall + Duration::from_secs(5)),
+            now.mono + Duration::from_secs(5)
+        );
+        // A deadline centuries away is an hour away (the loop looks again by then).
+        assert_eq!(
+            now.at(now.wall + Duration::from_secs(100 * 365 * 24 * 3600)),
+            now.mono + Duration::from_secs(3600)
+        );
+    }
+
+    /// Issue 11: a panicked HTTP task must not leak its slot or strand its row in
+    /// `submitting`. A real task cannot be made to panic from outside (the client never
+    /// panics on any answer), so this drives the release path with a task that panics in
+    /// place of the HTTP call, through the same tracking as a real submit.
+    #[tokio::test]
+    async fn a_submit_task_that_panics_frees_its_slot_and_its_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.database.path = dir.path().join("q.db");
+        let store = Store::open(&cfg.database.path).await.unwrap();
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let ids = store
+            .enqueue(&[crate::store::EnqueueRow {
+                url: "https://e.com/a".into(),
+                ..Default::default()
+            }])
+            .await
+            .unwrap();
+        let row = store
+            .claim_due("import", 1, &clock::now_iso())
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(row.id, ids[0]);
+        s.lanes[0].submitting.insert(row.id);
+        assert_eq!(s.held(JobKind::Import), 1);
+        let held = Held::Submit {
+            li: 0,
+            row: row.clone(),
+        };
+        s.spawn_tracked(held, async move {
+            if row.id > 0 {
+                panic!("a bug in an HTTP task");
+            }
+            unreachable!()
+        });
+        let joined = s.tasks.join_next_with_id().await.unwrap();
+        assert!(joined.as_ref().is_err_and(|e| e.is_panic()));
+        s.joined(joined).await;
+        assert_eq!(s.held(JobKind::Import), 0, "the slot is free again");
+        assert!(s.held_by.is_empty());
+        let r = store.row(ids[0]).await.unwrap().unwrap();
+        assert_eq!(r.state, "pending");
+        let log = store.attempts(ids[0]).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].outcome, "ambiguous_submit");
+
+        // A poll task that panics: its job is polled again later, not forgotten.
+        s.jobs.insert(
+            7,
+            Job {
+                kind: JobKind::Import,
+                job_id: "job-7".into(),
+                attempts: 0,
+                next_poll: Instant::now(),
+                polling: true,
+                poll_failures: 0,
+            },
+        );
+        s.spawn_tracked(Held::Poll { id: 7 }, async move {
+            panic!("a bug in a poll task");
+        });
+        let joined = s.tasks.join_next_with_id().await.unwrap();
+        s.joined(joined).await;
+        let job = &s.jobs[&7];
+        assert!(!job.polling, "the job is polled again");
+        assert_eq!(job.poll_failures, 1);
+        store.close().await;
+    }
+
+    /// Issue 12: a 401 pause and an import 402 pause both due. The submit that probes goes
+    /// out for both: neither gate lets a second request through (a status poll would
+    /// otherwise probe the 401 again before the first probe's answer).
+    #[tokio::test]
+    async fn one_request_probes_every_due_pause_it_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.database.path = dir.path().join("q.db");
+        let store = Store::open(&cfg.database.path).await.unwrap();
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let now = SystemTime::now();
+        let due = clock::iso(now - Duration::from_secs(1));
+        let stored = |scope: &str, status| crate::store::StoredPause {
+            scope: scope.into(),
+            reason: "x".into(),
+            http_status: Some(status),
+            since: due.clone(),
+            next_probe: due.clone(),
+        };
+        s.pauses.load(&[stored("all", 401), stored("import", 402)]);
+        assert!(matches!(
+            s.pauses.submit_gate(Scope::Import, now),
+            Gate::Probe(_)
+        ));
+        s.note_probe(&[Scope::All, Scope::Import], now).await;
+        assert!(matches!(
+            s.pauses.submit_gate(Scope::Import, now),
+            Gate::Closed { .. }
+        ));
+        assert!(matches!(s.pauses.poll_gate(now), Gate::Closed { .. }));
+        // And the database says so too (the queue tick reloads pauses from there).
+        for p in store.pauses().await.unwrap() {
+            assert!(p.next_probe > clock::iso(now), "{p:?}");
+        }
+        store.close().await;
+    }
+
+    /// A wall clock stepped back an hour: the status budget's pacing, set in the old
+    /// timeline, would hold every poll for that hour. The step is noticed and the pacing
+    /// re-based; what was spent is kept.
+    #[tokio::test]
+    async fn a_wall_clock_step_back_rebases_the_budgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.database.path = dir.path().join("q.db");
+        cfg.limits.status = crate::config::BucketLimit {
+            requests: 4,
+            window: Duration::from_secs(3600),
+            concurrent: 0,
+            reserve: 0,
+        };
+        let store = Store::open(&cfg.database.path).await.unwrap();
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let now = Now::read();
+        let hour = Duration::from_secs(3600);
+        // The last turn ran an hour ahead of the wall clock now, and sent a poll then.
+        let before = Now {
+            mono: now.mono,
+            wall: now.wall + hour,
+        };
+        s.status = Budget::new("status", &s.cfg.limits.status, before.wall);
+        s.status.take(before.wall);
+        s.last_turn = before;
+        assert!(s.status.next_send_at(now.wall) > now.wall + Duration::from_secs(600));
+        s.notice_clock_step(now);
+        assert_eq!(s.status.next_send_at(now.wall), now.wall);
+        // An ordinary turn (both clocks moved alike) changes nothing.
+        s.status.take(now.wall);
+        let paced = s.status.next_send_at(now.wall);
+        s.notice_clock_step(now);
+        assert_eq!(s.status.next_send_at(now.wall), paced);
+        store.close().await;
     }
 }

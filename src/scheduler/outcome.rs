@@ -1,16 +1,18 @@
 //! What each classified outcome does to the row, the limiter and the pauses: the error
 //! policy table of the README, in code.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
+use tokio::time::Instant;
 
-use super::{Done, Job, Scheduler, attempt_record, lane_index, scope_of};
+use super::{Done, Job, Scheduler, attempt_record, lane_index, poll_backoff, scope_of};
 use crate::backoff;
 use crate::clock;
 use crate::importly::{Exchange, JobKind, JobState, Outcome};
 use crate::limits::Scope;
-use crate::store::{AttemptRecord, Claimed, Fate, Finished, Started};
+use crate::store::{AttemptRecord, Claimed, Fate, Finished, Started, Written};
 
 impl Scheduler {
     pub(super) async fn handle(&mut self, done: Done) {
@@ -142,8 +144,9 @@ impl Scheduler {
                     kind,
                     job_id: job_id.clone(),
                     attempts: row.attempts,
-                    next_poll: now + self.cfg.poll.status_interval,
+                    next_poll: Instant::now() + self.cfg.poll.status_interval,
                     polling: false,
+                    poll_failures: 0,
                 };
                 self.group.jobs.push((id, row.url, job));
             }
@@ -152,7 +155,7 @@ impl Scheduler {
                 self.lanes[lane_index(kind)].budget.block_until(until);
                 tracing::warn!(id, until = %clock::iso(until), bucket = kind.as_str(), "rate limited: snoozing the row and the bucket");
                 let why = format!("rate limited until {}", clock::iso(until));
-                self.snooze(id, until, why, attempt_record(&ex, attempt, None))
+                self.snooze(id, None, why, attempt_record(&ex, attempt, None))
                     .await;
             }
             Outcome::ConcurrencyLimited { limit, current } => {
@@ -168,7 +171,7 @@ impl Scheduler {
                     "concurrency limit: the account's other slots are busy"
                 );
                 let why = "concurrency limit reached; waiting for a free slot".to_owned();
-                self.snooze(id, now, why, attempt_record(&ex, attempt, None))
+                self.snooze(id, None, why, attempt_record(&ex, attempt, None))
                     .await;
             }
             Outcome::BadRequest { message } => {
@@ -187,13 +190,13 @@ impl Scheduler {
             Outcome::Unauthorized { message } => {
                 let reason = format!("API key rejected (HTTP 401): {message}");
                 self.pause(Scope::All, reason.clone(), 401).await;
-                self.snooze(id, now, reason, attempt_record(&ex, attempt, None))
+                self.snooze(id, None, reason, attempt_record(&ex, attempt, None))
                     .await;
             }
             Outcome::InsufficientCredits { message } => {
                 let reason = format!("out of credits (HTTP 402): {message}");
                 self.pause(scope_of(kind), reason.clone(), 402).await;
-                self.snooze(id, now, reason, attempt_record(&ex, attempt, None))
+                self.snooze(id, None, reason, attempt_record(&ex, attempt, None))
                     .await;
             }
             Outcome::Transient {
@@ -219,7 +222,7 @@ impl Scheduler {
                     .persist("reschedule row", |s| {
                         let (why, record, due) = (why.clone(), record.clone(), clock::iso(due));
                         async move {
-                            s.reschedule(id, &due, true, max, &why, Some(&record), keep)
+                            s.reschedule(id, Some(&due), true, max, &why, Some(&record), keep)
                                 .await
                         }
                     })
@@ -231,6 +234,7 @@ impl Scheduler {
                     Some(Fate::Pending) => {
                         tracing::warn!(id, attempt, retry_in = ?delay, reason = %why, "submit failed; will retry")
                     }
+                    Some(Fate::Gone) => self.row_gone(id, "its failed submit"),
                     None => {}
                 }
             }
@@ -238,7 +242,7 @@ impl Scheduler {
                 // The client classifies submit answers as Accepted or an error; this arm
                 // only guards against a future change there.
                 let reason = "unexpected answer to a submit".to_owned();
-                self.snooze(id, now, reason, attempt_record(&ex, attempt, None))
+                self.snooze(id, Some(now), reason, attempt_record(&ex, attempt, None))
                     .await;
             }
         }
@@ -249,7 +253,7 @@ impl Scheduler {
             return;
         };
         let attempt = job.attempts + 1;
-        let now = ex.finished_at;
+        let now = Instant::now();
         let interval = self.cfg.poll.status_interval;
         match &ex.outcome {
             Outcome::Job {
@@ -290,6 +294,9 @@ impl Scheduler {
                 self.finish_job(id);
             }
             Outcome::Job { .. } => {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.poll_failures = 0;
+                }
                 self.reschedule_poll(id, now + interval);
             }
             Outcome::NotFound { message } => {
@@ -302,7 +309,8 @@ impl Scheduler {
                 self.status.block_until(*until);
                 tracing::warn!(id, until = %clock::iso(*until), "status polls rate limited");
                 self.log_poll_failure(id, &ex, attempt, &job.job_id).await;
-                self.reschedule_poll(id, *until);
+                // The status budget holds every poll until then; the job keeps its turn.
+                self.reschedule_poll(id, now);
             }
             Outcome::Unauthorized { message } => {
                 let reason = format!("API key rejected (HTTP 401): {message}");
@@ -312,10 +320,15 @@ impl Scheduler {
             }
             _ => {
                 // A failed poll is Importly's or the network's trouble, not the job's: the
-                // job goes on at Importly, so keep polling, a little slower each time.
-                tracing::warn!(id, job_id = %job.job_id, outcome = ex.outcome.name(), "status poll failed; will poll again");
+                // job goes on at Importly, so keep polling, slower each time in a row.
+                let failures = job.poll_failures.saturating_add(1);
+                let wait = poll_backoff(interval, failures);
+                tracing::warn!(id, job_id = %job.job_id, outcome = ex.outcome.name(), failures, next_poll_in = ?wait, "status poll failed; will poll again");
                 self.log_poll_failure(id, &ex, attempt, &job.job_id).await;
-                self.reschedule_poll(id, now + interval * 2);
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.poll_failures = failures;
+                }
+                self.reschedule_poll(id, now + wait);
             }
         }
     }
@@ -334,17 +347,26 @@ impl Scheduler {
                 s.record_progress(progress).await
             })
             .await;
-        if stored.is_none() {
+        let Some(started) = stored else {
             // Shutdown came first: the rows stay `submitting`/`running` on disk, and start-up
             // recovery resolves them. What only we know goes to the log for the tickets.
             for (id, url, job) in &group.jobs {
                 tracing::error!(id, job_id = %job.job_id, url = %url, "accepted by Importly but not recorded; the row will be submitted again");
             }
             return;
-        }
+        };
+        // Only the rows really started are polled: one reset, cancelled or deleted while
+        // its submit was in flight must not get (or be polled for) this job.
+        let started: HashSet<i64> = started.into_iter().collect();
         for (id, url, job) in group.jobs {
-            tracing::info!(id, job_id = %job.job_id, url = %url, "submitted");
-            self.jobs.insert(id, job);
+            if started.contains(&id) {
+                tracing::info!(id, job_id = %job.job_id, url = %url, "submitted");
+                self.jobs.insert(id, job);
+            } else {
+                tracing::warn!(id, job_id = %job.job_id, url = %url, "accepted by Importly, but the row was reset, cancelled or deleted meanwhile; the job is orphaned at Importly and not polled");
+                // Its slot at Importly is taken until the job ends; ours is free again.
+                self.lanes[lane_index(job.kind)].maybe_due = true;
+            }
         }
         for f in &group.progress.finished {
             tracing::info!(
@@ -377,17 +399,29 @@ impl Scheduler {
                 }
             })
             .await;
-        if stored.is_some() {
-            tracing::info!(
+        match stored {
+            Some(Written::Row) => tracing::info!(
                 id,
                 title = info.title.as_deref().unwrap_or(""),
                 "metadata completed and cached"
-            );
+            ),
+            Some(Written::Gone) => self.row_gone(id, "its completed metadata"),
+            None => {}
         }
         stored.is_some()
     }
 
-    fn reschedule_poll(&mut self, id: i64, at: SystemTime) {
+    /// Its owner deleted row `id` while its request was in flight: there is nothing left to
+    /// record, which is not an error; its job (if any) is not polled any more.
+    pub(super) fn row_gone(&mut self, id: i64, what: &str) {
+        tracing::warn!(
+            id,
+            "the row was deleted while its request was in flight; {what} is not recorded"
+        );
+        self.finish_job(id);
+    }
+
+    fn reschedule_poll(&mut self, id: i64, at: Instant) {
         if let Some(job) = self.jobs.get_mut(&id) {
             job.next_poll = at;
         }
@@ -407,26 +441,42 @@ impl Scheduler {
     async fn log_poll_failure(&mut self, id: i64, ex: &Exchange, attempt: i64, job_id: &str) {
         let keep = self.cfg.log.keep_attempts;
         let record = attempt_record(ex, attempt, Some(job_id));
-        self.persist("log a failed poll", |s| {
-            let record = record.clone();
-            async move { s.record_attempt(id, &record, keep).await }
-        })
-        .await;
+        let written = self
+            .persist("log a failed poll", |s| {
+                let record = record.clone();
+                async move { s.record_attempt(id, &record, keep).await }
+            })
+            .await;
+        if written == Some(Written::Gone) {
+            self.row_gone(id, "its failed poll");
+        }
     }
 
-    /// Back to pending without counting an attempt (429, 401, 402).
-    async fn snooze(&mut self, id: i64, due: SystemTime, why: String, record: AttemptRecord) {
+    /// Back to pending without counting an attempt (429, 401, 402). `due` `None` keeps the
+    /// row's place in the queue: the reason is the account's, not the row's, and the limits
+    /// (a blocked bucket, no free slot, a pause) hold every row back until it passes.
+    async fn snooze(
+        &mut self,
+        id: i64,
+        due: Option<SystemTime>,
+        why: String,
+        record: AttemptRecord,
+    ) {
         let keep = self.cfg.log.keep_attempts;
         let max = self.cfg.retry.max_attempts;
-        self.persist("snooze row", |s| {
-            let (why, record, due) = (why.clone(), record.clone(), clock::iso(due));
-            async move {
-                s.reschedule(id, &due, false, max, &why, Some(&record), keep)
-                    .await
-            }
-        })
-        .await;
-        if due <= SystemTime::now() + Duration::from_millis(10) {
+        let fate = self
+            .persist("snooze row", |s| {
+                let (why, record, due) = (why.clone(), record.clone(), due.map(clock::iso));
+                async move {
+                    s.reschedule(id, due.as_deref(), false, max, &why, Some(&record), keep)
+                        .await
+                }
+            })
+            .await;
+        if fate == Some(Fate::Gone) {
+            self.row_gone(id, "its snooze");
+        }
+        if due.is_none_or(|d| d <= SystemTime::now() + Duration::from_millis(10)) {
             for lane in &mut self.lanes {
                 lane.maybe_due = true;
             }
@@ -442,14 +492,18 @@ impl Scheduler {
     ) {
         let keep = self.cfg.log.keep_attempts;
         tracing::error!(id, reason = %reason, "failed");
-        self.persist("fail row", |s| {
-            let (reason, result, record) = (reason.clone(), result.clone(), record.clone());
-            async move {
-                s.fail(id, &reason, result.as_deref(), Some(&record), keep)
-                    .await
-            }
-        })
-        .await;
+        let written = self
+            .persist("fail row", |s| {
+                let (reason, result, record) = (reason.clone(), result.clone(), record.clone());
+                async move {
+                    s.fail(id, &reason, result.as_deref(), Some(&record), keep)
+                        .await
+                }
+            })
+            .await;
+        if written == Some(Written::Gone) {
+            self.row_gone(id, "its failure");
+        }
     }
 }
 

@@ -101,19 +101,27 @@ impl Scheduler {
                             + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
                         let max = self.cfg.retry.max_attempts;
                         let keep = self.cfg.log.keep_attempts;
-                        self.persist("wait for preflight metadata", |s| async move {
-                            s.reschedule(
-                                id,
-                                &clock::iso(due),
-                                false,
-                                max,
-                                MetadataRow::WAITING,
-                                None,
-                                keep,
-                            )
-                            .await
-                        })
-                        .await;
+                        let due = clock::iso(due);
+                        let fate = self
+                            .persist("wait for preflight metadata", |s| {
+                                let due = due.clone();
+                                async move {
+                                    s.reschedule(
+                                        id,
+                                        Some(&due),
+                                        false,
+                                        max,
+                                        MetadataRow::WAITING,
+                                        None,
+                                        keep,
+                                    )
+                                    .await
+                                }
+                            })
+                            .await;
+                        if fate == Some(crate::store::Fate::Gone) {
+                            self.row_gone(id, "its wait for metadata");
+                        }
                         Verdict::Done
                     }
                     None => Verdict::Done,
@@ -143,12 +151,49 @@ impl Scheduler {
     async fn fail_guarded(&mut self, row: &Claimed, reason: String) -> Verdict {
         let (id, keep) = (row.id, self.cfg.log.keep_attempts);
         tracing::warn!(id, url = %row.url, reason = %reason, "failed by the credit guard");
-        self.persist("fail row (credit guard)", |s| {
-            let reason = reason.clone();
-            async move { s.fail(id, &reason, None, None, keep).await }
-        })
-        .await;
+        let written = self
+            .persist("fail row (credit guard)", |s| {
+                let reason = reason.clone();
+                async move { s.fail(id, &reason, None, None, keep).await }
+            })
+            .await;
+        if written == Some(crate::store::Written::Gone) {
+            self.row_gone(id, "its failure");
+        }
         Verdict::Done
+    }
+
+    /// Whether a metadata call for `row`'s URL is already under way (a submit of ours in
+    /// flight, or a job running): two rows for one URL claimed together make one call.
+    pub(super) async fn metadata_in_flight(&self, row: &Claimed) -> bool {
+        let submitting = self.held_by.values().any(|h| {
+            matches!(h, super::Held::Submit { row: r, .. }
+                if r.id != row.id && r.kind == row.kind && r.url == row.url)
+        });
+        submitting || self.store.metadata_running(&row.url).await.unwrap_or(false)
+    }
+
+    /// Snoozes a metadata row until the call under way for its URL ends: its end wakes the
+    /// row (store::WAKE_WAITERS matches the waiting text), which then completes from the
+    /// cache, or calls on its own if that call failed (failures are not cached).
+    pub(super) async fn wait_for_metadata(&mut self, row: &Claimed) {
+        let id = row.id;
+        tracing::info!(id, url = %row.url, "metadata for this URL is already being fetched; waiting for it");
+        let due =
+            clock::iso(SystemTime::now() + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS);
+        let (max, keep) = (self.cfg.retry.max_attempts, self.cfg.log.keep_attempts);
+        let fate = self
+            .persist("wait for metadata in flight", |s| {
+                let due = due.clone();
+                async move {
+                    s.reschedule(id, Some(&due), false, max, MetadataRow::WAITING, None, keep)
+                        .await
+                }
+            })
+            .await;
+        if fate == Some(crate::store::Fate::Gone) {
+            self.row_gone(id, "its wait for metadata");
+        }
     }
 
     async fn release_row(&mut self, id: i64) {

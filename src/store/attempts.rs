@@ -48,19 +48,31 @@ pub struct StoredAttempt {
     pub daemon_version: String,
 }
 
+/// Whether a single-row write found its row. Its owner may delete a row at any time, even
+/// while the row's request is in flight: then there is nothing left to record, which is
+/// not an error (a foreign-key failure retried forever would wedge the scheduler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Written {
+    Row,
+    Gone,
+}
+
 /// Inserts one record and trims the row's log to `keep` failure records. Accepted submits
-/// are kept whatever the count: they are the proof of which job a row started.
+/// are kept whatever the count: they are the proof of which job a row started. A row
+/// deleted meanwhile gets no record ([`Written::Gone`]) instead of a foreign-key error.
 pub(super) async fn insert(
     conn: &mut SqliteConnection,
     import_id: i64,
     r: &AttemptRecord,
     keep: u32,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<Written> {
+    let inserted = sqlx::query(
         "INSERT INTO import_attempts (import_id, attempt, method, endpoint, request_body, \
          started_at, finished_at, http_status, error, outcome, rate_limit, response_body, \
          body_truncated, job_id, daemon_version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 \
+         WHERE EXISTS (SELECT 1 FROM imports WHERE id = ?1)",
     )
     .bind(import_id)
     .bind(r.attempt)
@@ -79,6 +91,9 @@ pub(super) async fn insert(
     .bind(env!("CARGO_PKG_VERSION"))
     .execute(&mut *conn)
     .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(Written::Gone);
+    }
     sqlx::query(
         "DELETE FROM import_attempts WHERE import_id = ?1 AND outcome <> 'accepted' \
          AND id < (SELECT min(id) FROM (SELECT id FROM import_attempts \
@@ -89,17 +104,36 @@ pub(super) async fn insert(
     .bind(i64::from(keep))
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(Written::Row)
+}
+
+/// Whether row `id` still exists (inside a write transaction: nobody can delete it until
+/// the transaction ends).
+pub(super) async fn exists(conn: &mut SqliteConnection, id: i64) -> Result<Written> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM imports WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(if found.is_some() {
+        Written::Row
+    } else {
+        Written::Gone
+    })
 }
 
 impl Store {
     /// Logs an exchange that changed nothing about the row (e.g. a failed status poll).
-    pub async fn record_attempt(&self, import_id: i64, r: &AttemptRecord, keep: u32) -> Result<()> {
+    pub async fn record_attempt(
+        &self,
+        import_id: i64,
+        r: &AttemptRecord,
+        keep: u32,
+    ) -> Result<Written> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
-        insert(&mut tx, import_id, r, keep).await?;
+        let written = insert(&mut tx, import_id, r, keep).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(written)
     }
 
     /// The row's log, oldest first.

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::attempts::{self, Written};
 use super::{Result, Store};
 use crate::clock;
 
@@ -73,6 +74,19 @@ impl Store {
         .await?)
     }
 
+    /// Whether a metadata job for `url` is running at Importly (a second row for the same
+    /// URL then waits for its result instead of paying for another call).
+    pub async fn metadata_running(&self, url: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM imports WHERE kind = 'metadata' AND url = ? AND state = 'running' \
+             LIMIT 1",
+        )
+        .bind(url)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// A metadata job completed: the row and the cache in one transaction.
     pub async fn complete_metadata(
         &self,
@@ -82,13 +96,17 @@ impl Store {
         duration: Option<f64>,
         formats: &str,
         data: &str,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
+        if attempts::exists(&mut tx, id).await? == Written::Gone {
+            return Ok(Written::Gone);
+        }
         let now = clock::now_iso();
+        // An earlier failure's reason (a 401 before the key was fixed) is history now.
         sqlx::query(
             "UPDATE imports SET state = 'completed', result = ?2, completed_at = ?3, \
-               updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+               last_error = NULL, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
         )
         .bind(id)
         .bind(data)
@@ -117,7 +135,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Written::Row)
     }
 
     /// A claimed metadata row whose URL is cached completes without an API call; its result
@@ -130,6 +148,8 @@ impl Store {
             m.insert("cachedAt".into(), cached.fetched_at.clone().into());
         }
         let now = clock::now_iso();
+        let mut writer = self.writer().await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
         sqlx::query(
             "UPDATE imports SET state = 'completed', result = ?2, importly_job_id = ?3, \
                last_error = NULL, completed_at = ?4, updated_at = ?4 \
@@ -139,8 +159,15 @@ impl Store {
         .bind(data.to_string())
         .bind(&cached.job_id)
         .bind(&now)
-        .execute(&mut *self.writer().await?)
+        .execute(&mut *tx)
         .await?;
+        // Imports whose guard waits on this row's URL may go now.
+        sqlx::query(WAKE_WAITERS)
+            .bind(id)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-pub use attempts::{AttemptRecord, StoredAttempt};
+pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};

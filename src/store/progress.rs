@@ -54,10 +54,13 @@ impl Progress {
 }
 
 impl Store {
-    /// Records a group in one transaction: all of it or, on error, none of it.
-    pub async fn record_progress(&self, p: &Progress) -> Result<()> {
+    /// Records a group in one transaction: all of it or, on error, none of it. Returns the
+    /// ids of the started rows that are `running` with their job now: a row reset,
+    /// cancelled or deleted while its submit was in flight is not among them, and its job
+    /// must not be polled.
+    pub async fn record_progress(&self, p: &Progress) -> Result<Vec<i64>> {
         if p.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let now = clock::now_iso();
         let invalid = |e: serde_json::Error| StoreError::Invalid(e.to_string());
@@ -66,17 +69,18 @@ impl Store {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
         // One statement list, one round trip: an empty array makes its statements no-ops.
-        sqlx::query(RECORD_PROGRESS)
+        // Only the `running` update returns rows.
+        let running: Vec<i64> = sqlx::query_scalar(RECORD_PROGRESS)
             .bind(&started)
             .bind(env!("CARGO_PKG_VERSION"))
             .bind(&now)
             // Waiting for preflight metadata was not a failure; a failure reason stays.
             .bind(super::MetadataRow::WAITING)
             .bind(&finished)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(running)
     }
 }
 
@@ -85,7 +89,10 @@ impl Store {
 /// never pruned, so there is no trimming to do. A row its owner deleted mid-submit is
 /// skipped rather than failing the whole group on its foreign key, and a record already
 /// there is not written twice (a retry after a COMMIT that reported an error but reached
-/// the log).
+/// the log). A started row becomes `running` only from `submitting` (or is already running
+/// this very job: that retry again), so a row reset or cancelled meanwhile keeps its state;
+/// the `accepted` record stays in its log all the same, naming the orphaned job. A completed
+/// row loses the `last_error` of earlier failures.
 const RECORD_PROGRESS: &str = "\
     INSERT INTO import_attempts (import_id, attempt, method, endpoint, request_body, \
       started_at, finished_at, http_status, error, outcome, rate_limit, response_body, \
@@ -102,10 +109,13 @@ const RECORD_PROGRESS: &str = "\
                         AND a.outcome = 'accepted' AND a.job_id = r.value ->> 'job_id'); \
     UPDATE imports SET state = 'running', importly_job_id = s.value ->> 'job_id', \
       updated_at = ?3, last_error = CASE WHEN last_error = ?4 THEN NULL ELSE last_error END \
-    FROM json_each(?1) AS s WHERE imports.id = s.value ->> 'import_id'; \
+    FROM json_each(?1) AS s WHERE imports.id = s.value ->> 'import_id' \
+      AND (imports.state = 'submitting' \
+           OR (imports.state = 'running' AND imports.importly_job_id = s.value ->> 'job_id')) \
+    RETURNING imports.id; \
     UPDATE imports SET state = 'completed', media_url = f.value ->> 'media_url', \
       credits_used = f.value ->> 'credits_used', result = f.value ->> 'result', \
-      completed_at = ?3, updated_at = ?3 \
+      last_error = NULL, completed_at = ?3, updated_at = ?3 \
     FROM json_each(?5) AS f WHERE imports.id = f.value ->> 'id' AND imports.state = 'running'";
 
 #[cfg(test)]
@@ -215,6 +225,130 @@ mod tests {
         assert!(ra.completed_at.is_some());
         let rb = store.row(b).await.unwrap().unwrap();
         assert_eq!((rb.state.as_str(), rb.media_url), ("completed", None));
+        store.close().await;
+    }
+
+    /// Issue 11: a row reset or cancelled while its submit was in flight must not become
+    /// `running` with the stale job, and the scheduler must not poll that job.
+    #[tokio::test]
+    async fn only_rows_still_submitting_are_started_and_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let (a, reset, cancelled) = (
+            row(&store, "https://e.com/a").await,
+            row(&store, "https://e.com/reset").await,
+            row(&store, "https://e.com/cancelled").await,
+        );
+        let claimed = store
+            .claim_due("import", 3, &clock::now_iso())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        // An operator resets one row and cancels another while their submits are in flight.
+        for (id, state) in [(reset, "pending"), (cancelled, "cancelled")] {
+            sqlx::query("UPDATE imports SET state = ? WHERE id = ?")
+                .bind(state)
+                .bind(id)
+                .execute(&mut *store.writer().await.unwrap())
+                .await
+                .unwrap();
+        }
+        let group = Progress {
+            started: vec![
+                accepted(a, "job-a"),
+                accepted(reset, "job-r"),
+                accepted(cancelled, "job-c"),
+            ],
+            finished: vec![],
+        };
+        assert_eq!(store.record_progress(&group).await.unwrap(), vec![a]);
+        // A retry of the same group still reports the row it started.
+        assert_eq!(store.record_progress(&group).await.unwrap(), vec![a]);
+        for (id, state) in [(reset, "pending"), (cancelled, "cancelled")] {
+            let r = store.row(id).await.unwrap().unwrap();
+            assert_eq!((r.state.as_str(), r.importly_job_id), (state, None));
+            // The orphaned job stays named in the row's log, for the ticket.
+            let log = store.attempts(id).await.unwrap();
+            assert_eq!(log.len(), 1);
+            assert_eq!(log[0].outcome, "accepted");
+        }
+        store.close().await;
+    }
+
+    /// Issue 11: a row that completes after an earlier failure (a 401 before the key was
+    /// fixed) no longer shows that failure as its last error.
+    #[tokio::test]
+    async fn a_completed_row_forgets_its_earlier_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let a = row(&store, "https://e.com/a").await;
+        store
+            .claim_due("import", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        let fate = store
+            .reschedule(a, None, false, 8, "API key rejected (HTTP 401)", None, 50)
+            .await
+            .unwrap();
+        assert_eq!(fate, crate::store::Fate::Pending);
+        store
+            .claim_due("import", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        let started = Progress {
+            started: vec![accepted(a, "job-a")],
+            finished: vec![],
+        };
+        store.record_progress(&started).await.unwrap();
+        let finished = Progress {
+            started: vec![],
+            finished: vec![Finished {
+                id: a,
+                media_url: None,
+                credits_used: None,
+                result: "{}".into(),
+            }],
+        };
+        store.record_progress(&finished).await.unwrap();
+        let r = store.row(a).await.unwrap().unwrap();
+        assert_eq!((r.state.as_str(), r.last_error), ("completed", None));
+
+        // The same for a metadata row, completed by its own statement.
+        let m = store
+            .enqueue(&[crate::store::EnqueueRow {
+                url: "https://e.com/m".into(),
+                kind: Some("metadata".into()),
+                ..Default::default()
+            }])
+            .await
+            .unwrap()[0];
+        store
+            .claim_due("metadata", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        let fate = store
+            .reschedule(m, None, false, 8, "API key rejected (HTTP 401)", None, 50)
+            .await
+            .unwrap();
+        assert_eq!(fate, crate::store::Fate::Pending);
+        store
+            .claim_due("metadata", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        store
+            .record_progress(&Progress {
+                started: vec![accepted(m, "job-m")],
+                finished: vec![],
+            })
+            .await
+            .unwrap();
+        let written = store
+            .complete_metadata(m, "job-m", None, None, "[]", "{}")
+            .await
+            .unwrap();
+        assert_eq!(written, crate::store::Written::Row);
+        let r = store.row(m).await.unwrap().unwrap();
+        assert_eq!((r.state.as_str(), r.last_error), ("completed", None));
         store.close().await;
     }
 }

@@ -2,7 +2,7 @@
 //! pending -> submitting -> running -> completed | failed, with pending again on a retry.
 //! Each change is one statement or one short `BEGIN IMMEDIATE` transaction.
 
-use super::attempts::{self, AttemptRecord};
+use super::attempts::{self, AttemptRecord, Written};
 use super::{Result, Store};
 use crate::clock;
 
@@ -23,6 +23,8 @@ pub enum Fate {
     Pending,
     /// Out of attempts: `failed`.
     Failed,
+    /// The row was deleted meanwhile; nothing was written.
+    Gone,
 }
 
 /// A running row, as the scheduler resumes it after a restart.
@@ -75,6 +77,20 @@ fn by_kind(kind: &str, import: &'static str, metadata: &'static str) -> Result<&
     }
 }
 
+/// The record of a submit whose answer we never read: a job may exist at Importly.
+fn ambiguous_submit(attempt: i64, endpoint: &str, now: &str, why: &str) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        method: "POST".into(),
+        endpoint: endpoint.into(),
+        started_at: now.to_owned(),
+        finished_at: now.to_owned(),
+        error: Some(why.to_owned()),
+        outcome: "ambiguous_submit".into(),
+        ..AttemptRecord::default()
+    }
+}
+
 impl Store {
     /// Claims up to `n` due pending rows of `kind`, oldest due first, in one statement, so
     /// no row can be claimed twice.
@@ -104,12 +120,14 @@ impl Store {
 
     /// Back to `pending`, due at `due`. With `count` the failure is the row's own and
     /// counts against `max_attempts` (the row fails once it reaches it); without, it is a
-    /// snooze (429, 401, 402) and `attempts` stays.
+    /// snooze (429, 401, 402) and `attempts` stays. `due` `None` keeps the row's
+    /// `next_attempt_at`, so a row snoozed for an account-wide reason keeps its place in the
+    /// queue (the limits, not the row, hold it back).
     #[allow(clippy::too_many_arguments)]
     pub async fn reschedule(
         &self,
         id: i64,
-        due: &str,
+        due: Option<&str>,
         count: bool,
         max_attempts: u32,
         last_error: &str,
@@ -118,8 +136,12 @@ impl Store {
     ) -> Result<Fate> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
-        if let Some(r) = record {
-            attempts::insert(&mut tx, id, r, keep).await?;
+        let found = match record {
+            Some(r) => attempts::insert(&mut tx, id, r, keep).await?,
+            None => attempts::exists(&mut tx, id).await?,
+        };
+        if found == Written::Gone {
+            return Ok(Fate::Gone);
         }
         let now = clock::now_iso();
         let state: Option<String> = sqlx::query_scalar(
@@ -127,7 +149,8 @@ impl Store {
                attempts = attempts + ?2, \
                state = CASE WHEN attempts + ?2 >= ?3 THEN 'failed' ELSE 'pending' END, \
                completed_at = CASE WHEN attempts + ?2 >= ?3 THEN ?5 ELSE NULL END, \
-               next_attempt_at = ?4, last_error = ?6, updated_at = ?5 \
+               next_attempt_at = coalesce(?4, next_attempt_at), last_error = ?6, \
+               updated_at = ?5 \
              WHERE id = ?1 AND state = 'submitting' \
              RETURNING state",
         )
@@ -154,11 +177,15 @@ impl Store {
         result: Option<&str>,
         record: Option<&AttemptRecord>,
         keep: u32,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
-        if let Some(r) = record {
-            attempts::insert(&mut tx, id, r, keep).await?;
+        let found = match record {
+            Some(r) => attempts::insert(&mut tx, id, r, keep).await?,
+            None => attempts::exists(&mut tx, id).await?,
+        };
+        if found == Written::Gone {
+            return Ok(Written::Gone);
         }
         let now = clock::now_iso();
         sqlx::query(
@@ -179,7 +206,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Written::Row)
     }
 
     /// Rows whose jobs are in progress on Importly's side: polled, never re-submitted.
@@ -213,24 +240,52 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for (id, attempts, kind) in &ids {
-            let record = AttemptRecord {
-                attempt: attempts + 1,
-                method: "POST".into(),
-                endpoint: endpoint(kind).into(),
-                started_at: now.clone(),
-                finished_at: now.clone(),
-                error: Some(
-                    "daemon stopped while this row was being submitted; \
-                     a job may exist at Importly without our record of it"
-                        .into(),
-                ),
-                outcome: "ambiguous_submit".into(),
-                ..AttemptRecord::default()
-            };
-            attempts::insert(&mut tx, *id, &record, keep).await?;
+            let record = ambiguous_submit(
+                attempts + 1,
+                endpoint(kind),
+                &now,
+                "daemon stopped while this row was being submitted; \
+                 a job may exist at Importly without our record of it",
+            );
+            // The rows were just updated in this transaction: they exist.
+            let _ = attempts::insert(&mut tx, *id, &record, keep).await?;
         }
         tx.commit().await?;
         Ok(ids.into_iter().map(|(id, _, _)| id).collect())
+    }
+
+    /// The submit of row `id` ended without an answer we could read (its task died): like
+    /// start-up recovery for one row, it goes back to `pending` with an ambiguous-submit
+    /// record, since the POST may have reached Importly. Only a row still `submitting`.
+    pub async fn release_ambiguous(
+        &self,
+        id: i64,
+        endpoint: &str,
+        why: &str,
+        keep: u32,
+    ) -> Result<Written> {
+        let mut writer = self.writer().await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
+        let now = clock::now_iso();
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE imports SET state = 'pending', next_attempt_at = ?2, updated_at = ?2, \
+               last_error = ?3 \
+             WHERE id = ?1 AND state = 'submitting' RETURNING attempts",
+        )
+        .bind(id)
+        .bind(&now)
+        .bind(format!("{why}; the POST may have reached Importly"))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let written = match attempts {
+            Some(a) => {
+                let record = ambiguous_submit(a + 1, endpoint, &now, why);
+                attempts::insert(&mut tx, id, &record, keep).await?
+            }
+            None => attempts::exists(&mut tx, id).await?,
+        };
+        tx.commit().await?;
+        Ok(written)
     }
 
     /// Gives back claimed rows whose submit never started (shutdown, pause).
@@ -249,5 +304,132 @@ impl Store {
         .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EnqueueRow;
+
+    async fn rows(store: &Store, n: usize) -> Vec<i64> {
+        let rows: Vec<EnqueueRow> = (0..n)
+            .map(|i| EnqueueRow {
+                url: format!("https://e.com/{i}"),
+                ..Default::default()
+            })
+            .collect();
+        store.enqueue(&rows).await.unwrap()
+    }
+
+    fn record() -> AttemptRecord {
+        AttemptRecord {
+            attempt: 1,
+            method: "POST".into(),
+            endpoint: "/import".into(),
+            started_at: clock::now_iso(),
+            finished_at: clock::now_iso(),
+            http_status: Some(500),
+            outcome: "transient".into(),
+            ..AttemptRecord::default()
+        }
+    }
+
+    /// Issue 11: its owner deletes a row while its request is in flight. Every single-row
+    /// write then reports the row gone; none fails on the attempt log's foreign key (which
+    /// the scheduler would retry forever).
+    #[tokio::test]
+    async fn writes_to_a_deleted_row_report_it_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let id = rows(&store, 1).await[0];
+        store
+            .claim_due("import", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM imports WHERE id = ?")
+            .bind(id)
+            .execute(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+        let r = record();
+        let due = clock::now_iso();
+        for count in [true, false] {
+            let fate = store
+                .reschedule(id, Some(&due), count, 8, "x", Some(&r), 50)
+                .await
+                .unwrap();
+            assert_eq!(fate, Fate::Gone);
+        }
+        let fate = store.reschedule(id, None, false, 8, "x", None, 50).await;
+        assert_eq!(fate.unwrap(), Fate::Gone);
+        let failed = store.fail(id, "x", None, Some(&r), 50).await.unwrap();
+        assert_eq!(failed, Written::Gone);
+        assert_eq!(
+            store.fail(id, "x", None, None, 50).await.unwrap(),
+            Written::Gone
+        );
+        assert_eq!(
+            store.record_attempt(id, &r, 50).await.unwrap(),
+            Written::Gone
+        );
+        let done = store
+            .complete_metadata(id, "job", None, None, "[]", "{}")
+            .await
+            .unwrap();
+        assert_eq!(done, Written::Gone);
+        let released = store.release_ambiguous(id, "/import", "x", 50).await;
+        assert_eq!(released.unwrap(), Written::Gone);
+        store.close().await;
+    }
+
+    /// Issue 11: a row snoozed for an account-wide reason (429, 401, 402) keeps its place:
+    /// rows A, B, C inserted in order, A snoozed, A is still claimed first.
+    #[tokio::test]
+    async fn a_snooze_without_a_due_time_keeps_the_rows_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let ids = rows(&store, 3).await;
+        let first = store
+            .claim_due("import", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        assert_eq!(first[0].id, ids[0]);
+        let fate = store
+            .reschedule(ids[0], None, false, 8, "rate limited", Some(&record()), 50)
+            .await
+            .unwrap();
+        assert_eq!(fate, Fate::Pending);
+        let again = store
+            .claim_due("import", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        assert_eq!(again[0].id, ids[0]);
+        store.close().await;
+    }
+
+    /// Issue 11: a submit whose task died goes back to pending with an ambiguous-submit
+    /// record, like start-up recovery does for every such row.
+    #[tokio::test]
+    async fn a_lost_submit_goes_back_to_pending_as_ambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let id = rows(&store, 1).await[0];
+        store
+            .claim_due("import", 1, &clock::now_iso())
+            .await
+            .unwrap();
+        let released = store
+            .release_ambiguous(id, "/import", "the submit task panicked", 50)
+            .await
+            .unwrap();
+        assert_eq!(released, Written::Row);
+        let r = store.row(id).await.unwrap().unwrap();
+        assert_eq!(r.state, "pending");
+        let log = store.attempts(id).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].outcome, "ambiguous_submit");
+        assert_eq!(log[0].attempt, 1);
+        store.close().await;
     }
 }
