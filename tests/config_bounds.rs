@@ -19,7 +19,9 @@ const KEYS: [(&str, &str, &str); 10] = [
     ("metadata", "cache_ttl", ""),
 ];
 
-async fn status_with(dir: &std::path::Path, section: &str, line: &str) -> Out {
+/// `importlyd migrate` with a config of one key (migrate loads the whole config, and creates
+/// the database, so an accepted config exits 0).
+async fn migrate_with(dir: &std::path::Path, section: &str, line: &str) -> Out {
     let db = dir.join("q.db");
     let path = dir.join("bad.toml");
     std::fs::write(
@@ -30,7 +32,7 @@ async fn status_with(dir: &std::path::Path, section: &str, line: &str) -> Out {
         ),
     )
     .expect("write config");
-    cli(&path, &["status"]).await
+    cli(&path, &["migrate"]).await
 }
 
 #[tokio::test]
@@ -46,7 +48,7 @@ async fn a_duration_past_thirty_days_or_below_its_minimum_exits_2_naming_the_key
             cases.push(format!("{key} = \"{too_small}\""));
         }
         for line in cases {
-            let out = status_with(dir.path(), section, &line).await;
+            let out = migrate_with(dir.path(), section, &line).await;
             assert_eq!(out.code(), Some(2), "[{section}] {line}: {out:?}");
             assert!(
                 out.stderr.contains(&format!("`{full}`")),
@@ -68,7 +70,7 @@ async fn thirty_days_and_the_minimums_are_accepted() {
         ("limits.import", "window", "window = \"1s\""),
         ("metadata", "cache_ttl", "cache_ttl = \"0s\""),
     ] {
-        let out = status_with(dir.path(), section, line).await;
+        let out = migrate_with(dir.path(), section, line).await;
         assert_eq!(out.code(), Some(0), "[{section}] {key}: {out:?}");
     }
 }
