@@ -113,7 +113,7 @@ pub fn build(row: &Row, attempts: &[StoredAttempt], cfg: &Config) -> Value {
         "request_payload": payload,
         "attempts": timeline,
         "config": {
-            "base_url": redact_userinfo(&cfg.api.base_url),
+            "base_url": crate::importly::redact_url(&cfg.api.base_url),
             "request_timeout": humantime::format_duration(cfg.api.request_timeout).to_string(),
             "limits": cfg.limits,
             "retry": cfg.retry,
@@ -161,18 +161,6 @@ fn rate_limit_json(raw: Option<&str>) -> Option<Value> {
         ));
     }
     Some(v)
-}
-
-/// The base URL as configured, minus any `user:password@` (a secret has no place in a ticket).
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => format!("{scheme}://[redacted]@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -385,11 +373,11 @@ mod tests {
     #[test]
     fn userinfo_is_redacted_from_the_base_url() {
         assert_eq!(
-            redact_userinfo("https://user:pw@api.example.com/v1?x=a@b"),
+            crate::importly::redact_url("https://user:pw@api.example.com/v1?x=a@b"),
             "https://[redacted]@api.example.com/v1?x=a@b"
         );
         assert_eq!(
-            redact_userinfo("http://127.0.0.1:8787"),
+            crate::importly::redact_url("http://127.0.0.1:8787"),
             "http://127.0.0.1:8787"
         );
     }

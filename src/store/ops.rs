@@ -131,22 +131,11 @@ impl Store {
         let mut tx = self.begin_immediate(&mut writer).await?;
         let mut ids = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO imports (url, kind, options, external_id) \
-                 VALUES (?, coalesce(?, 'import'), coalesce(?, '{}'), ?) \
-                 ON CONFLICT (external_id) DO NOTHING RETURNING id",
-            )
-            .bind(&r.url)
-            .bind(&r.kind)
-            .bind(&r.options)
-            .bind(&r.external_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.message().contains("constraint") => {
+            let id = insert_one(&mut tx, r).await.map_err(|e| match e {
+                StoreError::Sql(sqlx::Error::Database(d)) if d.message().contains("constraint") => {
                     StoreError::Invalid(format!("row {} ({}): {}", i + 1, r.url, d.message()))
                 }
-                e => StoreError::Sql(e),
+                e => e,
             })?;
             ids.extend(id);
         }
