@@ -480,3 +480,20 @@ async fn the_base_urls_password_never_reaches_the_log() {
     finish(daemon).await;
     sim.shutdown().await;
 }
+
+/// A user's row may carry a URL of any length (the schema checks only its scheme): the
+/// daemon's log lines about it stay bounded all the same, and the row still completes.
+#[tokio::test]
+async fn a_huge_url_in_a_row_makes_no_huge_log_line() {
+    let sim = start_sim(sim_cfg()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim);
+    let (db, daemon) = start_daemon(dir.path(), &cfg, "huge-url").await;
+    let url = format!("{URL}/{}.mp4", "a".repeat(256 * 1024));
+    let id = db.insert(&url).await;
+    wait_state(&db, &daemon, id, "completed").await;
+    assert_eq!(db.row(id).await.url, url, "the row keeps its URL whole");
+    assert_log_lines_bounded(&daemon);
+    finish(daemon).await;
+    sim.shutdown().await;
+}

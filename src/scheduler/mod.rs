@@ -184,6 +184,12 @@ pub struct Scheduler {
     last_turn: Now,
 }
 
+/// A server- or user-given text as a log field: at most [`crate::importly::MAX_LOG_FIELD`] bytes, so no
+/// row's URL or job's title can make a log line huge.
+fn log_field(text: &str) -> String {
+    crate::importly::bounded(text, crate::importly::MAX_LOG_FIELD)
+}
+
 /// Where a row of `kind` (as stored) is submitted, for the record of an interrupted submit.
 fn submit_path(kind: &str) -> &'static str {
     JobKind::parse(kind)
@@ -625,7 +631,7 @@ impl Scheduler {
         let slot_probe = lane.slots.sent(held, now);
         lane.submitting.insert(row.id);
         self.buckets_dirty = true;
-        tracing::debug!(id = row.id, url = %row.url, kind = kind.as_str(), "submitting");
+        tracing::debug!(id = row.id, url = %log_field(&row.url), kind = kind.as_str(), "submitting");
         let client = self.client.clone();
         let held = Held::Submit {
             li,

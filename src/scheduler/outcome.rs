@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{Done, Job, Scheduler, attempt_record, lane_index, poll_backoff, scope_of};
+use super::{Done, Job, Scheduler, attempt_record, lane_index, log_field, poll_backoff, scope_of};
 use crate::backoff;
 use crate::clock;
 use crate::importly::{Exchange, JobKind, JobState, Outcome};
@@ -351,7 +351,7 @@ impl Scheduler {
             // Shutdown came first: the rows stay `submitting`/`running` on disk, and start-up
             // recovery resolves them. What only we know goes to the log for the tickets.
             for (id, url, job) in &group.jobs {
-                tracing::error!(id, job_id = %job.job_id, url = %url, "accepted by Importly but not recorded; the row will be submitted again");
+                tracing::error!(id, job_id = %job.job_id, url = %log_field(url), "accepted by Importly but not recorded; the row will be submitted again");
             }
             return;
         };
@@ -360,10 +360,10 @@ impl Scheduler {
         let started: HashSet<i64> = started.into_iter().collect();
         for (id, url, job) in group.jobs {
             if started.contains(&id) {
-                tracing::info!(id, job_id = %job.job_id, url = %url, "submitted");
+                tracing::info!(id, job_id = %job.job_id, url = %log_field(&url), "submitted");
                 self.jobs.insert(id, job);
             } else {
-                tracing::warn!(id, job_id = %job.job_id, url = %url, "accepted by Importly, but the row was reset, cancelled or deleted meanwhile; the job is orphaned at Importly and not polled");
+                tracing::warn!(id, job_id = %job.job_id, url = %log_field(&url), "accepted by Importly, but the row was reset, cancelled or deleted meanwhile; the job is orphaned at Importly and not polled");
                 // Its slot at Importly is taken until the job ends; ours is free again.
                 self.lanes[lane_index(job.kind)].maybe_due = true;
             }
@@ -371,7 +371,7 @@ impl Scheduler {
         for f in &group.progress.finished {
             tracing::info!(
                 id = f.id,
-                media_url = f.media_url.as_deref().unwrap_or(""),
+                media_url = %log_field(f.media_url.as_deref().unwrap_or("")),
                 credits = f.credits_used,
                 "completed"
             );
@@ -402,7 +402,7 @@ impl Scheduler {
         match stored {
             Some(Written::Row) => tracing::info!(
                 id,
-                title = info.title.as_deref().unwrap_or(""),
+                title = %log_field(info.title.as_deref().unwrap_or("")),
                 "metadata completed and cached"
             ),
             Some(Written::Gone) => self.row_gone(id, "its completed metadata"),

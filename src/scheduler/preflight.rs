@@ -8,7 +8,7 @@
 
 use std::time::SystemTime;
 
-use super::Scheduler;
+use super::{Scheduler, log_field};
 use crate::clock;
 use crate::guard::{self, Guard};
 use crate::importly::JobKind;
@@ -48,7 +48,7 @@ impl Scheduler {
                     })
                     .await;
                 if done.is_some() {
-                    tracing::info!(id, url = %row.url, fetched_at = %cached.fetched_at, "metadata completed from the cache, no API call");
+                    tracing::info!(id, url = %log_field(&row.url), fetched_at = %cached.fetched_at, "metadata completed from the cache, no API call");
                     self.lanes[super::lane_index(kind)].maybe_due = true;
                 }
                 Verdict::Done
@@ -150,7 +150,7 @@ impl Scheduler {
     /// Fails a row before anything was sent for it.
     async fn fail_guarded(&mut self, row: &Claimed, reason: String) -> Verdict {
         let (id, keep) = (row.id, self.cfg.log.keep_attempts);
-        tracing::warn!(id, url = %row.url, reason = %reason, "failed by the credit guard");
+        tracing::warn!(id, url = %log_field(&row.url), reason = %log_field(&reason), "failed by the credit guard");
         let written = self
             .persist("fail row (credit guard)", |s| {
                 let reason = reason.clone();
@@ -178,7 +178,7 @@ impl Scheduler {
     /// cache, or calls on its own if that call failed (failures are not cached).
     pub(super) async fn wait_for_metadata(&mut self, row: &Claimed) {
         let id = row.id;
-        tracing::info!(id, url = %row.url, "metadata for this URL is already being fetched; waiting for it");
+        tracing::info!(id, url = %log_field(&row.url), "metadata for this URL is already being fetched; waiting for it");
         let due =
             clock::iso(SystemTime::now() + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS);
         let (max, keep) = (self.cfg.retry.max_attempts, self.cfg.log.keep_attempts);
