@@ -610,8 +610,9 @@ async fn a_hundred_thousand_line_file_is_queued_in_chunks() {
         .await
         .ok();
     assert!(
-        out.stdout
-            .contains("inserted 100000, duplicates 0 (by external_id), bad lines 0"),
+        out.stdout.contains(
+            "inserted 100000, duplicates 0 (external_id already queued, or purged), bad lines 0"
+        ),
         "{}",
         said(&out)
     );
@@ -628,8 +629,9 @@ async fn a_hundred_thousand_line_file_is_queued_in_chunks() {
         .await
         .ok();
     assert!(
-        out.stdout
-            .contains("inserted 0, duplicates 100000 (by external_id), bad lines 0"),
+        out.stdout.contains(
+            "inserted 0, duplicates 100000 (external_id already queued, or purged), bad lines 0"
+        ),
         "{}",
         said(&out)
     );
@@ -677,8 +679,9 @@ async fn bad_lines_are_reported_by_number_and_the_rest_is_queued() {
     let out = cli(&config, &["enqueue", "--file", file.to_str().unwrap()]).await;
     assert_eq!(out.code(), Some(1), "{}", said(&out));
     assert!(
-        out.stdout
-            .contains("inserted 3, duplicates 2 (by external_id), bad lines 5"),
+        out.stdout.contains(
+            "inserted 3, duplicates 2 (external_id already queued, or purged), bad lines 5"
+        ),
         "{}",
         said(&out)
     );
@@ -788,7 +791,7 @@ https://media.example.com/f.mp4,,x-2
         .ok();
     assert!(
         out.stdout
-            .contains("inserted 0, duplicates 2 (by external_id)")
+            .contains("inserted 0, duplicates 2 (external_id already queued, or purged)")
             && out.stdout.contains("2 rows: 2 completed in"),
         "{}",
         said(&out)
@@ -1027,7 +1030,9 @@ async fn a_file_is_committed_chunk_by_chunk_so_other_writers_get_in_between() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("inserted 2500, duplicates 0 (by external_id), bad lines 0"),
+        stdout.contains(
+            "inserted 2500, duplicates 0 (external_id already queued, or purged), bad lines 0"
+        ),
         "{stdout}"
     );
     assert_eq!(

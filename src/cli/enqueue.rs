@@ -259,7 +259,7 @@ fn print_summary(tally: &mut Tally) {
     }
     report_queued(&tally.inserted);
     outln!(
-        "inserted {}, duplicates {} (by external_id), bad lines {}",
+        "inserted {}, duplicates {} (external_id already queued, or purged), bad lines {}",
         tally.inserted.len(),
         tally.duplicates,
         tally.bad_count
