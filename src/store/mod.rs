@@ -33,8 +33,7 @@ pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{
     ChunkOutcome, EnqueueRow, ExportRow, LastError, ListFilter, MEAN_JOB_SAMPLE, QueueShape,
-    RowsProgress,
-    STATES, StatusCounts,
+    RowsProgress, STATES, StatusCounts,
 };
 pub use progress::{Finished, Progress, Started};
 pub use queue::{Claimed, Fate};
