@@ -24,7 +24,7 @@ pub async fn guard(State(s): State<AdminState>, req: Request<Body>, next: Next) 
         return next.run(req).await;
     }
     let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
-    if changes && let Err(why) = same_origin(req.headers(), &s) {
+    if changes && let Err(why) = same_origin(req.headers(), s.listen) {
         return refuse(StatusCode::FORBIDDEN, why);
     }
     if s.token.is_set() {
@@ -99,7 +99,7 @@ fn authorized(h: &HeaderMap, s: &AdminState) -> bool {
 /// current browser) must not say `cross-site` or `same-site`, and an `Origin` must be this
 /// listener's address or the host the request was sent to (a reverse proxy in front that
 /// passes `Host` on). Tools like curl send neither header and pass.
-fn same_origin(h: &HeaderMap, s: &AdminState) -> Result<(), &'static str> {
+fn same_origin(h: &HeaderMap, listen: std::net::SocketAddr) -> Result<(), &'static str> {
     if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && matches!(site.trim(), "cross-site" | "same-site")
     {
@@ -109,7 +109,7 @@ fn same_origin(h: &HeaderMap, s: &AdminState) -> Result<(), &'static str> {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
-    let own = format!("http://{}", s.listen);
+    let own = format!("http://{listen}");
     let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
     let by_host = host.is_some_and(|host| {
         origin
@@ -121,5 +121,62 @@ fn same_origin(h: &HeaderMap, s: &AdminState) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err("request from another origin refused")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn loopback_hosts_only() {
+        for ok in [
+            "127.0.0.1:9187",
+            "localhost:9187",
+            "LOCALHOST",
+            "[::1]:9187",
+            "127.1.2.3",
+        ] {
+            assert!(loopback_host(&headers(&[("host", ok)])), "{ok}");
+        }
+        assert!(loopback_host(&HeaderMap::new()), "no Host (HTTP/1.0)");
+        for bad in [
+            "evil.example:9187",
+            "192.168.1.5:9187",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!loopback_host(&headers(&[("host", bad)])), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origin_must_be_the_listener_or_the_host() {
+        let listen: std::net::SocketAddr = "127.0.0.1:9187".parse().unwrap();
+        let ok = |pairs: &[(&'static str, &str)]| same_origin(&headers(pairs), listen).is_ok();
+        assert!(ok(&[]));
+        assert!(ok(&[("origin", "http://127.0.0.1:9187")]));
+        assert!(ok(&[("sec-fetch-site", "same-origin")]));
+        assert!(ok(&[("sec-fetch-site", "none")]));
+        assert!(ok(&[
+            ("origin", "https://admin.example"),
+            ("host", "admin.example")
+        ]));
+        assert!(!ok(&[("origin", "http://127.0.0.1:9188")]));
+        assert!(!ok(&[
+            ("origin", "http://evil.example"),
+            ("host", "127.0.0.1:9187")
+        ]));
+        assert!(!ok(&[("origin", "null")]));
+        assert!(!ok(&[("sec-fetch-site", "cross-site")]));
+        assert!(!ok(&[("sec-fetch-site", "same-site")]));
     }
 }
