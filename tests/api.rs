@@ -654,8 +654,8 @@ async fn bulk_retry_is_capped_at_ten_thousand() {
     a.stop().await;
 }
 
-/// `admin.listen` off loopback without a token is a config error naming the key (exit 2);
-/// with a token it serves, and asks for it.
+/// `admin.listen` off loopback without a token is a config error naming the key (exit 2),
+/// so is an unreadable `admin.token_file`; with a token it serves, and asks for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_loopback_listen_needs_a_token() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -669,7 +669,19 @@ async fn non_loopback_listen_needs_a_token() {
     assert_eq!(status.code(), Some(2), "{}", d.log_text());
     assert!(d.log_text().contains("admin.listen"), "{}", d.log_text());
 
+    // A token file that cannot be read is a config error too, naming its key.
     let token = dir.path().join("admin-token");
+    cfg.admin.token_file = token.display().to_string();
+    let cfg_path = write_config(dir.path(), &cfg);
+    let mut d = Proc::start(&cfg_path, Some(KEY), "no-token-file");
+    let status = d.wait_exit(secs(20)).await;
+    assert_eq!(status.code(), Some(2), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("admin.token_file"),
+        "{}",
+        d.log_text()
+    );
+
     std::fs::write(&token, TOKEN).expect("token");
     cfg.admin.token_file = token.display().to_string();
     let cfg_path = write_config(dir.path(), &cfg);
