@@ -328,6 +328,21 @@ async fn read_routes_answer_the_cli_json_shapes() {
         assert!(r.json()["error"].is_string(), "{path}: {}", r.body);
     }
     assert_eq!(a.get_json("/api/v1/audit").await, Value::Array(vec![]));
+
+    // Failures by reason; the last hour's throughput.
+    let groups = a.get_json("/api/v1/failures").await;
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    assert_eq!(groups[0]["rows"], 1);
+    assert_eq!(groups[0]["latest_id"], bad);
+    let reason = groups[0]["reason"].as_str().expect("reason");
+    assert!(reason.contains("Unsupported media"), "{reason}");
+    let minutes = a.get_json("/api/v1/throughput").await;
+    let (mut completed, mut failed) = (0, 0);
+    for m in minutes.as_array().expect("array") {
+        completed += m["completed"].as_i64().unwrap();
+        failed += m["failed"].as_i64().unwrap();
+    }
+    assert_eq!((completed, failed), (1, 1), "{minutes}");
     a.stop().await;
 }
 

@@ -376,6 +376,7 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
             "imports_completed_by_kind",
             "imports_due",
             "imports_errors_by_updated",
+            "imports_failed_by_error",
             "imports_metadata_by_url",
             "imports_pending_by_created",
             "imports_waiting_for_preflight"

@@ -21,6 +21,8 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<AdminState>)> {
         ("get", "/api/v1/rows/{id}", get(row)),
         ("get", "/api/v1/rows/{id}/ticket", get(ticket)),
         ("get", "/api/v1/audit", get(audit)),
+        ("get", "/api/v1/failures", get(failures)),
+        ("get", "/api/v1/throughput", get(throughput)),
         ("post", "/api/v1/rows/{id}/retry", post(retry_one)),
         ("post", "/api/v1/rows/{id}/cancel", post(cancel_one)),
         ("post", "/api/v1/retry", post(bulk_retry)),
@@ -118,6 +120,7 @@ async fn ticket(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+/// `?limit=` of the audit and the failure groups.
 #[derive(Deserialize)]
 struct AuditQuery {
     limit: Option<u32>,
@@ -125,6 +128,15 @@ struct AuditQuery {
 
 async fn audit(State(s): State<AdminState>, Query(q): Query<AuditQuery>) -> ApiResult {
     Ok(Json(service::audit(&s.store, q.limit).await?).into_response())
+}
+
+async fn failures(State(s): State<AdminState>, Query(q): Query<AuditQuery>) -> ApiResult {
+    Ok(Json(service::failure_groups(&s.store, q.limit).await?).into_response())
+}
+
+async fn throughput(State(s): State<AdminState>) -> ApiResult {
+    let now = std::time::SystemTime::now();
+    Ok(Json(service::throughput(&s.store, now).await?).into_response())
 }
 
 /// 200 when the row was acted on, 404 when it does not exist, 409 when its state does not

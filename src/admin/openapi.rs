@@ -109,6 +109,22 @@ pub fn document() -> Value {
                     "[{id, at, action, target, source (api|cli), ok, detail}]",
                     "content": {"application/json": {"schema": {"type": "array"}}}}}), false)
             }},
+            "/api/v1/failures": {"get": {
+                "summary": "Failed rows grouped by last_error, the biggest group first (retry a \
+                    group with POST /api/v1/retry?state=failed&q=REASON)",
+                "parameters": [query("limit", "At most this many groups (100; up to 1000)",
+                    json!({"type": "integer", "minimum": 1, "maximum": 1000}))],
+                "responses": common(json!({"200": {"description":
+                    "[{reason, rows, latest_id, latest_at}]",
+                    "content": {"application/json": {"schema": {"type": "array"}}}}}), false)
+            }},
+            "/api/v1/throughput": {"get": {
+                "summary": "Rows completed and failed per minute over the last hour",
+                "responses": common(json!({"200": {"description":
+                    "[{minute (UTC, 2026-12-07T01:52), completed, failed}], oldest first; \
+                     minutes without any are absent",
+                    "content": {"application/json": {"schema": {"type": "array"}}}}}), false)
+            }},
             "/api/v1/rows/{id}/retry": {"post": {
                 "summary": "A failed row back to pending",
                 "parameters": [id_param()],

@@ -13,12 +13,15 @@ pub use actions::{
 };
 pub use status::{StatusView, budget_views, drain_estimate, status};
 
+use std::time::{Duration, SystemTime};
+
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::store::{
-    AuditEntry, ListFilter, PageFilter, Row, STATES, Store, StoreError, StoredAttempt,
+    AuditEntry, FailureGroup, ListFilter, MinuteCount, PageFilter, Row, STATES, Store, StoreError,
+    StoredAttempt,
 };
 
 /// The largest page of rows one call returns.
@@ -105,12 +108,7 @@ pub async fn rows(
     after: Option<i64>,
 ) -> Result<RowPage> {
     check_state(state.as_deref())?;
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ServiceError::BadRequest(format!(
-            "limit must be 1 to {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(limit)?;
     let rows = store
         .page(&PageFilter {
             state,
@@ -158,13 +156,29 @@ pub async fn ticket(store: &Store, cfg: &Config, id: i64) -> Result<Value> {
     Ok(crate::cli::ticket::build(&d.row, &d.attempts, cfg))
 }
 
-/// The latest operator actions, newest first.
-pub async fn audit(store: &Store, limit: Option<u32>) -> Result<Vec<AuditEntry>> {
+/// Failed rows grouped by their error, the biggest group first (retry a group with
+/// [`bulk_retry`] and its reason as `q`).
+pub async fn failure_groups(store: &Store, limit: Option<u32>) -> Result<Vec<FailureGroup>> {
+    Ok(store.failure_groups(page_limit(limit)?).await?)
+}
+
+/// Rows completed and failed per minute over the last hour, oldest minute first.
+pub async fn throughput(store: &Store, now: SystemTime) -> Result<Vec<MinuteCount>> {
+    let since = crate::clock::iso(now - Duration::from_secs(3600));
+    Ok(store.finished_per_minute(&since[..16]).await?)
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32> {
     let limit = limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ServiceError::BadRequest(format!(
             "limit must be 1 to {MAX_PAGE}"
         )));
     }
-    Ok(store.audit_log(limit).await?)
+    Ok(limit)
+}
+
+/// The latest operator actions, newest first.
+pub async fn audit(store: &Store, limit: Option<u32>) -> Result<Vec<AuditEntry>> {
+    Ok(store.audit_log(page_limit(limit)?).await?)
 }

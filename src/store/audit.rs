@@ -17,6 +17,25 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+/// Failed rows sharing one `last_error`.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct FailureGroup {
+    /// The error; `null` for failed rows without one.
+    pub reason: Option<String>,
+    pub rows: i64,
+    /// The most recently failed row of the group.
+    pub latest_id: i64,
+    pub latest_at: String,
+}
+
+/// Rows that ended in one minute (UTC, `2026-12-07T01:52`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MinuteCount {
+    pub minute: String,
+    pub completed: i64,
+    pub failed: i64,
+}
+
 /// What a page of rows is cut by: all filters apply.
 #[derive(Clone, Debug, Default)]
 pub struct PageFilter {
@@ -102,6 +121,50 @@ impl Store {
         .bind(i64::from(f.limit))
         .fetch_all(&self.reader)
         .await?)
+    }
+
+    /// Failed rows grouped by their error, the biggest group first. Reads the partial index
+    /// `imports_failed_by_error` (failed rows only), not the table.
+    pub async fn failure_groups(&self, limit: u32) -> Result<Vec<FailureGroup>> {
+        Ok(sqlx::query_as::<_, FailureGroup>(
+            "SELECT last_error AS reason, count(*) AS rows, max(id) AS latest_id, \
+                    max(updated_at) AS latest_at \
+             FROM imports INDEXED BY imports_failed_by_error WHERE state = 'failed' \
+             GROUP BY last_error ORDER BY rows DESC, latest_id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Rows completed and failed per minute since `since` (ISO), oldest first; minutes
+    /// without any are absent. A range of `imports_by_state` per state.
+    pub async fn finished_per_minute(&self, since: &str) -> Result<Vec<MinuteCount>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT substr(updated_at, 1, 16), state, count(*) FROM imports \
+             WHERE state IN ('completed', 'failed') AND updated_at >= ? \
+             GROUP BY 1, 2 ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out: Vec<MinuteCount> = Vec::new();
+        for (minute, state, n) in rows {
+            if out.last().is_none_or(|m| m.minute != minute) {
+                out.push(MinuteCount {
+                    minute,
+                    ..MinuteCount::default()
+                });
+            }
+            if let Some(m) = out.last_mut() {
+                if state == "completed" {
+                    m.completed = n;
+                } else {
+                    m.failed = n;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The ids of up to `cap` failed rows matching `q` (as [`Store::page`]), lowest first.

@@ -27,7 +27,7 @@ use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Tra
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
-pub use audit::{AuditEntry, PageFilter};
+pub use audit::{AuditEntry, FailureGroup, MinuteCount, PageFilter};
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
