@@ -20,6 +20,8 @@ use crate::health::SharedHealth;
 use crate::limits::Budget;
 use crate::store::Store;
 
+pub mod ui;
+
 /// Poll latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
@@ -59,10 +61,12 @@ pub async fn serve(
         health,
         prometheus,
     };
+    let dashboard = ui::router(state.store.clone(), state.cfg.clone());
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(dashboard);
     Ok(tokio::spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

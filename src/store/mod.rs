@@ -13,6 +13,7 @@ mod metadata;
 mod ops;
 mod progress;
 mod queue;
+mod throughput;
 
 use std::path::Path;
 use std::str::FromStr;
