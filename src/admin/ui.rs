@@ -3,10 +3,11 @@
 //! Every page carries a strict Content-Security-Policy: scripts and styles only from this
 //! origin, no inline script, no framing, requests only to this origin.
 //!
-//! One read-only endpoint of its own, `GET /ui/overview.json`: what the chart and the slots
-//! line need that `/api/v1/status` does not carry (completions per minute over the last
-//! hour, the configured concurrency). It sits behind the same auth as the rest of the
-//! listener.
+//! Two read-only endpoints of its own, for what `/api/v1` does not carry:
+//! `GET /ui/overview.json` (completions per minute over the last hour for the chart, the
+//! configured concurrency, the latest failures newest first) and `GET /ui/failures.json`
+//! (failed rows grouped by reason). They sit behind the same auth as the rest of the
+//! listener, and each reads one index range (see `store/dashboard.rs`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -36,6 +37,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// How far back the throughput chart looks.
 const CHART_SPAN: Duration = Duration::from_secs(3600);
+/// Failed rows on the overview.
+const LATEST_FAILURES: u32 = 10;
+/// Reasons on the failures view.
+const FAILURE_GROUPS: u32 = 100;
 
 #[derive(Clone)]
 struct UiState {
@@ -55,6 +60,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(
         .route("/assets/app.css", get(app_css))
         .route("/assets/favicon.svg", get(favicon))
         .route("/ui/overview.json", get(overview))
+        .route("/ui/failures.json", get(failures))
         .with_state(UiState { store, cfg })
 }
 
@@ -98,41 +104,63 @@ async fn favicon() -> Response {
     asset("image/svg+xml", FAVICON_SVG)
 }
 
+/// A JSON answer with the dashboard's headers; never cached (it is live data).
+fn json_answer(status: StatusCode, v: serde_json::Value) -> Response {
+    let mut r = (status, axum::Json(v)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    secure_headers(r.headers_mut());
+    r
+}
+
+fn db_error(e: impl std::fmt::Display) -> Response {
+    json_answer(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": format!("database: {e}")}),
+    )
+}
+
 /// Completions per minute for the last hour (oldest first, one entry per minute, zeros
-/// included) and the configured concurrency per lane.
+/// included), the configured concurrency per lane and the latest failed rows.
 async fn overview(State(s): State<UiState>) -> Response {
     let now = SystemTime::now();
     let since = clock::iso(now.checked_sub(CHART_SPAN).unwrap_or(SystemTime::UNIX_EPOCH));
     let per_minute = match s.store.completions_per_minute(&since).await {
         Ok(v) => v,
-        Err(e) => {
-            let mut r = (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(json!({"error": format!("database: {e}")})),
-            )
-                .into_response();
-            secure_headers(r.headers_mut());
-            return r;
-        }
+        Err(e) => return db_error(e),
+    };
+    let latest = match s.store.latest_failed(LATEST_FAILURES).await {
+        Ok(v) => v,
+        Err(e) => return db_error(e),
     };
     let minutes = minute_series(&per_minute, now);
     let limits = s.cfg.borrow().limits.clone();
-    let mut r = axum::Json(json!({
-        "throughput": {
-            "since": since,
-            "minute_starts": minutes.iter().map(|(m, _)| m).collect::<Vec<_>>(),
-            "completed": minutes.iter().map(|(_, n)| n).collect::<Vec<_>>(),
-        },
-        "slots": {
-            "import": limits.import.concurrent,
-            "metadata": limits.metadata.concurrent,
-        },
-    }))
-    .into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    secure_headers(r.headers_mut());
-    r
+    json_answer(
+        StatusCode::OK,
+        json!({
+            "throughput": {
+                "since": since,
+                "minute_starts": minutes.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+                "completed": minutes.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+            },
+            "slots": {
+                "import": limits.import.concurrent,
+                "metadata": limits.metadata.concurrent,
+            },
+            "latest_failures": latest,
+        }),
+    )
+}
+
+/// Failed rows grouped by reason, the largest groups first.
+async fn failures(State(s): State<UiState>) -> Response {
+    match s.store.failure_groups(FAILURE_GROUPS).await {
+        Ok(groups) => json_answer(
+            StatusCode::OK,
+            json!({"groups": groups, "limit": FAILURE_GROUPS}),
+        ),
+        Err(e) => db_error(e),
+    }
 }
 
 /// The 60 minutes ending with the current one, each with its completions (0 when absent

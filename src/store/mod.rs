@@ -13,7 +13,7 @@ mod metadata;
 mod ops;
 mod progress;
 mod queue;
-mod throughput;
+mod dashboard;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -27,6 +27,7 @@ use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Tra
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
+pub use dashboard::FailureGroup;
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};

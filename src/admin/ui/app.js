@@ -8,7 +8,6 @@
   const STATES = ['pending', 'submitting', 'running', 'completed', 'failed', 'cancelled'];
   const PAGE = 50;
   const LATEST_FAILURES = 10;
-  const FAILURE_SCAN = 1000;
 
   const $ = (id) => document.getElementById(id);
 
@@ -146,7 +145,7 @@
 
   function countOf(res) {
     if (res && typeof res === 'object') {
-      for (const k of ['count', 'retried', 'cancelled', 'done', 'affected']) {
+      for (const k of ['retried', 'count', 'done', 'lifted']) {
         if (typeof res[k] === 'number') return res[k];
         if (Array.isArray(res[k])) return res[k].length;
       }
@@ -308,10 +307,9 @@
   }
 
   async function loadOverview() {
-    const [st, extra, failed] = await Promise.all([
+    const [st, extra] = await Promise.all([
       get('/api/v1/status'),
       get('/ui/overview.json').catch(() => null),
-      get('/api/v1/rows?state=failed&limit=' + FAILURE_SCAN).catch(() => null),
     ]);
     status = st;
     renderCounts(st.counts);
@@ -332,8 +330,7 @@
     }
     renderChart(extra && extra.throughput);
     const ul = clear($('latest-failures'));
-    const rows = failed ? rowsOf(failed) : [];
-    rows.sort((a, b) => String(b.updated_at).localeCompare(String(a.updated_at)) || b.id - a.id);
+    const rows = (extra && extra.latest_failures) || [];
     for (const r of rows.slice(0, LATEST_FAILURES)) ul.append(failureItem(r));
     if (!rows.length) ul.append(el('li', { class: 'note', text: 'no failed rows' }));
   }
@@ -426,33 +423,31 @@
 
   // ---- failures by reason ----
 
+  function retryGroup(reason) {
+    return act('Retry every failed row whose URL, external id or error contains "' + reason + '"?',
+      '/api/v1/retry?state=failed&q=' + encodeURIComponent(reason),
+      (res) => {
+        const n = countOf(res);
+        const more = res && res.cap && n !== null && n >= res.cap ? ' (the cap of one call: press again for more)' : '';
+        return (n === null ? 'Rows' : n + ' rows') + ' back to pending' + more + '.';
+      });
+  }
+
   async function loadFailures() {
-    const body = await get('/api/v1/rows?state=failed&limit=' + FAILURE_SCAN);
-    const rows = rowsOf(body);
-    const groups = new Map();
-    for (const r of rows) {
-      const reason = r.last_error || '(no reason recorded)';
-      if (!groups.has(reason)) groups.set(reason, []);
-      groups.get(reason).push(r);
-    }
-    const sorted = [...groups.entries()].sort((a, b) => b[1].length - a[1].length);
+    const body = await get('/ui/failures.json');
+    const groups = body.groups || [];
     const ul = clear($('failure-groups'));
-    for (const [reason, rs] of sorted) {
-      const sample = rs.slice(0, 3).map((r) => '#' + r.id).join(', ');
-      ul.append(el('li', { 'data-reason': reason },
-        el('strong', { text: rs.length + '×' }),
-        el('span', { class: 'reason err', text: reason }),
-        el('span', { class: 'note', text: sample + (rs.length > 3 ? ', …' : '') }),
-        el('button', {
-          type: 'button', class: 'retry-group',
-          onclick: () => act('Retry every failed row whose URL, external id or error matches "' + reason + '"?',
-            '/api/v1/retry?state=failed&q=' + encodeURIComponent(reason),
-            (res) => { const n = countOf(res); return (n === null ? 'Rows' : n + ' rows') + ' back to pending.'; }),
-        }, 'Retry this group')));
+    for (const g of groups) {
+      ul.append(el('li', { 'data-reason': g.reason || '' },
+        el('strong', { text: Number(g.rows).toLocaleString() + '×' }),
+        el('span', { class: 'reason err', text: g.reason || '(no reason recorded)' }),
+        el('span', { class: 'note' }, 'e.g. ', el('a', { href: '#row/' + g.first_id, text: '#' + g.first_id }),
+          ', last ', timeEl(g.last_at)),
+        g.reason ? el('button', { type: 'button', class: 'retry-group', onclick: () => retryGroup(g.reason) }, 'Retry this group') : null));
     }
-    if (!rows.length) ul.append(el('li', { class: 'note', text: 'no failed rows' }));
-    $('failures-note').textContent = rows.length >= FAILURE_SCAN ?
-      'Grouped from the first ' + FAILURE_SCAN + ' failed rows; a group retry acts on every match.' : '';
+    if (!groups.length) ul.append(el('li', { class: 'note', text: 'no failed rows' }));
+    $('failures-note').textContent = groups.length >= body.limit ?
+      'The ' + body.limit + ' largest groups.' : '';
   }
 
   // ---- audit ----
@@ -466,10 +461,11 @@
         el('td', {}, timeEl(a.at)),
         el('td', { text: a.action }),
         el('td', { text: a.target === null || a.target === undefined ? '' : String(a.target) }),
+        el('td', { text: a.detail || '' }),
         el('td', { text: a.source || '' }),
         el('td', { class: a.ok ? '' : 'err', text: a.ok ? 'ok' : 'failed' })));
     }
-    if (!list.length) tb.append(el('tr', {}, el('td', { colspan: 5, class: 'note', text: 'no actions yet' })));
+    if (!list.length) tb.append(el('tr', {}, el('td', { colspan: 6, class: 'note', text: 'no actions yet' })));
   }
 
   // ---- routing and polling ----
