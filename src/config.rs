@@ -215,6 +215,9 @@ impl Default for LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: String,
+    /// The operator token's file (else the credential `importlyd-admin-token`); without a
+    /// token the admin API is read-only and `listen` must be a loopback address.
+    pub token_file: String,
 }
 
 impl Config {

@@ -13,6 +13,7 @@ pub mod health;
 pub mod importly;
 pub mod limits;
 pub mod scheduler;
+pub mod service;
 pub mod sim;
 pub mod store;
 pub mod wakeup;

@@ -158,9 +158,8 @@ impl Rig {
         cfg.admin.listen = format!("127.0.0.1:{admin}");
         let token_file = dir.path().join("admin-token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-        let toml = with_admin_token(&config_toml(&cfg), &token_file);
-        let config = dir.path().join("importlyd.toml");
-        std::fs::write(&config, toml).expect("config");
+        cfg.admin.token_file = token_file.display().to_string();
+        let config = write_config(dir.path(), &cfg);
         let daemon = Proc::start(&config, Some(KEY), test);
         let http = reqwest::Client::new();
         let healthz = format!("http://127.0.0.1:{admin}/healthz");
@@ -249,30 +248,6 @@ impl Rig {
         self.sim.shutdown().await;
         drop(self.dir);
     }
-}
-
-/// The config with `admin.token_file` set (in the `[admin]` section the serialised config
-/// already has).
-fn with_admin_token(toml: &str, token_file: &Path) -> String {
-    let mut out = String::new();
-    let mut in_admin = false;
-    for line in toml.lines() {
-        if line.starts_with('[') {
-            in_admin = line.trim() == "[admin]";
-            out.push_str(line);
-            out.push('\n');
-            if in_admin {
-                out.push_str(&format!("token_file = {:?}\n", token_file.display().to_string()));
-            }
-            continue;
-        }
-        if in_admin && line.trim_start().starts_with("token_file") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 /// The overview shows the counts per state and a failed row's URL and reason; Retry on that

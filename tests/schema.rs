@@ -372,8 +372,11 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
         indexes,
         vec![
             "imports_by_state",
+            "imports_by_state_id",
             "imports_due",
+            "imports_errors_by_updated",
             "imports_metadata_by_url",
+            "imports_pending_by_created",
             "imports_waiting_for_preflight"
         ]
     );

@@ -18,11 +18,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio::sync::watch;
 
+use super::AdminState;
 use crate::clock;
-use crate::config::Config;
-use crate::store::Store;
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -42,18 +40,8 @@ const LATEST_FAILURES: u32 = 10;
 /// Reasons on the failures view.
 const FAILURE_GROUPS: u32 = 100;
 
-#[derive(Clone)]
-struct UiState {
-    store: Store,
-    cfg: watch::Receiver<Config>,
-}
-
-/// The dashboard's routes, ready to be merged into the admin router (any state: this
-/// router carries its own).
-pub fn router<S: Clone + Send + Sync + 'static>(
-    store: Store,
-    cfg: watch::Receiver<Config>,
-) -> Router<S> {
+/// The dashboard's routes, merged into the admin router behind its authentication.
+pub fn router() -> Router<AdminState> {
     Router::new()
         .route("/", get(index))
         .route("/assets/app.js", get(app_js))
@@ -61,7 +49,6 @@ pub fn router<S: Clone + Send + Sync + 'static>(
         .route("/assets/favicon.svg", get(favicon))
         .route("/ui/overview.json", get(overview))
         .route("/ui/failures.json", get(failures))
-        .with_state(UiState { store, cfg })
 }
 
 /// A static asset with its type and the headers every dashboard answer carries. `no-cache`
@@ -122,7 +109,7 @@ fn db_error(e: impl std::fmt::Display) -> Response {
 
 /// Completions per minute for the last hour (oldest first, one entry per minute, zeros
 /// included), the configured concurrency per lane and the latest failed rows.
-async fn overview(State(s): State<UiState>) -> Response {
+async fn overview(State(s): State<AdminState>) -> Response {
     let now = SystemTime::now();
     let since = clock::iso(now.checked_sub(CHART_SPAN).unwrap_or(SystemTime::UNIX_EPOCH));
     let per_minute = match s.store.completions_per_minute(&since).await {
@@ -153,7 +140,7 @@ async fn overview(State(s): State<UiState>) -> Response {
 }
 
 /// Failed rows grouped by reason, the largest groups first.
-async fn failures(State(s): State<UiState>) -> Response {
+async fn failures(State(s): State<AdminState>) -> Response {
     match s.store.failure_groups(FAILURE_GROUPS).await {
         Ok(groups) => json_answer(
             StatusCode::OK,

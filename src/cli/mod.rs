@@ -12,7 +12,7 @@ mod logging;
 mod report;
 mod run;
 mod systemd;
-mod ticket;
+pub(crate) mod ticket;
 mod wait;
 
 use std::path::PathBuf;

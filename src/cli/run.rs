@@ -125,12 +125,8 @@ async fn start_admin(
         shutdown.clone(),
     )
     .await
-    .map_err(|e| {
-        Failure::usage(format!(
-            "config key `admin.listen`: cannot listen on {addr}: {e}"
-        ))
-    })?;
-    tracing::info!(%addr, "admin listener: /healthz and /metrics");
+    .map_err(|e| Failure::usage(e.to_string()))?;
+    tracing::info!(%addr, "admin listener: /healthz, /metrics, /api/v1");
     Ok(Some(handle))
 }
 

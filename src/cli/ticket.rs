@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use super::report::row_json;
+use crate::service::row_json;
 use super::{CmdResult, Failure, TicketFormat};
 use crate::config::Config;
 use crate::store::{ListFilter, Row, Store, StoredAttempt};

@@ -7,6 +7,7 @@
 //! always covers our longest lock.
 
 mod attempts;
+mod audit;
 mod daemons;
 mod limits;
 mod metadata;
@@ -27,12 +28,14 @@ use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Tra
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
+pub use audit::{AuditEntry, PageFilter};
 pub use dashboard::FailureGroup;
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{
-    ChunkOutcome, EnqueueRow, ExportRow, ListFilter, MEAN_JOB_SAMPLE, QueueShape, RowsProgress,
+    ChunkOutcome, EnqueueRow, ExportRow, LastError, ListFilter, MEAN_JOB_SAMPLE, QueueShape,
+    RowsProgress,
     STATES, StatusCounts,
 };
 pub use progress::{Finished, Progress, Started};

@@ -1,7 +1,14 @@
 //! The optional admin listener (`admin.listen`): `/healthz` for load balancers and
-//! supervisors, `/metrics` in Prometheus text format. Row counts, pauses and budgets are read
+//! supervisors, `/metrics` in Prometheus text format, the operator API under `/api/v1`
+//! ([`api`]) and the dashboard ([`ui`]), behind [`auth`]. Row counts, pauses and budgets are read
 //! from the database at scrape time (the truth, and free while nobody scrapes); counters and
 //! histograms come from the `metrics` recorder the scheduler writes to.
+
+pub mod api;
+mod auth;
+mod openapi;
+pub mod token;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -20,18 +27,29 @@ use crate::health::SharedHealth;
 use crate::limits::Budget;
 use crate::store::Store;
 
-pub mod ui;
-
 /// Poll latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
+/// What every handler of the admin listener shares (the dashboard's too).
 #[derive(Clone)]
-struct AdminState {
-    store: Store,
+pub struct AdminState {
+    pub store: Store,
     /// The config in force: SIGHUP replaces it, and the budgets shown follow.
-    cfg: watch::Receiver<Config>,
+    pub cfg: watch::Receiver<Config>,
     health: SharedHealth,
     prometheus: Option<PrometheusHandle>,
+    /// The operator token, re-read when the config is reloaded.
+    token: token::SharedToken,
+    /// The address listened on, the origin a change may come from.
+    listen: SocketAddr,
+}
+
+/// Why the admin listener did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration mistake: `run` exits 2 with this message (it names the key).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Installs the global metrics recorder. Returns `None` if one is installed already (a
@@ -44,8 +62,9 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         .ok()
 }
 
-/// Binds `addr` and serves until `shutdown`. Binding errors are returned so `run` can
-/// exit 2 naming `admin.listen`. `cfg` follows reloads.
+/// Binds `addr` and serves until `shutdown`. Errors name the config key at fault, so `run`
+/// can exit 2: an unreadable token, a non-loopback `addr` without a token, a failed bind.
+/// `cfg` follows reloads; the token is re-read with each.
 pub async fn serve(
     addr: SocketAddr,
     store: Store,
@@ -53,20 +72,37 @@ pub async fn serve(
     health: SharedHealth,
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let first = token::load(&cfg.borrow()).map_err(StartError::Config)?;
+    if first.is_none() && !addr.ip().is_loopback() {
+        return Err(StartError::Config(format!(
+            "config key `admin.listen`: {addr} is not a loopback address, and no admin token \
+             is configured (admin.token_file or the credential {}): listen on 127.0.0.1, or \
+             set a token",
+            token::CREDENTIAL_NAME
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        StartError::Config(format!(
+            "config key `admin.listen`: cannot listen on {addr}: {e}"
+        ))
+    })?;
+    let token = token::SharedToken::new(first);
+    tokio::spawn(follow_reloads(
+        cfg.clone(),
+        token.clone(),
+        addr,
+        shutdown.clone(),
+    ));
     let state = AdminState {
         store,
         cfg,
         health,
         prometheus,
+        token,
+        listen: addr,
     };
-    let dashboard = ui::router(state.store.clone(), state.cfg.clone());
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-        .merge(dashboard);
+    let app = router(state);
     Ok(tokio::spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -75,6 +111,49 @@ pub async fn serve(
             tracing::error!(error = %e, "admin listener failed");
         }
     }))
+}
+
+/// Every route, behind the guard.
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(api::router())
+        .merge(ui::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .with_state(state)
+}
+
+/// Re-reads the token each time the config is reloaded (SIGHUP publishes a new config even
+/// when it is unchanged). An unreadable token keeps the old one; so does a token removed
+/// while listening on a non-loopback address (the API would be open to the network).
+async fn follow_reloads(
+    mut cfg: watch::Receiver<Config>,
+    token: token::SharedToken,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = cfg.changed() => if changed.is_err() { return },
+        }
+        let loaded = token::load(&cfg.borrow_and_update());
+        match loaded {
+            Ok(Some(t)) => {
+                token.replace(Some(t));
+                tracing::info!("admin token re-read");
+            }
+            Ok(None) if !addr.ip().is_loopback() => tracing::warn!(
+                "no admin token any more; keeping the old one: admin.listen is not loopback"
+            ),
+            Ok(None) => token.replace(None),
+            Err(e) => tracing::warn!("{e}; keeping the admin token in force"),
+        }
+    }
 }
 
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
