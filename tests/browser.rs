@@ -187,7 +187,11 @@ impl Rig {
     /// The dashboard, logged in with Basic auth (any user, the token as password).
     async fn open(&self, fragment: &str) {
         let url = format!("http://ops:{TOKEN}@127.0.0.1:{}/{fragment}", self.admin);
-        self.browser.client.goto(&url).await.expect("open dashboard");
+        self.browser
+            .client
+            .goto(&url)
+            .await
+            .expect("open dashboard");
     }
 
     /// Runs `script` (a function body) in the page and returns its value.
@@ -401,9 +405,7 @@ async fn the_reset_countdown_moves() {
     rig.wait_js(
         "the countdown to change",
         secs(5),
-        &format!(
-            "return document.getElementById('reset-import').textContent !== {first}"
-        ),
+        &format!("return document.getElementById('reset-import').textContent !== {first}"),
     )
     .await;
     rig.finish().await;

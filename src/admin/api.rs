@@ -37,7 +37,9 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
 pub fn router() -> Router<AdminState> {
     table()
         .into_iter()
-        .fold(Router::new(), |r, (_, path, handler)| r.route(path, handler))
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
 }
 
 /// A service error as HTTP: the caller's mistakes 400/404, faults 500 (logged).

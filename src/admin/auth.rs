@@ -39,7 +39,10 @@ pub async fn guard(State(s): State<AdminState>, req: Request<Body>, next: Next) 
     } else if !loopback_host(req.headers()) {
         // Without a token only local pages may read: a page on another site whose name
         // was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host.
-        return refuse(StatusCode::FORBIDDEN, "without a token, use a loopback address");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "without a token, use a loopback address",
+        );
     } else if changes {
         return refuse(
             StatusCode::FORBIDDEN,

@@ -21,8 +21,14 @@ fn json_answer(description: &str) -> Value {
 /// The answers every route may give besides its own.
 fn common(mut responses: Value, changes: bool) -> Value {
     let extra = [
-        ("400", "The request is malformed (an unknown state, a limit out of range)"),
-        ("401", "A token is configured and the request lacks it (WWW-Authenticate: Basic)"),
+        (
+            "400",
+            "The request is malformed (an unknown state, a limit out of range)",
+        ),
+        (
+            "401",
+            "A token is configured and the request lacks it (WWW-Authenticate: Basic)",
+        ),
         ("500", "The database failed"),
     ];
     for (code, d) in extra {

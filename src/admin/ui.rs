@@ -71,7 +71,10 @@ fn secure_headers(h: &mut axum::http::HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
@@ -111,7 +114,10 @@ fn db_error(e: impl std::fmt::Display) -> Response {
 /// included), the configured concurrency per lane and the latest failed rows.
 async fn overview(State(s): State<AdminState>) -> Response {
     let now = SystemTime::now();
-    let since = clock::iso(now.checked_sub(CHART_SPAN).unwrap_or(SystemTime::UNIX_EPOCH));
+    let since = clock::iso(
+        now.checked_sub(CHART_SPAN)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    );
     let per_minute = match s.store.completions_per_minute(&since).await {
         Ok(v) => v,
         Err(e) => return db_error(e),
@@ -205,7 +211,10 @@ mod tests {
         for a in [INDEX_HTML, APP_JS, APP_CSS] {
             // The SVG namespace is a name, not a request.
             let a = a.replace("http://www.w3.org/2000/svg", "");
-            assert!(!a.contains("http://") && !a.contains("https://"), "no remote URLs");
+            assert!(
+                !a.contains("http://") && !a.contains("https://"),
+                "no remote URLs"
+            );
         }
     }
 }

@@ -42,21 +42,18 @@ pub fn clock_text(unix_secs: u64, now: SystemTime) -> String {
 pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
     let v = service::status(store, cfg).await?;
     if as_json {
-        outln!("{}", serde_json::to_string_pretty(&v.to_json()).unwrap_or_default());
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&v.to_json()).unwrap_or_default()
+        );
         return Ok(());
     }
     let (counts, pauses, buckets, now) = (&v.counts, &v.pauses, &v.buckets, v.now);
     let (in_flight, oldest_age, daemons) = (v.in_flight, v.oldest_pending_age_secs, &v.all_daemons);
-    let line: Vec<String> = counts
-        .iter()
-        .map(|(s, n)| format!("{s} {n}"))
-        .collect();
+    let line: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
     outln!("daemon:    {}", daemon_line(daemons, now));
     outln!("rows:      {}", line.join(", "));
-    outln!(
-        "in flight: {in_flight}   credits used: {}",
-        v.credits_used
-    );
+    outln!("in flight: {in_flight}   credits used: {}", v.credits_used);
     match oldest_age {
         Some(a) => outln!(
             "oldest pending: {} ago",
@@ -165,7 +162,10 @@ fn shorten(s: &str, n: usize) -> String {
 pub async fn show(store: &Store, id: i64, as_json: bool) -> CmdResult {
     let d = service::show(store, id).await?;
     if as_json {
-        outln!("{}", serde_json::to_string_pretty(&d.to_json()).unwrap_or_default());
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&d.to_json()).unwrap_or_default()
+        );
         return Ok(());
     }
     let (row, attempts) = (&d.row, &d.attempts);

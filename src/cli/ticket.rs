@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::service::row_json;
 use super::{CmdResult, Failure, TicketFormat};
 use crate::config::Config;
+use crate::service::row_json;
 use crate::store::{ListFilter, Row, Store, StoredAttempt};
 
 pub async fn command(

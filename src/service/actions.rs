@@ -151,7 +151,11 @@ pub async fn purge(
 ) -> Result<PurgeReport> {
     let rows = store.purge(before, completed_only).await?;
     let cache_entries = store.purge_metadata_cache(before).await?;
-    let what = if completed_only { "completed" } else { "finished" };
+    let what = if completed_only {
+        "completed"
+    } else {
+        "finished"
+    };
     audit(
         store,
         "purge",
@@ -203,12 +207,7 @@ async fn audit(store: &Store, action: &str, target: &str, source: Source, ok: bo
 }
 
 /// For each named row not acted on, why it was left alone.
-async fn report(
-    store: &Store,
-    named: &[i64],
-    done: Vec<i64>,
-    verb: Verb,
-) -> Result<ActionReport> {
+async fn report(store: &Store, named: &[i64], done: Vec<i64>, verb: Verb) -> Result<ActionReport> {
     let (action, verbed, only) = match verb {
         Verb::Retry => ("retry", "retried", "failed"),
         Verb::Cancel => ("cancel", "cancelled", "pending"),
@@ -220,7 +219,9 @@ async fn report(
         }
         let row = store.row(id).await?;
         let reason = match &row {
-            Some(r) if verb == Verb::Cancel && (r.state == "running" || r.state == "submitting") => {
+            Some(r)
+                if verb == Verb::Cancel && (r.state == "running" || r.state == "submitting") =>
+            {
                 format!(
                     "row {id} is {} at Importly (job {}): it cannot be cancelled from here and will finish",
                     r.state,

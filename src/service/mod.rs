@@ -9,8 +9,7 @@ mod status;
 
 pub use actions::{
     ActionReport, BULK_RETRY_CAP, BulkReport, PurgeReport, ResumeReport, Skipped, bulk_retry,
-    cancel, purge,
-    resume, retry,
+    cancel, purge, resume, retry,
 };
 pub use status::{StatusView, budget_views, drain_estimate, status};
 
@@ -18,8 +17,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::store::{AuditEntry, ListFilter, PageFilter, Row, STATES, Store, StoreError,
-    StoredAttempt};
+use crate::store::{
+    AuditEntry, ListFilter, PageFilter, Row, STATES, Store, StoreError, StoredAttempt,
+};
 
 /// The largest page of rows one call returns.
 pub const MAX_PAGE: u32 = 1000;

@@ -11,8 +11,9 @@ use crate::clock;
 use crate::config::Config;
 use crate::estimate::{self, Estimate};
 use crate::limits::{Budget, BudgetView};
-use crate::store::{LastError, QueueShape, Store, StoreError, StoredBucket, StoredDaemon,
-    StoredPause};
+use crate::store::{
+    LastError, QueueShape, Store, StoreError, StoredBucket, StoredDaemon, StoredPause,
+};
 
 /// What `status --json` and `GET /api/v1/status` answer. The skipped fields serve the text
 /// rendering.

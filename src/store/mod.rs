@@ -9,12 +9,12 @@
 mod attempts;
 mod audit;
 mod daemons;
+mod dashboard;
 mod limits;
 mod metadata;
 mod ops;
 mod progress;
 mod queue;
-mod dashboard;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -29,14 +29,13 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use audit::{AuditEntry, PageFilter};
-pub use dashboard::FailureGroup;
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
+pub use dashboard::FailureGroup;
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{
     ChunkOutcome, EnqueueRow, ExportRow, LastError, ListFilter, MEAN_JOB_SAMPLE, QueueShape,
-    RowsProgress,
-    STATES, StatusCounts,
+    RowsProgress, STATES, StatusCounts,
 };
 pub use progress::{Finished, Progress, Started};
 pub use queue::{Claimed, Fate};

@@ -335,11 +335,10 @@ impl Store {
     pub async fn status_counts(&self) -> Result<StatusCounts> {
         let mut counts: BTreeMap<String, i64> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
         // From the totals the triggers of migration 0006 keep: a few rows, at any table size.
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT state, sum(n), sum(credits) FROM imports_counts GROUP BY state",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT state, sum(n), sum(credits) FROM imports_counts GROUP BY state")
+                .fetch_all(&self.reader)
+                .await?;
         let mut credits_used = 0;
         for (state, n, credits) in rows {
             if state == "completed" {

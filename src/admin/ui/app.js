@@ -255,9 +255,10 @@
   function failureItem(r) {
     return el('li', { 'data-row': r.id },
       el('a', { href: '#row/' + r.id, text: '#' + r.id }),
-      el('span', { class: 'url', text: r.url }),
-      el('span', { class: 'err reason', text: r.last_error || '' }),
-      timeEl(r.updated_at),
+      el('div', { class: 'what' },
+        el('div', { class: 'url', text: r.url }),
+        el('div', { class: 'err reason', text: r.last_error || '' })),
+      el('div', { class: 'when' }, timeEl(r.updated_at)),
       el('button', { type: 'button', class: 'retry', 'data-id': r.id, onclick: () => retryRow(r.id) }, 'Retry'));
   }
 
@@ -323,8 +324,9 @@
     if (st.slots && typeof st.slots === 'object' && st.slots.limit !== undefined) {
       slots.textContent = (st.slots.in_use ?? inUse) + ' / ' + st.slots.limit + ' in use';
     } else if (extra && extra.slots) {
-      slots.textContent = inUse + ' in use; limits: import ' + extra.slots.import +
-        ', metadata ' + extra.slots.metadata + ' (configured)';
+      clear(slots).append(inUse + ' in use',
+        el('span', { class: 'note block', text: 'limits: import ' + extra.slots.import +
+          ', metadata ' + extra.slots.metadata + ' at once (configured; a concurrency 429 may lower them)' }));
     } else {
       slots.textContent = inUse + ' in use';
     }
