@@ -28,7 +28,12 @@
     const type = r.headers.get('content-type') || '';
     const body = type.includes('json') ? await r.json().catch(() => null) : await r.text();
     if (!r.ok) {
-      const msg = body && typeof body === 'object' ? (body.error || body.message || JSON.stringify(body)) : String(body || '').trim();
+      let msg = String(body || '').trim();
+      if (body && typeof body === 'object') {
+        // An action's report says why a row was left alone (409).
+        const skipped = Array.isArray(body.skipped) && body.skipped[0];
+        msg = body.error || (skipped && skipped.reason) || JSON.stringify(body);
+      }
       const err = new Error(r.status + ' ' + (msg || r.statusText));
       err.status = r.status;
       throw err;
