@@ -409,3 +409,54 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
     assert_eq!(left, 1, "the deleted row's log went with it");
     pool.close().await;
 }
+
+/// The per-state totals `status` reads (`imports_counts`, kept by the triggers of migration
+/// 0006) agree with a full count after every kind of write an outside program or the daemon
+/// makes: inserts (skipped duplicates and purged ids included), state, kind and credit
+/// changes, deletes.
+#[tokio::test]
+async fn the_counts_table_follows_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(&dir.path().join("q.db")).await;
+    async fn agree(db: &Db, after: &str) {
+        let kept: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT state, kind, n, credits FROM imports_counts WHERE n <> 0 ORDER BY 1, 2",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let counted: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT state, kind, count(*), coalesce(sum(credits_used), 0) FROM imports \
+             GROUP BY state, kind ORDER BY 1, 2",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(kept, counted, "after {after}");
+    }
+    let writes = [
+        "INSERT INTO imports (url, external_id) VALUES ('https://a.example/1', 'e1'), \
+         ('https://a.example/2', 'e2'), ('https://a.example/3', NULL)",
+        "INSERT INTO imports (url, external_id) VALUES ('https://a.example/1', 'e1') \
+         ON CONFLICT (external_id) DO NOTHING",
+        "INSERT INTO imports (url, kind) VALUES ('https://a.example/m', 'metadata')",
+        "UPDATE imports SET state = 'running', importly_job_id = 'j1' WHERE id = 1",
+        "UPDATE imports SET state = 'completed', credits_used = 7 WHERE id = 1",
+        "UPDATE imports SET credits_used = 9 WHERE id = 1",
+        "UPDATE imports SET kind = 'metadata' WHERE id = 2",
+        "UPDATE imports SET state = 'failed', last_error = 'x' WHERE id IN (2, 3)",
+        "UPDATE imports SET updated_at = '2025-01-01T00:00:00.000Z'",
+        "INSERT INTO purged_external_ids (external_id, purged_at) VALUES ('gone', '2025-01-01')",
+        "INSERT INTO imports (url, external_id) VALUES ('https://a.example/g', 'gone')",
+        "DELETE FROM imports WHERE id = 1",
+        "DELETE FROM imports",
+    ];
+    for sql in writes {
+        sqlx::query(sql)
+            .execute(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        agree(&db, sql).await;
+    }
+    db.close().await;
+}
