@@ -243,6 +243,49 @@ impl Rig {
         self.click("#confirm-yes").await;
     }
 
+    /// The page and its assets: behind the token, with their content types and the CSP
+    /// that forbids inline script and anything from elsewhere.
+    async fn check_served_assets(&self) {
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{}", self.admin);
+        let anonymous = http.get(format!("{base}/")).send().await.expect("GET /");
+        assert_eq!(anonymous.status(), 401, "the dashboard needs the token");
+        for (path, kind) in [
+            ("/", "text/html"),
+            ("/assets/app.js", "text/javascript"),
+            ("/assets/app.css", "text/css"),
+            ("/assets/favicon.svg", "image/svg+xml"),
+            ("/ui/overview.json", "application/json"),
+            ("/ui/failures.json", "application/json"),
+        ] {
+            let r = http
+                .get(format!("{base}{path}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("GET an asset");
+            assert_eq!(r.status(), 200, "{path}");
+            let header = |n: &str| {
+                r.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            assert!(
+                header("content-type").starts_with(kind),
+                "{path}: {}",
+                header("content-type")
+            );
+            let csp = header("content-security-policy");
+            assert!(
+                csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+                "{path}: CSP {csp:?}"
+            );
+            assert!(!csp.contains("unsafe-inline"), "{path}: CSP {csp:?}");
+        }
+    }
+
     async fn finish(mut self) {
         if let Err(e) = self.browser.client.clone().close().await {
             eprintln!("closing the browser session: {e}");
@@ -262,6 +305,7 @@ async fn overview_shows_counts_and_a_failure_and_retry_reposts_it() {
     let Some(rig) = Rig::start("overview_retry", KEY).await else {
         return;
     };
+    rig.check_served_assets().await;
     let good: Vec<String> = (1..=6).map(|i| rig.url(&format!("ok-{i}"))).collect();
     for u in &good {
         rig.db.insert(u).await;
@@ -520,6 +564,52 @@ async fn rows_row_failures_and_audit_views() {
         secs(15),
         "return [...document.querySelectorAll('#audit-table tbody tr')].some(r => \
            r.textContent.includes('bulk_retry') && r.textContent.includes('api'))",
+    )
+    .await;
+    rig.finish().await;
+}
+
+/// Polling stops while the tab is hidden (nothing new is drawn) and starts again, at once,
+/// when it is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_stops_while_the_tab_is_hidden() {
+    let Some(rig) = Rig::start("hidden", KEY).await else {
+        return;
+    };
+    rig.open("").await;
+    rig.wait_js(
+        "the first overview",
+        secs(15),
+        "return document.querySelector('#count-completed')?.dataset.count === '0'",
+    )
+    .await;
+    // Headless Chromium never hides its tab: say so the way the browser would.
+    rig.js(
+        "Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'}); \
+         document.dispatchEvent(new Event('visibilitychange')); return true",
+    )
+    .await;
+    let id = rig.db.insert(&rig.url("while-hidden")).await;
+    wait_until("the row to complete", secs(20), || async {
+        rig.db.row(id).await.state == "completed"
+    })
+    .await;
+    // Longer than two polls: the page stays as it was.
+    hold_for("the hidden page not refreshed", secs(7), || async {
+        rig.js("return document.querySelector('#count-completed').dataset.count")
+            .await
+            == json!("0")
+    })
+    .await;
+    rig.js(
+        "Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'visible'}); \
+         document.dispatchEvent(new Event('visibilitychange')); return true",
+    )
+    .await;
+    rig.wait_js(
+        "the count once visible again",
+        secs(10),
+        "return document.querySelector('#count-completed').dataset.count === '1'",
     )
     .await;
     rig.finish().await;
