@@ -2,7 +2,8 @@
 //!
 //!     cargo bench --bench importlyd                 # all of them
 //!     cargo bench --bench importlyd -- claims       # one: utilisation, throughput, claims,
-//!                                                   #      pickup, idle, scale, ingest
+//!                                                   #      pickup, idle, scale, ingest,
+//!                                                   #      admin
 //!
 //! The daemon runs as the real release binary (`target/release/importlyd`), the simulator
 //! in this process on loopback, the database in a temp dir. These report; they assert
@@ -53,6 +54,9 @@ async fn main() -> R<()> {
     }
     if want("ingest") {
         ingest().await?;
+    }
+    if want("admin") {
+        admin().await?;
     }
     Ok(())
 }
@@ -535,5 +539,88 @@ async fn ingest() -> R<()> {
         rows as f64 / secs
     );
     sim.shutdown().await;
+    Ok(())
+}
+
+/// The admin API at 1,000,000 rows (600,000 completed, 200,000 failed, 200,000 pending; the
+/// daemon paused, so what is timed is the answer, not the queue moving): `GET
+/// /api/v1/status` (goal < 200 ms), a deep page of failed rows, a search.
+async fn admin() -> R<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let e = env(
+        "http://127.0.0.1:9",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let mut c = conn(&e.db).await?;
+    let mut done: i64 = 0;
+    while done < 1_000_000 {
+        sqlx::query(
+            "WITH RECURSIVE s(i) AS (SELECT ?1 + 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?1 + 1000) \
+             INSERT INTO imports (url, state, attempts, credits_used, last_error, \
+                                  importly_job_id, completed_at) \
+             SELECT 'https://media.example.com/admin/' || i || '.mp4', \
+                    CASE WHEN i % 10 < 6 THEN 'completed' WHEN i % 10 < 8 THEN 'failed' \
+                         ELSE 'pending' END, \
+                    1, CASE WHEN i % 10 < 6 THEN 3 END, \
+                    CASE WHEN i % 10 IN (6, 7) THEN 'Unsupported media' END, 'job-' || i, \
+                    CASE WHEN i % 10 < 6 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END \
+             FROM s",
+        )
+        .bind(done)
+        .execute(&mut c)
+        .await?;
+        done += 1000;
+    }
+    sqlx::query(
+        "INSERT INTO pauses (scope, reason, http_status, since, next_probe) \
+         VALUES ('all', 'bench', 402, '2026-01-01T00:00:00.000Z', '2099-01-01T00:00:00.000Z')",
+    )
+    .execute(&mut c)
+    .await?;
+    let child = daemon(&e)?;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let t = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err("admin listener not up within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (name, path) in [
+        ("status", "/api/v1/status".to_owned()),
+        (
+            "rows, failed, page at id 900,000",
+            "/api/v1/rows?state=failed&after=900000&limit=100".to_owned(),
+        ),
+        ("rows, all, first page", "/api/v1/rows?limit=100".to_owned()),
+        (
+            "rows, search q=999990",
+            "/api/v1/rows?q=999990&limit=100".to_owned(),
+        ),
+    ] {
+        let mut ms = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            let r = http.get(format!("{base}{path}")).send().await?;
+            if !r.status().is_success() {
+                return Err(format!("{path}: {}", r.status()).into());
+            }
+            r.bytes().await?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "admin: {name}, 1,000,000 rows: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms[ms.len() / 2],
+            ms[ms.len() * 99 / 100],
+            ms[ms.len() - 1]
+        );
+    }
+    stop(child)?;
     Ok(())
 }

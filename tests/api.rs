@@ -56,8 +56,7 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -199,13 +198,21 @@ impl Admin {
 
 /// Submits of `url` the simulator has seen.
 fn posts(sim: &Sim, url: &str) -> u64 {
-    sim.stats().import_posts_by_url.get(url).copied().unwrap_or(0)
+    sim.stats()
+        .import_posts_by_url
+        .get(url)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// A completed and a failed row, through the simulator.
 async fn one_completed_one_failed(a: &Admin) -> (i64, i64) {
-    let ok = a.db.insert(&format!("{}/media/ok.mp4", a.sim.base_url())).await;
-    let bad = a.db.insert(&format!("{}/media/fail.mp4", a.sim.base_url())).await;
+    let ok =
+        a.db.insert(&format!("{}/media/ok.mp4", a.sim.base_url()))
+            .await;
+    let bad =
+        a.db.insert(&format!("{}/media/fail.mp4", a.sim.base_url()))
+            .await;
     a.wait_state(ok, "completed").await;
     a.wait_state(bad, "failed").await;
     (ok, bad)
@@ -227,24 +234,41 @@ async fn read_routes_answer_the_cli_json_shapes() {
     };
     assert_eq!(keys(&status), keys(&cli_status));
     assert!(status["estimate"].is_object(), "{status}");
-    assert_eq!(status["daemons"].as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(
+        status["daemons"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
 
     // Rows: a state's rows = `list --state --json`; pages by cursor; search.
     let failed = a.get_json("/api/v1/rows?state=failed").await;
-    let cli_failed = a.cli(&["list", "--state", "failed", "--json"]).await.ok().json();
+    let cli_failed = a
+        .cli(&["list", "--state", "failed", "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(failed["rows"], cli_failed);
     assert_eq!(failed["next_after"], Value::Null);
     let first = a.get_json("/api/v1/rows?limit=1").await;
     assert_eq!(first["rows"][0]["id"], ok);
     assert_eq!(first["next_after"], ok);
-    let second = a.get_json(&format!("/api/v1/rows?limit=1&after={ok}")).await;
+    let second = a
+        .get_json(&format!("/api/v1/rows?limit=1&after={ok}"))
+        .await;
     assert_eq!(second["rows"][0]["id"], bad);
-    let rest = a.get_json(&format!("/api/v1/rows?limit=1&after={bad}")).await;
+    let rest = a
+        .get_json(&format!("/api/v1/rows?limit=1&after={bad}"))
+        .await;
     assert_eq!(rest["rows"], Value::Array(vec![]));
     assert_eq!(rest["next_after"], Value::Null);
     for q in ["fail.mp4", "Unsupported"] {
         let found = a.get_json(&format!("/api/v1/rows?q={q}")).await;
-        let ids: Vec<&Value> = found["rows"].as_array().expect("rows").iter().map(|r| &r["id"]).collect();
+        let ids: Vec<&Value> = found["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| &r["id"])
+            .collect();
         assert_eq!(ids, vec![&Value::from(bad)], "q={q}");
     }
     let none = a.get_json("/api/v1/rows?q=%25").await;
@@ -252,10 +276,16 @@ async fn read_routes_answer_the_cli_json_shapes() {
 
     // One row = `show --json`; the ticket = `ticket` in each format.
     let row = a.get_json(&format!("/api/v1/rows/{bad}")).await;
-    let cli_row = a.cli(&["show", &bad.to_string(), "--json"]).await.ok().json();
+    let cli_row = a
+        .cli(&["show", &bad.to_string(), "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(row, cli_row);
     for format in ["text", "markdown", "json"] {
-        let t = a.get(&format!("/api/v1/rows/{bad}/ticket?format={format}")).await;
+        let t = a
+            .get(&format!("/api/v1/rows/{bad}/ticket?format={format}"))
+            .await;
         assert_eq!(t.status, StatusCode::OK);
         let cli_t = a
             .cli(&["ticket", &bad.to_string(), "--format", format])
@@ -273,7 +303,10 @@ async fn read_routes_answer_the_cli_json_shapes() {
     }
     let text = a.get(&format!("/api/v1/rows/{bad}/ticket")).await;
     assert!(
-        text.headers["content-type"].to_str().unwrap().starts_with("text/plain"),
+        text.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
         "text is the default"
     );
 
@@ -284,7 +317,10 @@ async fn read_routes_answer_the_cli_json_shapes() {
         ("/api/v1/rows?limit=100000", StatusCode::BAD_REQUEST),
         ("/api/v1/rows/999999", StatusCode::NOT_FOUND),
         ("/api/v1/rows/999999/ticket", StatusCode::NOT_FOUND),
-        (&format!("/api/v1/rows/{bad}/ticket?format=pdf"), StatusCode::BAD_REQUEST),
+        (
+            &format!("/api/v1/rows/{bad}/ticket?format=pdf"),
+            StatusCode::BAD_REQUEST,
+        ),
         ("/api/v1/audit?limit=0", StatusCode::BAD_REQUEST),
     ] {
         let r = a.get(path).await;
@@ -350,17 +386,33 @@ async fn actions_act_and_are_audited_from_both_faces() {
     let pending = a.insert_not_due("https://media.example/later.mp4").await;
     let basic = Auth::Basic("anyone", TOKEN);
     let r = a
-        .send(Method::POST, &format!("/api/v1/rows/{pending}/cancel"), basic, &[])
+        .send(
+            Method::POST,
+            &format!("/api/v1/rows/{pending}/cancel"),
+            basic,
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(a.db.row(pending).await.state, "cancelled");
     let again = a.post(&format!("/api/v1/rows/{pending}/cancel")).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
-    assert!(again.json()["skipped"][0]["reason"].as_str().unwrap().contains("cancelled"));
-    assert_eq!(a.post("/api/v1/rows/999999/retry").await.status, StatusCode::NOT_FOUND);
+    assert!(
+        again.json()["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled")
+    );
+    assert_eq!(
+        a.post("/api/v1/rows/999999/retry").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Bulk retry needs state=failed; it answers the count.
-    assert_eq!(a.post("/api/v1/retry").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        a.post("/api/v1/retry").await.status,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(
         a.post("/api/v1/retry?state=pending").await.status,
         StatusCode::BAD_REQUEST
@@ -425,18 +477,29 @@ async fn actions_act_and_are_audited_from_both_faces() {
 async fn auth_matrix_and_token_reload() {
     let open = start(None, true).await;
     assert_eq!(open.get("/api/v1/status").await.status, StatusCode::OK);
-    for path in ["/api/v1/resume", "/api/v1/retry?state=failed", "/api/v1/rows/1/retry"] {
+    for path in [
+        "/api/v1/resume",
+        "/api/v1/retry?state=failed",
+        "/api/v1/rows/1/retry",
+    ] {
         let r = open.post(path).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
         assert!(r.body.contains("read-only"), "{}", r.body);
         // Even with a made-up token.
-        let r = open.send(Method::POST, path, Auth::Bearer(TOKEN), &[]).await;
+        let r = open
+            .send(Method::POST, path, Auth::Bearer(TOKEN), &[])
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
     }
     assert_eq!(open.db.pauses().await.len(), 1, "nothing was resumed");
     // A page elsewhere whose name points at 127.0.0.1 cannot read.
     let r = open
-        .send(Method::GET, "/api/v1/status", Auth::None, &[("host", "rebound.example:80")])
+        .send(
+            Method::GET,
+            "/api/v1/status",
+            Auth::None,
+            &[("host", "rebound.example:80")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     open.stop().await;
@@ -467,17 +530,30 @@ async fn auth_matrix_and_token_reload() {
     assert_eq!(a.db.pauses().await.len(), 1, "nothing was resumed");
     let raw = base64::engine::general_purpose::STANDARD.encode(format!("x:{TOKEN}"));
     let header = format!("Basic {raw}");
-    for auth in [Auth::Bearer(TOKEN), Auth::Basic("", TOKEN), Auth::Basic("ops", TOKEN)] {
+    for auth in [
+        Auth::Bearer(TOKEN),
+        Auth::Basic("", TOKEN),
+        Auth::Basic("ops", TOKEN),
+    ] {
         assert_eq!(
-            a.send(Method::GET, "/api/v1/status", auth, &[]).await.status,
+            a.send(Method::GET, "/api/v1/status", auth, &[])
+                .await
+                .status,
             StatusCode::OK
         );
     }
     let r = a
-        .send(Method::GET, "/api/v1/status", Auth::None, &[("authorization", &header)])
+        .send(
+            Method::GET,
+            "/api/v1/status",
+            Auth::None,
+            &[("authorization", &header)],
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = a.send(Method::POST, "/api/v1/resume", Auth::Basic("u", TOKEN), &[]).await;
+    let r = a
+        .send(Method::POST, "/api/v1/resume", Auth::Basic("u", TOKEN), &[])
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json()["lifted"], 1);
 
@@ -486,11 +562,15 @@ async fn auth_matrix_and_token_reload() {
     std::fs::write(a.dir.path().join("admin-token"), new).expect("new token");
     a.daemon.signal("HUP");
     wait_until("the new token is in force", secs(20), || async {
-        a.send(Method::GET, "/api/v1/status", Auth::Bearer(new), &[]).await.status
+        a.send(Method::GET, "/api/v1/status", Auth::Bearer(new), &[])
+            .await
+            .status
             == StatusCode::OK
     })
     .await;
-    let r = a.send(Method::GET, "/api/v1/status", Auth::Bearer(TOKEN), &[]).await;
+    let r = a
+        .send(Method::GET, "/api/v1/status", Auth::Bearer(TOKEN), &[])
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let log = a.daemon.log_text();
     assert!(!log.contains(new), "the log holds the new token");
@@ -510,10 +590,18 @@ async fn cross_site_posts_are_refused() {
         vec![("sec-fetch-site", "same-site")],
         vec![("origin", own.as_str()), ("sec-fetch-site", "cross-site")],
     ] {
-        let r = a.send(Method::POST, "/api/v1/resume", a.auth, &headers).await;
+        let r = a
+            .send(Method::POST, "/api/v1/resume", a.auth, &headers)
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}");
-        let r = a.send(Method::POST, "/api/v1/resume", Auth::None, &headers).await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?} without a token");
+        let r = a
+            .send(Method::POST, "/api/v1/resume", Auth::None, &headers)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{headers:?} without a token"
+        );
     }
     assert_eq!(a.db.pauses().await.len(), 1, "nothing was resumed");
     let r = a
@@ -528,7 +616,12 @@ async fn cross_site_posts_are_refused() {
     assert_eq!(r.json()["lifted"], 1);
     // A read from anywhere is no change: it only needs the token.
     let r = a
-        .send(Method::GET, "/api/v1/status", a.auth, &[("sec-fetch-site", "cross-site")])
+        .send(
+            Method::GET,
+            "/api/v1/status",
+            a.auth,
+            &[("sec-fetch-site", "cross-site")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     a.stop().await;

@@ -78,13 +78,20 @@ impl Store {
     }
 
     /// One page of rows in id order (keyset: `id > after`), so a page costs the same at any
-    /// depth. With a state, a range of the `imports_by_state_id` index; `q` filters the rows
-    /// as they are walked (a rare match may walk far: the search is a substring search).
+    /// depth. With a state, a range of the `imports_by_state_id` index, without one of the
+    /// primary key (two statements: `?1 IS NULL OR state = ?1` would keep SQLite from
+    /// using the index). `q` filters the rows as they are walked: a substring search, so a
+    /// rare match may walk far.
     pub async fn page(&self, f: &PageFilter) -> Result<Vec<Row>> {
         let pattern = f.q.as_deref().filter(|q| !q.is_empty()).map(like_pattern);
+        let by_state = if f.state.is_some() {
+            "state = ?1"
+        } else {
+            "?1 IS NULL"
+        };
         Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
             "SELECT {ROW_COLUMNS} FROM imports \
-             WHERE (?1 IS NULL OR state = ?1) AND id > ?2 \
+             WHERE {by_state} AND id > ?2 \
                AND (?3 IS NULL OR url LIKE ?3 ESCAPE '\\' OR external_id LIKE ?3 ESCAPE '\\' \
                     OR last_error LIKE ?3 ESCAPE '\\') \
              ORDER BY id LIMIT ?4"

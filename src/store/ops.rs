@@ -346,11 +346,14 @@ impl Store {
             }
             counts.insert(state, n);
         }
-        // Partial indexes (0006) make both a seek.
-        let oldest_pending: Option<String> =
-            sqlx::query_scalar("SELECT min(created_at) FROM imports WHERE state = 'pending'")
-                .fetch_one(&self.reader)
-                .await?;
+        // Partial indexes (0006) make both a seek. INDEXED BY: left to itself the planner
+        // takes `imports_by_state_id` and reads every pending row (0.2 s at 200,000).
+        let oldest_pending: Option<String> = sqlx::query_scalar(
+            "SELECT min(created_at) FROM imports INDEXED BY imports_pending_by_created \
+             WHERE state = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
         let last_error = sqlx::query_as::<_, LastError>(
             "SELECT id, updated_at, last_error FROM imports WHERE last_error IS NOT NULL \
              ORDER BY updated_at DESC LIMIT 1",
