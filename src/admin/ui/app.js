@@ -372,6 +372,7 @@
     if (!rows.length) tb.append(el('tr', {}, el('td', { colspan: 5, class: 'note', text: 'no rows' })));
     $('rows-next').disabled = rowsState.next === null || rowsState.next === undefined;
     $('rows-first').disabled = rowsState.after === null;
+    $('rows-prev').disabled = rowsState.trail.length === 0;
   }
 
   // ---- one row ----
@@ -563,6 +564,11 @@
       if (rowsState.next === null || rowsState.next === undefined) return;
       rowsState.trail.push(rowsState.after);
       rowsState.after = rowsState.next;
+      refreshSoon();
+    });
+    $('rows-prev').addEventListener('click', () => {
+      if (!rowsState.trail.length) return;
+      rowsState.after = rowsState.trail.pop();
       refreshSoon();
     });
     $('rows-first').addEventListener('click', () => {
