@@ -373,6 +373,7 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
         vec![
             "imports_by_state",
             "imports_by_state_id",
+            "imports_completed_by_kind",
             "imports_due",
             "imports_errors_by_updated",
             "imports_metadata_by_url",
