@@ -256,7 +256,6 @@ impl Rig {
             ("/assets/app.css", "text/css"),
             ("/assets/favicon.svg", "image/svg+xml"),
             ("/ui/overview.json", "application/json"),
-            ("/ui/failures.json", "application/json"),
         ] {
             let r = http
                 .get(format!("{base}{path}"))

@@ -3,11 +3,11 @@
 //! Every page carries a strict Content-Security-Policy: scripts and styles only from this
 //! origin, no inline script, no framing, requests only to this origin.
 //!
-//! Two read-only endpoints of its own, for what `/api/v1` does not carry:
-//! `GET /ui/overview.json` (completions per minute over the last hour for the chart, the
-//! configured concurrency, the latest failures newest first) and `GET /ui/failures.json`
-//! (failed rows grouped by reason). They sit behind the same auth as the rest of the
-//! listener, and each reads one index range (see `store/dashboard.rs`).
+//! One read-only endpoint of its own, for what `/api/v1` does not carry in one answer:
+//! `GET /ui/overview.json` (completions per minute over the last hour for the chart, from the
+//! API's `finished_per_minute`; the configured concurrency; the latest failures newest first,
+//! `store/dashboard.rs`). It sits behind the same auth as the rest of the listener. Failure
+//! groups come from `GET /api/v1/failures`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -37,8 +37,6 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const CHART_SPAN: Duration = Duration::from_secs(3600);
 /// Failed rows on the overview.
 const LATEST_FAILURES: u32 = 10;
-/// Reasons on the failures view.
-const FAILURE_GROUPS: u32 = 100;
 
 /// The dashboard's routes, merged into the admin router behind its authentication.
 pub fn router() -> Router<AdminState> {
@@ -48,7 +46,6 @@ pub fn router() -> Router<AdminState> {
         .route("/assets/app.css", get(app_css))
         .route("/assets/favicon.svg", get(favicon))
         .route("/ui/overview.json", get(overview))
-        .route("/ui/failures.json", get(failures))
 }
 
 /// A static asset with its type and the headers every dashboard answer carries. `no-cache`
@@ -118,8 +115,8 @@ async fn overview(State(s): State<AdminState>) -> Response {
         now.checked_sub(CHART_SPAN)
             .unwrap_or(SystemTime::UNIX_EPOCH),
     );
-    let per_minute = match s.store.completions_per_minute(&since).await {
-        Ok(v) => v,
+    let per_minute: Vec<(String, i64)> = match s.store.finished_per_minute(&since).await {
+        Ok(v) => v.into_iter().map(|m| (m.minute, m.completed)).collect(),
         Err(e) => return db_error(e),
     };
     let latest = match s.store.latest_failed(LATEST_FAILURES).await {
@@ -143,17 +140,6 @@ async fn overview(State(s): State<AdminState>) -> Response {
             "latest_failures": latest,
         }),
     )
-}
-
-/// Failed rows grouped by reason, the largest groups first.
-async fn failures(State(s): State<AdminState>) -> Response {
-    match s.store.failure_groups(FAILURE_GROUPS).await {
-        Ok(groups) => json_answer(
-            StatusCode::OK,
-            json!({"groups": groups, "limit": FAILURE_GROUPS}),
-        ),
-        Err(e) => db_error(e),
-    }
 }
 
 /// The 60 minutes ending with the current one, each with its completions (0 when absent

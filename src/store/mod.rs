@@ -30,7 +30,6 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use audit::{AuditEntry, FailureGroup, MinuteCount, PageFilter};
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
-pub use dashboard::FailureGroup;
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{

@@ -442,15 +442,15 @@
   }
 
   async function loadFailures() {
-    const body = await get('/ui/failures.json');
-    const groups = body.groups || [];
+    const body = await get('/api/v1/failures');
+    const groups = Array.isArray(body) ? body : [];
     const ul = clear($('failure-groups'));
     for (const g of groups) {
       ul.append(el('li', { 'data-reason': g.reason || '' },
         el('strong', { text: Number(g.rows).toLocaleString() + '×' }),
         el('span', { class: 'reason err', text: g.reason || '(no reason recorded)' }),
-        el('span', { class: 'note' }, 'e.g. ', el('a', { href: '#row/' + g.first_id, text: '#' + g.first_id }),
-          ', last ', timeEl(g.last_at)),
+        el('span', { class: 'note' }, 'e.g. ', el('a', { href: '#row/' + g.latest_id, text: '#' + g.latest_id }),
+          ', last ', timeEl(g.latest_at)),
         g.reason ? el('button', { type: 'button', class: 'retry-group', onclick: () => retryGroup(g.reason) }, 'Retry this group') : null));
     }
     if (!groups.length) ul.append(el('li', { class: 'note', text: 'no failed rows' }));
