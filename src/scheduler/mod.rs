@@ -109,6 +109,12 @@ struct Job {
     /// A webhook delivery came while a poll was in flight: that poll may have left before
     /// the job ended, so an answer "still running" is followed by another poll at once.
     hinted: bool,
+    /// A delivery asks for a poll now: it goes before the others and out of the status
+    /// budget's pacing turn (never past the window, see `Budget::may_jump`).
+    urgent: bool,
+    /// The job had its one out-of-turn poll: a stream of deliveries (Importly retrying, or
+    /// someone replaying a live token) only makes its polls due, paced like any other.
+    jumped: bool,
 }
 
 /// What a running HTTP task holds, by its tokio task id: if the task dies (a panic), this
@@ -501,6 +507,8 @@ impl Scheduler {
                     polling: false,
                     poll_failures: 0,
                     hinted: false,
+                    urgent: false,
+                    jumped: false,
                 },
             );
         }
@@ -688,20 +696,26 @@ impl Scheduler {
             return;
         }
         let now = turn.wall;
-        let mut due: Vec<(Instant, i64)> = self
+        // Urgent first (a webhook said the job ended), then the longest due.
+        let mut due: Vec<(bool, Instant, i64)> = self
             .jobs
             .iter()
             .filter(|(_, j)| !j.polling && j.next_poll <= turn.mono)
-            .map(|(id, j)| (j.next_poll, *id))
+            .map(|(id, j)| (!j.urgent, j.next_poll, *id))
             .collect();
         due.sort_unstable();
-        for (_, id) in due {
+        for (paced, _, id) in due {
             let probe = match self.pauses.poll_gate(now) {
                 Gate::Open => None,
                 Gate::Probe(scope) => Some(scope),
                 Gate::Closed { .. } => return,
             };
-            if self.status.burst(now) == 0 {
+            let may = if paced {
+                self.status.burst(now) > 0
+            } else {
+                self.status.may_jump(now)
+            };
+            if !may {
                 return;
             }
             if probe.is_some() {
@@ -713,6 +727,10 @@ impl Scheduler {
                 continue;
             };
             job.polling = true;
+            if job.urgent {
+                job.urgent = false;
+                job.jumped = true;
+            }
             let (kind, job_id) = (job.kind, job.job_id.clone());
             let client = self.client.clone();
             self.spawn_tracked(Held::Poll { id }, async move {
@@ -757,6 +775,7 @@ impl Scheduler {
             job.hinted = true;
         } else {
             job.next_poll = job.next_poll.min(Instant::now());
+            job.urgent = !job.jumped;
         }
     }
 
@@ -795,14 +814,21 @@ impl Scheduler {
         let now = turn.wall;
         let mut wake = turn.mono + Duration::from_secs(3600);
         let poll_gate = self.pauses.poll_gate(now);
+        let paced_from = turn.at(self.status.next_send_at(now));
+        let jump = self.status.may_jump(now);
         let next_poll = self
             .jobs
             .values()
             .filter(|j| !j.polling)
-            .map(|j| j.next_poll)
+            .map(|j| {
+                if j.urgent && jump {
+                    j.next_poll
+                } else {
+                    j.next_poll.max(paced_from)
+                }
+            })
             .min();
-        if let Some(t) = next_poll {
-            let mut t = t.max(turn.at(self.status.next_send_at(now)));
+        if let Some(mut t) = next_poll {
             if let Gate::Closed { until } = poll_gate {
                 t = t.max(turn.at(until));
             }
@@ -1072,6 +1098,8 @@ mod tests {
                 polling: true,
                 poll_failures: 0,
                 hinted: false,
+                urgent: false,
+                jumped: false,
             },
         );
         s.spawn_tracked(Held::Poll { id: 7 }, async move {

@@ -151,6 +151,8 @@ impl Scheduler {
                     polling: false,
                     poll_failures: 0,
                     hinted: false,
+                    urgent: false,
+                    jumped: false,
                 };
                 self.group.jobs.push((id, row.url, job));
             }
@@ -302,6 +304,7 @@ impl Scheduler {
                 let next = if job.hinted { now } else { now + interval };
                 if let Some(job) = self.jobs.get_mut(&id) {
                     job.poll_failures = 0;
+                    job.urgent = job.hinted && !job.jumped;
                     job.hinted = false;
                 }
                 self.reschedule_poll(id, next);
