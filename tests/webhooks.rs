@@ -134,6 +134,36 @@ async fn a_batch_drains_at_the_pace_of_the_slots_with_a_30s_status_interval() {
     sim.shutdown().await;
 }
 
+/// Metadata jobs carry a token too: with a 30 s status interval, a metadata row completes
+/// as soon as its job's callback comes (by polling alone it would take 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_job_is_called_back_too() {
+    let sim = start_sim(sim_with_hooks(ms(300), 3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, _) = hooks_config(dir.path(), &sim, None);
+    cfg.poll.status_interval = secs(30);
+    let (db, mut daemon) = start(dir.path(), &cfg).await;
+    let id: i64 =
+        sqlx::query_scalar("INSERT INTO imports (url, kind) VALUES (?, 'metadata') RETURNING id")
+            .bind(format!("{URL}/meta-hooked.mp4"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let d = &db;
+    wait_until("the metadata row completed", secs(20), || async move {
+        d.row(id).await.state == "completed"
+    })
+    .await;
+    assert_eq!(sim.webhook_counts().delivered(), 1);
+    assert_eq!(
+        sim.stats().metadata_status_requests,
+        1,
+        "one confirming call"
+    );
+    assert!(daemon.terminate(secs(15)).await.success());
+    sim.shutdown().await;
+}
+
 /// What the receiver answers a delivery.
 async fn deliver(to: &str, body: Vec<u8>) -> u16 {
     reqwest::Client::new()
