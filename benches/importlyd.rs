@@ -3,7 +3,7 @@
 //!     cargo bench --bench importlyd                 # all of them
 //!     cargo bench --bench importlyd -- claims       # one: utilisation, throughput, claims,
 //!                                                   #      pickup, idle, scale, ingest,
-//!                                                   #      admin
+//!                                                   #      admin, looser, held, lag (issue 12)
 //!
 //! The daemon runs as the real release binary (`target/release/importlyd`), the simulator
 //! in this process on loopback, the database in a temp dir. These report; they assert
@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
-use importlyd::sim::{BucketConfig, Sim, SimConfig};
+use importlyd::sim::{BucketConfig, JobTimes, Sim, SimConfig};
 use importlyd::store::Store;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection, SqliteConnection};
@@ -57,6 +57,15 @@ async fn main() -> R<()> {
     }
     if want("admin") {
         admin().await?;
+    }
+    if want("looser") {
+        looser().await?;
+    }
+    if want("held") {
+        held().await?;
+    }
+    if want("lag") || want("occupancy") {
+        lag().await?;
     }
     Ok(())
 }
@@ -622,5 +631,185 @@ async fn admin() -> R<()> {
         );
     }
     stop(child)?;
+    Ok(())
+}
+
+/// `[webhook]` on: the receiver on a free loopback port, reached directly by the simulator.
+fn webhook_toml() -> R<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!(
+        "[webhook]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}/importly\"\n"
+    ))
+}
+
+fn mode(hooks: bool) -> &'static str {
+    if hooks { "webhooks" } else { "polling" }
+}
+
+/// Issue 12: a server looser than the config (30 per 3 s against the default 240/h), 2
+/// slots, 100 ms jobs, webhooks on: drain time over the ideal from the server's limits.
+async fn looser() -> R<()> {
+    let (limit, window, rows) = (30u64, Duration::from_secs(3), 150u64);
+    let sim = Sim::start(SimConfig {
+        api_key: KEY.into(),
+        job_duration: Duration::from_millis(100),
+        import: BucketConfig::new(limit, window, 2),
+        status: BucketConfig::new(3000, window, 0),
+        ..SimConfig::default()
+    })
+    .await?;
+    let e = env(&sim.base_url(), &webhook_toml()?)?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let mut c = conn(&e.db).await?;
+    insert_rows(&mut c, rows, "looser").await?;
+    let child = daemon(&e)?;
+    let took = wait_done(&mut c, rows as i64, Duration::from_secs(300)).await?;
+    stop(child)?;
+    let stats = sim.stats();
+    // 2 slots of 100 ms jobs could start 20 a second: the server's 10 a second rules.
+    let ideal = window.as_secs_f64() * rows as f64 / limit as f64;
+    println!(
+        "looser: {rows} rows, server {limit}/{window:?}, config 240/1h (default), 2 slots, 100 ms jobs, webhooks: \
+         drained in {:.2}s vs ideal {ideal:.2}s: ratio {:.3}; 429s {}; status calls {}",
+        took.as_secs_f64(),
+        took.as_secs_f64() / ideal,
+        stats.rate_limited + stats.concurrency_limited,
+        stats.status_requests
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// Issue 12: one of the account's two slots held by another program for the whole run;
+/// concurrency 429s per 100 rows (0.5 s jobs, default config), polling and webhooks.
+async fn held() -> R<()> {
+    let rows = 100u64;
+    for hooks in [false, true] {
+        let sim = Sim::start(SimConfig {
+            api_key: KEY.into(),
+            job_duration: Duration::from_millis(500),
+            import: BucketConfig::new(100_000, Duration::from_secs(3600), 2),
+            status: BucketConfig::new(60, Duration::from_secs(60), 0),
+            ..SimConfig::default()
+        })
+        .await?;
+        sim.hold_slots(1);
+        let extra = if hooks {
+            webhook_toml()?
+        } else {
+            String::new()
+        };
+        let e = env(&sim.base_url(), &extra)?;
+        let store = Store::open(&e.db).await?;
+        store.close().await;
+        let mut c = conn(&e.db).await?;
+        insert_rows(&mut c, rows, "held").await?;
+        let child = daemon(&e)?;
+        let took = wait_done(&mut c, rows as i64, Duration::from_secs(900)).await?;
+        stop(child)?;
+        let stats = sim.stats();
+        println!(
+            "held: {rows} rows of 0.5 s jobs, 1 of 2 slots held elsewhere, default config, {}: \
+             {} concurrency 429s ({:.1} per 100 rows) in {:.1}s",
+            mode(hooks),
+            stats.concurrency_limited,
+            stats.concurrency_limited as f64 * 100.0 / rows as f64,
+            took.as_secs_f64()
+        );
+        sim.shutdown().await;
+    }
+    Ok(())
+}
+
+/// For each job end (in order), the first later start not yet paired with an earlier end:
+/// how long a freed slot stayed empty while rows were queued. Ends after the last start
+/// (the queue ran dry) have none.
+fn slot_lags(jobs: &[JobTimes]) -> Vec<f64> {
+    let mut ends: Vec<u64> = jobs.iter().map(|j| j.ends_ms).collect();
+    let mut starts: Vec<u64> = jobs.iter().map(|j| j.accepted_ms).collect();
+    ends.sort_unstable();
+    starts.sort_unstable();
+    let mut next = 0;
+    let mut lags = Vec::new();
+    for end in ends {
+        while next < starts.len() && starts[next] < end {
+            next += 1;
+        }
+        let Some(start) = starts.get(next) else { break };
+        lags.push((start - end) as f64 / 1000.0);
+        next += 1;
+    }
+    lags
+}
+
+/// Share of the slot time in use between the first and the last start (while rows were
+/// queued), for `slots` slots.
+fn occupancy(jobs: &[JobTimes], slots: u64) -> f64 {
+    let first = jobs.iter().map(|j| j.accepted_ms).min().unwrap_or(0);
+    let last = jobs.iter().map(|j| j.accepted_ms).max().unwrap_or(0);
+    let busy: u64 = jobs
+        .iter()
+        .map(|j| j.ends_ms.min(last).saturating_sub(j.accepted_ms.max(first)))
+        .sum();
+    busy as f64 / ((last - first).max(1) * slots) as f64
+}
+
+/// Issue 12: completion-detect lag (a job's end at the simulator to our next submit into
+/// its slot) and slot occupancy: 40 rows of 2-8 s jobs (random), 2 slots, default config
+/// (status_interval 1 s; a status budget of 60 a minute), polling and webhooks.
+async fn lag() -> R<()> {
+    let rows = 40u64;
+    for hooks in [false, true] {
+        let sim = Sim::start(SimConfig {
+            api_key: KEY.into(),
+            job_duration: Duration::from_secs(2),
+            job_duration_max: Some(Duration::from_secs(8)),
+            import: BucketConfig::new(1000, Duration::from_secs(10), 2),
+            status: BucketConfig::new(60, Duration::from_secs(60), 0),
+            seed: 12,
+            ..SimConfig::default()
+        })
+        .await?;
+        let extra = if hooks {
+            webhook_toml()?
+        } else {
+            String::new()
+        };
+        let e = env(&sim.base_url(), &extra)?;
+        let store = Store::open(&e.db).await?;
+        store.close().await;
+        let mut c = conn(&e.db).await?;
+        insert_rows(&mut c, rows, "lag").await?;
+        let child = daemon(&e)?;
+        let took = wait_done(&mut c, rows as i64, Duration::from_secs(900)).await?;
+        stop(child)?;
+        let stats = sim.stats();
+        let mut lags = slot_lags(&stats.import_jobs);
+        lags.sort_by(f64::total_cmp);
+        let mean = lags.iter().sum::<f64>() / lags.len().max(1) as f64;
+        let q = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            let all: Vec<String> = lags.iter().map(|l| format!("{l:.3}")).collect();
+            println!("lag: {}: {}", mode(hooks), all.join(" "));
+        }
+        println!(
+            "lag: {rows} rows of 2-8 s jobs, 2 slots, default config, {}: completion-detect lag over {} slot hand-overs: \
+             mean {:.3}s, p50 {:.3}s, p95 {:.3}s, max {:.3}s; occupancy {:.2}%; drained in {:.1}s; {} status calls; 429s {}",
+            mode(hooks),
+            lags.len(),
+            mean,
+            q(0.5),
+            q(0.95),
+            lags.last().copied().unwrap_or(0.0),
+            occupancy(&stats.import_jobs, 2) * 100.0,
+            took.as_secs_f64(),
+            stats.status_requests,
+            stats.rate_limited + stats.concurrency_limited
+        );
+        sim.shutdown().await;
+    }
     Ok(())
 }

@@ -31,6 +31,7 @@ pub struct Config {
     pub metadata: MetadataConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub webhook: WebhookConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -98,6 +99,11 @@ pub struct LimitsConfig {
     pub import: BucketLimit,
     pub status: BucketLimit,
     pub metadata: BucketLimit,
+    /// The first wait before probing for a concurrency slot another program holds
+    /// (import and metadata); it doubles per refusal, up to 5 minutes. Each probe costs a
+    /// request of the bucket, so it is long next to the default import pace (one a 15 s).
+    #[serde(with = "humantime_serde")]
+    pub probe_delay: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -106,6 +112,7 @@ impl Default for LimitsConfig {
             import: BucketLimit::new(240, 2),
             status: BucketLimit::new(3600, 0),
             metadata: BucketLimit::new(1000, 5),
+            probe_delay: Duration::from_secs(30),
         }
     }
 }
@@ -220,6 +227,23 @@ pub struct AdminConfig {
     pub token_file: String,
 }
 
+/// Importly's completion callbacks (see `webhook.rs`); off while both keys are empty.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where the receiver listens, e.g. `127.0.0.1:9188`.
+    pub listen: String,
+    /// The http(s) address Importly can reach that leads to `listen` (a reverse proxy's);
+    /// each job's `webhookUrl` is this plus `/<token>`.
+    pub public_url: String,
+}
+
+impl WebhookConfig {
+    pub fn enabled(&self) -> bool {
+        !self.public_url.is_empty()
+    }
+}
+
 impl Config {
     /// Layers defaults, the file (if given; it must exist then) and the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -316,6 +340,44 @@ impl Config {
                 "must be empty or an address like 127.0.0.1:9187",
             );
         }
+        self.validate_webhook()
+    }
+
+    /// Both webhook keys or neither: a public URL nobody listens behind (or a listener no
+    /// job is told about) is a mistake, not a setting.
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
+        let key = |k: &str, reason: &str| {
+            Err(ConfigError::Key {
+                key: k.into(),
+                reason: reason.into(),
+            })
+        };
+        let w = &self.webhook;
+        if w.listen.is_empty() && w.public_url.is_empty() {
+            return Ok(());
+        }
+        if w.listen.parse::<std::net::SocketAddr>().is_err() {
+            return key(
+                "webhook.listen",
+                "must be an address like 127.0.0.1:9188 (and is needed with webhook.public_url)",
+            );
+        }
+        match reqwest::Url::parse(&w.public_url) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
+            _ if w.public_url.is_empty() => {
+                return key(
+                    "webhook.public_url",
+                    "must be set with webhook.listen: the http(s) address Importly can reach",
+                );
+            }
+            _ => return key("webhook.public_url", "must be an http(s) URL"),
+        }
+        if w.public_url.contains(['?', '#']) {
+            return key(
+                "webhook.public_url",
+                "must not have a query or fragment (the token is appended as a path segment)",
+            );
+        }
         Ok(())
     }
 }
@@ -362,6 +424,11 @@ impl Config {
             (
                 "pause.probe_interval".to_owned(),
                 self.pause.probe_interval,
+                MIN_INTERVAL,
+            ),
+            (
+                "limits.probe_delay".to_owned(),
+                self.limits.probe_delay,
                 MIN_INTERVAL,
             ),
             // Zero is meaningful here: never reuse cached metadata.
@@ -455,5 +522,39 @@ mod tests {
             in_state_directory(abs, Some(OsStr::new("/var/lib/importlyd"))),
             abs
         );
+    }
+
+    #[test]
+    fn webhook_keys_go_together_and_are_checked() {
+        let with = |listen: &str, public_url: &str| {
+            let mut c = Config::default();
+            c.webhook.listen = listen.into();
+            c.webhook.public_url = public_url.into();
+            c.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(with("", ""), None, "off");
+        assert_eq!(
+            with("127.0.0.1:9188", "https://hooks.example/importly"),
+            None
+        );
+        for (listen, url, key) in [
+            ("", "https://hooks.example/i", "webhook.listen"),
+            ("localhost", "https://hooks.example/i", "webhook.listen"),
+            ("127.0.0.1:9188", "", "webhook.public_url"),
+            (
+                "127.0.0.1:9188",
+                "ftp://hooks.example/i",
+                "webhook.public_url",
+            ),
+            ("127.0.0.1:9188", "hooks.example/i", "webhook.public_url"),
+            (
+                "127.0.0.1:9188",
+                "https://hooks.example/i?x=1",
+                "webhook.public_url",
+            ),
+        ] {
+            let err = with(listen, url).unwrap_or_default();
+            assert!(err.contains(&format!("`{key}`")), "{listen} {url}: {err}");
+        }
     }
 }

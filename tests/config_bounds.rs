@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 /// Every duration key, with a value past the 30-day bound and one below its minimum.
-const KEYS: [(&str, &str, &str); 10] = [
+const KEYS: [(&str, &str, &str); 11] = [
     ("api", "request_timeout", "0s"),
     ("limits.import", "window", "500ms"),
     ("limits.status", "window", "0s"),
@@ -16,6 +16,7 @@ const KEYS: [(&str, &str, &str); 10] = [
     ("poll", "status_interval", "0s"),
     ("poll", "queue_interval", "1ns"),
     ("pause", "probe_interval", "0s"),
+    ("limits", "probe_delay", "0s"),
     ("metadata", "cache_ttl", ""),
 ];
 

@@ -393,3 +393,52 @@ async fn two_metadata_rows_for_one_url_make_one_call() {
     assert_eq!(second.last_error, None, "{second:?}");
     sim.shutdown().await;
 }
+
+/// Whether process `pid` has a handler for signal `sig` (its `SigCgt` mask in /proc).
+fn catches(pid: u32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+}
+
+/// A SIGTERM in the first moments of `run` is a clean stop (exit 0), not a death by the
+/// signal. A signal sent before the process runs any code of ours cannot be caught by any
+/// program, so "at once" here is: as soon as the daemon catches a signal of its own
+/// (SIGXFSZ, its earliest handler before this fix, set before the key, the lock and the
+/// database), and as soon as it has written its first log line. Before the fix the stop
+/// handlers were installed only after all of that, in a spawned task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_right_after_start_is_a_clean_exit() {
+    let sim = start_sim(sim_config()).await;
+    for when in ["first handler", "first log line"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = daemon_config(dir.path(), &sim);
+        let config = write_config(dir.path(), &cfg);
+        let mut d = Proc::start(&config, Some(KEY), "early-term");
+        let deadline = std::time::Instant::now() + secs(10);
+        loop {
+            let started = match when {
+                "first handler" => catches(d.pid, libc::SIGXFSZ),
+                _ => std::fs::metadata(&d.log).is_ok_and(|m| m.len() > 0),
+            };
+            if started {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{when}: never seen");
+            // A tight loop: the window before the fix was a few milliseconds.
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        d.signal("TERM");
+        let status = d.wait_exit(secs(15)).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM at the {when}: {status:?}\n{}",
+            d.log_text()
+        );
+    }
+    sim.shutdown().await;
+}

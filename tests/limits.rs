@@ -345,7 +345,7 @@ async fn when_the_headers_stop_the_learned_window_goes_on() {
 
 /// One of the account's two slots is held by another program while 20+ rows of short jobs
 /// go through the other: the probe for the second slot backs off (base delay
-/// `poll.status_interval`, doubling up to 5 min), so the whole run draws about
+/// `limits.probe_delay`, doubling up to 5 min), so the whole run draws about
 /// log2(run / base delay) + 2 concurrency 429s, not one per job. When the other program lets
 /// go, the slot is ours again within the probe delay reached by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +358,7 @@ async fn a_slot_held_elsewhere_costs_a_handful_of_429s_and_is_taken_back() {
     sim.hold_slots(1);
     let dir = tempfile::tempdir().unwrap();
     let cfg = daemon_config(dir.path(), &sim);
-    let base = cfg.poll.status_interval;
+    let base = cfg.limits.probe_delay;
     let db = Db::create(&cfg.database.path).await;
     let d = &db;
     db.insert_many(&urls("held", 50)).await;

@@ -279,8 +279,8 @@ async fn concurrency_429_with_a_slot_held_by_another_client() {
     );
     assert!(stats.concurrency_limited >= 1, "the held slot was noticed");
     // The daemon keeps to the one free slot and probes for the other now and then (every
-    // status_interval at most), rather than asking again and again.
-    let probes = elapsed.as_millis() as u64 / cfg.poll.status_interval.as_millis() as u64;
+    // limits.probe_delay at most), rather than asking again and again.
+    let probes = elapsed.as_millis() as u64 / cfg.limits.probe_delay.as_millis() as u64;
     assert!(
         stats.concurrency_limited <= probes + 8,
         "{} concurrency 429s in {elapsed:?}",

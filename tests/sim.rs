@@ -1204,3 +1204,39 @@ async fn a_refused_webhook_is_retried_then_abandoned() {
     })
     .await;
 }
+
+/// `job_duration_max`: each import lasts a random time between the two bounds, and the
+/// stats keep when each was accepted and when it ends (the benchmarks' lag and occupancy).
+#[tokio::test]
+async fn random_job_durations_stay_within_their_bounds_and_are_recorded() {
+    let (sim, api) = start(SimConfig {
+        import: bucket(1000, HOUR, 20),
+        job_duration: Duration::from_secs(2),
+        job_duration_max: Some(Duration::from_secs(8)),
+        ..cfg()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            api.import(&format!("https://example.com/r{i}.mp4"))
+                .await
+                .job_id(),
+        );
+    }
+    let jobs = sim.stats().import_jobs;
+    assert_eq!(
+        jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(),
+        ids
+    );
+    let lengths: Vec<u64> = jobs.iter().map(|j| j.ends_ms - j.accepted_ms).collect();
+    assert!(
+        lengths.iter().all(|l| (2000..=8000).contains(l)),
+        "{lengths:?}"
+    );
+    let (min, max) = (lengths.iter().min(), lengths.iter().max());
+    assert!(
+        max.zip(min).is_some_and(|(a, b)| a - b > 1000),
+        "not random: {lengths:?}"
+    );
+}

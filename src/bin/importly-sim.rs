@@ -49,6 +49,9 @@ struct Args {
     /// How long an import job takes (queued for a third, then processing).
     #[arg(long, value_parser = humantime::parse_duration)]
     job_duration: Option<Duration>,
+    /// With it, each import takes a random time from --job-duration to this (seeded).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    job_duration_max: Option<Duration>,
     /// How long a metadata job takes.
     #[arg(long, value_parser = humantime::parse_duration)]
     metadata_duration: Option<Duration>,
@@ -230,6 +233,9 @@ fn apply_flags(cfg: &mut SimConfig, a: &Args) {
     set(&mut cfg.credits, &a.credits);
     set(&mut cfg.import_cost, &a.import_cost);
     set(&mut cfg.job_duration, &a.job_duration);
+    if a.job_duration_max.is_some() {
+        cfg.job_duration_max = a.job_duration_max;
+    }
     set(&mut cfg.metadata_duration, &a.metadata_duration);
     set(&mut cfg.job_ttl, &a.job_ttl);
     set(&mut cfg.import.requests, &a.import_limit);

@@ -8,7 +8,7 @@ use secrecy::SecretString;
 
 use super::systemd::{notifier, notify};
 use crate::health::Health;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -18,8 +18,17 @@ use crate::config::Config;
 use crate::importly::Client;
 use crate::scheduler::{Control, Scheduler};
 use crate::store::{DaemonLock, Store};
+use crate::webhook::Hooks;
 
 pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
+    // Before anything that can take time (the key, the lock, opening and migrating the
+    // database): until a handler is registered, SIGTERM's default action kills the process,
+    // and a stop right after a start must still be a clean exit 0. A signal that comes
+    // before the watcher below runs is kept by its stream and seen at its first poll.
+    let signals = Signals::install().map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot install signal handlers: {e}"),
+    })?;
     logging::init(&cfg.log);
     // A write past the file size limit (RLIMIT_FSIZE) raises SIGXFSZ, whose default action
     // kills the process. With a handler installed the write fails with EFBIG instead, which
@@ -28,6 +37,17 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
         tracing::warn!(error = %e, "cannot catch SIGXFSZ");
     }
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(4);
+    // The config in force, for the admin listener; SIGHUP publishes a new one.
+    let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
+    let signals = tokio::spawn(watch_signals(
+        signals,
+        shutdown.clone(),
+        tx,
+        cfg_path,
+        cfg_tx,
+    ));
     let (key, key_source) =
         apikey::load_with_source(&cfg).map_err(|e| Failure::usage(e.to_string()))?;
     tracing::info!(source = %key_source, "API key loaded");
@@ -43,15 +63,11 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     }
     let client = Client::new(&cfg.api.base_url, key, cfg.api.request_timeout)
         .map_err(|e| Failure::usage(format!("config key `api.base_url`: {e}")))?;
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = mpsc::channel(4);
-    // The config in force, for the admin listener; SIGHUP publishes a new one.
-    let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
     // The notifier reads `poll.queue_interval` from it (SIGHUP may change it).
     let cfg_rx_notifier = cfg_rx.clone();
     let health = Health::new();
     let admin = start_admin(&cfg, cfg_rx, &store, &health, &shutdown).await?;
-    let signals = tokio::spawn(watch_signals(shutdown.clone(), tx, cfg_path, cfg_tx));
+    let webhooks = start_webhooks(&cfg, &shutdown).await?;
     tracing::info!(
         database = %cfg.database.path.display(),
         base_url = %crate::importly::redact_url(&cfg.api.base_url),
@@ -72,9 +88,12 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
         }
     });
     let db_path = cfg.database.path.clone();
-    let scheduler = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
+    let mut scheduler = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
         .with_health(health)
         .with_ready(ready_tx);
+    if let Some((hooks, deliveries)) = webhooks {
+        scheduler = scheduler.with_webhooks(hooks, deliveries);
+    }
     // Kept alive for the whole run: a new row wakes the scheduler at once.
     let _watch = crate::wakeup::watch(&db_path, scheduler.db_changed());
     let result = scheduler.run(rx).await;
@@ -130,23 +149,59 @@ async fn start_admin(
     Ok(Some(handle))
 }
 
+/// Starts the webhook receiver on `webhook.listen` when `webhook.public_url` is set; it
+/// stops with `shutdown`. The hooks and the deliveries' channel go to the scheduler.
+async fn start_webhooks(
+    cfg: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<(Hooks, mpsc::Receiver<i64>)>, Failure> {
+    if !cfg.webhook.enabled() {
+        return Ok(None);
+    }
+    let (hooks, deliveries) = Hooks::new(&cfg.webhook.public_url);
+    let addr = crate::webhook::serve(&cfg.webhook.listen, hooks.clone(), shutdown.clone())
+        .await
+        .map_err(|e| Failure::usage(format!("config key `webhook.listen`: {e}")))?;
+    tracing::info!(
+        %addr,
+        public_url = %cfg.webhook.public_url,
+        "webhook receiver listening; status polls stay on as the safety net"
+    );
+    Ok(Some((hooks, deliveries)))
+}
+
+/// The stop and reload signals, registered at the very start of `run`.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// How long systemd is kept in "reloading" waiting for the scheduler to apply a SIGHUP.
 const RELOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn watch_signals(
+    signals: Signals,
     shutdown: CancellationToken,
     control: mpsc::Sender<Control>,
     cfg_path: Option<PathBuf>,
     current: watch::Sender<Config>,
 ) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return;
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -284,6 +339,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.admin.listen != new.admin.listen {
         changed.push("admin.listen");
+    }
+    if old.webhook.listen != new.webhook.listen || old.webhook.public_url != new.webhook.public_url
+    {
+        changed.push("webhook");
     }
     if !changed.is_empty() {
         tracing::warn!(

@@ -159,6 +159,18 @@ impl Budget {
         self.ruling().burst(now)
     }
 
+    /// Whether one request may go now out of its pacing turn: the window has a usable
+    /// request left, no 429 block holds, and no first answer is awaited. For a request that
+    /// should not wait (a webhook's confirming poll); its [`Budget::take`] pushes the pacing
+    /// of the later ones back, so the window's total and pace are kept.
+    pub fn may_jump(&mut self, now: SystemTime) -> bool {
+        self.roll(now);
+        if self.blocked_until.is_some_and(|b| b > now) || self.first_answer_due(now).is_some() {
+            return false;
+        }
+        self.ruling().usable() > 0
+    }
+
     /// Accounts for one request sent now.
     pub fn take(&mut self, now: SystemTime) {
         self.roll(now);
@@ -316,6 +328,24 @@ mod tests {
             window: window.map(str::to_owned),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_jump_skips_the_pacing_but_never_the_window() {
+        let now = t(1000);
+        let mut b = Budget::new("status", &cfg(100, 10), now);
+        b.observe(&headers(3, 3, 1010, Some("10 s")), now);
+        b.take(now);
+        assert!(b.next_send_at(now) > now, "paced");
+        assert!(b.may_jump(now));
+        b.take(now);
+        // The jump pushed the pacing back: 3 requests still take the whole window.
+        assert!(b.next_send_at(now) >= t(1005));
+        b.take(now);
+        assert!(!b.may_jump(now), "the window is spent");
+        assert!(b.may_jump(t(1010)), "a new window");
+        b.block_until(t(1020));
+        assert!(!b.may_jump(t(1011)), "a 429's block holds");
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub struct Slots {
     cap: u32,
     /// When to try one more slot than `cap` (someone else may have let theirs go).
     probe_at: Option<SystemTime>,
-    /// The base probe delay (`poll.status_interval`: we notice a slot freed elsewhere about
-    /// as soon as we notice one of our own jobs ending).
+    /// The base probe delay (`limits.probe_delay`): each probe costs a request of the
+    /// bucket, so it is long next to the default import pace.
     probe_delay: Duration,
     /// Concurrency 429s since the last accepted probe: each doubles the wait for the next
     /// probe (a probe costs one request of the import budget, so slots held elsewhere must

@@ -31,6 +31,7 @@ use crate::health::{Health, SharedHealth};
 use crate::importly::{Client, Exchange, JobKind};
 use crate::limits::{Budget, Gate, Pauses, Scope, Slots};
 use crate::store::{Claimed, Progress, Store};
+use crate::webhook::Hooks;
 
 pub use record::attempt_record;
 
@@ -105,6 +106,15 @@ struct Job {
     polling: bool,
     /// Failed polls in a row: each doubles the wait before the next (see [`poll_backoff`]).
     poll_failures: u32,
+    /// A webhook delivery came while a poll was in flight: that poll may have left before
+    /// the job ended, so an answer "still running" is followed by another poll at once.
+    hinted: bool,
+    /// A delivery asks for a poll now: it goes before the others and out of the status
+    /// budget's pacing turn (never past the window, see `Budget::may_jump`).
+    urgent: bool,
+    /// The job had its one out-of-turn poll: a stream of deliveries (Importly retrying, or
+    /// someone replaying a live token) only makes its polls due, paced like any other.
+    jumped: bool,
 }
 
 /// What a running HTTP task holds, by its tokio task id: if the task dies (a panic), this
@@ -182,6 +192,18 @@ pub struct Scheduler {
     rechecks: Vec<Instant>,
     /// The previous loop turn, to notice a step of the wall clock.
     last_turn: Now,
+    /// Webhook tokens, when `webhook.public_url` is set (see `webhook.rs`).
+    hooks: Option<Hooks>,
+    /// Row ids whose webhook was delivered: poll that job now.
+    deliveries: Option<mpsc::Receiver<i64>>,
+}
+
+/// The next delivery's row id; never, without webhooks.
+async fn next_delivery(rx: &mut Option<mpsc::Receiver<i64>>) -> Option<i64> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A server- or user-given text as a log field: at most [`crate::importly::MAX_LOG_FIELD`] bytes, so no
@@ -215,7 +237,7 @@ impl Scheduler {
     pub fn new(cfg: Config, store: Store, client: Client, shutdown: CancellationToken) -> Self {
         let turn = Now::read();
         let now = turn.wall;
-        let probe_delay = cfg.poll.status_interval;
+        let probe_delay = cfg.limits.probe_delay;
         let lane = |kind: JobKind, limit: &crate::config::BucketLimit, name| Lane {
             kind,
             budget: Budget::new(name, limit, now),
@@ -248,7 +270,17 @@ impl Scheduler {
             db_changed: Arc::new(Notify::new()),
             rechecks: Vec::new(),
             last_turn: turn,
+            hooks: None,
+            deliveries: None,
         }
+    }
+
+    /// Webhooks on: every submit carries a fresh token's `webhookUrl`, and a delivery (its
+    /// row id on `deliveries`) makes that job's next poll due at once.
+    pub fn with_webhooks(mut self, hooks: Hooks, deliveries: mpsc::Receiver<i64>) -> Self {
+        self.hooks = Some(hooks);
+        self.deliveries = Some(deliveries);
+        self
     }
 
     /// What `wakeup::watch` notifies when the database changes.
@@ -317,6 +349,12 @@ impl Scheduler {
                     // A new `poll.queue_interval` counts from now.
                     next_tick = Instant::now();
                 }
+                Some(id) = next_delivery(&mut self.deliveries) => {
+                    self.webhook_delivered(id);
+                    while let Some(id) = self.deliveries.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        self.webhook_delivered(id);
+                    }
+                }
                 _ = db_changed.notified() => {
                     self.look_for_due_rows();
                     let at = Instant::now();
@@ -359,6 +397,7 @@ impl Scheduler {
         match held {
             Some(Held::Submit { li, row }) => {
                 self.lanes[li].submitting.remove(&row.id);
+                self.spend_webhook(row.id);
                 let keep = self.cfg.log.keep_attempts;
                 let endpoint = submit_path(&row.kind);
                 let id = row.id;
@@ -473,6 +512,9 @@ impl Scheduler {
                     next_poll: Instant::now(),
                     polling: false,
                     poll_failures: 0,
+                    hinted: false,
+                    urgent: false,
+                    jumped: false,
                 },
             );
         }
@@ -601,7 +643,7 @@ impl Scheduler {
             self.wait_for_metadata(&row).await;
             return;
         }
-        let body = match crate::importly::submit_body(&row.url, &row.options) {
+        let mut body = match crate::importly::submit_body(&row.url, &row.options) {
             Ok(b) => b,
             Err(reason) => {
                 // CHECK constraints make this unreachable for rows inserted normally; a row
@@ -625,6 +667,7 @@ impl Scheduler {
             // both due must not cost two requests).
             self.note_probe(&[Scope::All, scope_of(kind)], now).await;
         }
+        let token = self.attach_webhook(row.id, &mut body);
         let held = self.held(kind);
         let lane = &mut self.lanes[li];
         lane.budget.take(now);
@@ -638,7 +681,12 @@ impl Scheduler {
             row: row.clone(),
         };
         self.spawn_tracked(held, async move {
-            let ex = client.submit(kind, &body).await;
+            let mut ex = client.submit(kind, &body).await;
+            // The token is a live capability until the job ends: the attempt log (and so a
+            // ticket) keeps the request without it.
+            if let (Some(token), Some(sent)) = (&token, ex.request_body.as_mut()) {
+                *sent = sent.replace(token.as_str(), "[token]");
+            }
             Done::Submit {
                 row,
                 kind,
@@ -654,20 +702,26 @@ impl Scheduler {
             return;
         }
         let now = turn.wall;
-        let mut due: Vec<(Instant, i64)> = self
+        // Urgent first (a webhook said the job ended), then the longest due.
+        let mut due: Vec<(bool, Instant, i64)> = self
             .jobs
             .iter()
             .filter(|(_, j)| !j.polling && j.next_poll <= turn.mono)
-            .map(|(id, j)| (j.next_poll, *id))
+            .map(|(id, j)| (!j.urgent, j.next_poll, *id))
             .collect();
         due.sort_unstable();
-        for (_, id) in due {
+        for (paced, _, id) in due {
             let probe = match self.pauses.poll_gate(now) {
                 Gate::Open => None,
                 Gate::Probe(scope) => Some(scope),
                 Gate::Closed { .. } => return,
             };
-            if self.status.burst(now) == 0 {
+            let may = if paced {
+                self.status.burst(now) > 0
+            } else {
+                self.status.may_jump(now)
+            };
+            if !may {
                 return;
             }
             if probe.is_some() {
@@ -679,12 +733,55 @@ impl Scheduler {
                 continue;
             };
             job.polling = true;
+            if job.urgent {
+                job.urgent = false;
+                job.jumped = true;
+            }
             let (kind, job_id) = (job.kind, job.job_id.clone());
             let client = self.client.clone();
             self.spawn_tracked(Held::Poll { id }, async move {
                 let ex = client.status(kind, &job_id).await;
                 Done::Poll { id, ex, probe }
             });
+        }
+    }
+
+    /// With webhooks on, `body` gets `webhookUrl` with a fresh token for this job, which is
+    /// returned. A row whose own `options` set `webhookUrl` keeps it (the user's hook wins)
+    /// and its job is polled only.
+    fn attach_webhook(&self, id: i64, body: &mut serde_json::Value) -> Option<String> {
+        let hooks = self.hooks.as_ref()?;
+        let map = body.as_object_mut()?;
+        if map.contains_key("webhookUrl") {
+            hooks.spend(id);
+            return None;
+        }
+        let url = hooks.issue(id);
+        let token = url.rsplit('/').next().unwrap_or_default().to_owned();
+        map.insert("webhookUrl".into(), serde_json::Value::String(url));
+        Some(token)
+    }
+
+    /// The row's webhook token is spent: its job ended, its submit was not accepted, or the
+    /// row is gone. A later delivery to it answers 404.
+    fn spend_webhook(&self, id: i64) {
+        if let Some(hooks) = &self.hooks {
+            hooks.spend(id);
+        }
+    }
+
+    /// A webhook delivery for row `id`: a hint only. Its job is polled at once (through the
+    /// status budget like any poll); that answer, never the delivery's body, changes the row.
+    fn webhook_delivered(&mut self, id: i64) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            // Not polled (yet, or any more): the regular polls and spent tokens cover it.
+            return;
+        };
+        if job.polling {
+            job.hinted = true;
+        } else {
+            job.next_poll = job.next_poll.min(Instant::now());
+            job.urgent = !job.jumped;
         }
     }
 
@@ -723,14 +820,21 @@ impl Scheduler {
         let now = turn.wall;
         let mut wake = turn.mono + Duration::from_secs(3600);
         let poll_gate = self.pauses.poll_gate(now);
+        let paced_from = turn.at(self.status.next_send_at(now));
+        let jump = self.status.may_jump(now);
         let next_poll = self
             .jobs
             .values()
             .filter(|j| !j.polling)
-            .map(|j| j.next_poll)
+            .map(|j| {
+                if j.urgent && jump {
+                    j.next_poll
+                } else {
+                    j.next_poll.max(paced_from)
+                }
+            })
             .min();
-        if let Some(t) = next_poll {
-            let mut t = t.max(turn.at(self.status.next_send_at(now)));
+        if let Some(mut t) = next_poll {
             if let Gate::Closed { until } = poll_gate {
                 t = t.max(turn.at(until));
             }
@@ -812,7 +916,7 @@ impl Scheduler {
                     };
                     lane.budget.reconfigure(limit, now);
                     lane.slots
-                        .reconfigure(limit.concurrent, config.poll.status_interval, now);
+                        .reconfigure(limit.concurrent, config.limits.probe_delay, now);
                     lane.maybe_due = true;
                 }
                 self.status.reconfigure(&config.limits.status, now);
@@ -999,6 +1103,9 @@ mod tests {
                 next_poll: Instant::now(),
                 polling: true,
                 poll_failures: 0,
+                hinted: false,
+                urgent: false,
+                jumped: false,
             },
         );
         s.spawn_tracked(Held::Poll { id: 7 }, async move {

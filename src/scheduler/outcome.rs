@@ -130,6 +130,9 @@ impl Scheduler {
         let attempt = row.attempts + 1;
         let id = row.id;
         let now = ex.finished_at;
+        if !matches!(ex.outcome, Outcome::Accepted { .. }) {
+            self.spend_webhook(id);
+        }
         match &ex.outcome {
             Outcome::Accepted { job_id } => {
                 self.lanes[lane_index(kind)].slots.accepted(slot_probe, now);
@@ -147,6 +150,9 @@ impl Scheduler {
                     next_poll: Instant::now() + self.cfg.poll.status_interval,
                     polling: false,
                     poll_failures: 0,
+                    hinted: false,
+                    urgent: false,
+                    jumped: false,
                 };
                 self.group.jobs.push((id, row.url, job));
             }
@@ -294,10 +300,14 @@ impl Scheduler {
                 self.finish_job(id);
             }
             Outcome::Job { .. } => {
+                // A delivery during this poll: the job may have ended after it left.
+                let next = if job.hinted { now } else { now + interval };
                 if let Some(job) = self.jobs.get_mut(&id) {
                     job.poll_failures = 0;
+                    job.urgent = job.hinted && !job.jumped;
+                    job.hinted = false;
                 }
-                self.reschedule_poll(id, now + interval);
+                self.reschedule_poll(id, next);
             }
             Outcome::NotFound { message } => {
                 let reason = format!("job not found or expired (HTTP 404): {message}");
@@ -364,6 +374,7 @@ impl Scheduler {
                 self.jobs.insert(id, job);
             } else {
                 tracing::warn!(id, job_id = %job.job_id, url = %log_field(&url), "accepted by Importly, but the row was reset, cancelled or deleted meanwhile; the job is orphaned at Importly and not polled");
+                self.spend_webhook(id);
                 // Its slot at Importly is taken until the job ends; ours is free again.
                 self.lanes[lane_index(job.kind)].maybe_due = true;
             }
@@ -429,6 +440,7 @@ impl Scheduler {
 
     /// The job's slot is free again: the lane may have room for a due row.
     fn finish_job(&mut self, id: i64) {
+        self.spend_webhook(id);
         if let Some(job) = self.jobs.remove(&id) {
             self.lanes[lane_index(job.kind)].maybe_due = true;
             // Imports waiting on this metadata (the credit guard) were just made due.

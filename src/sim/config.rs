@@ -24,6 +24,10 @@ pub struct SimConfig {
     /// Lifetime of an import job: queued for the first third, processing after, done at the end.
     #[serde(with = "humantime_serde")]
     pub job_duration: Duration,
+    /// When set, each import lasts a duration drawn uniformly from `job_duration` to this
+    /// (its own seeded RNG, so the fault sequence of a seed is unchanged).
+    #[serde(with = "humantime_serde")]
+    pub job_duration_max: Option<Duration>,
     /// Lifetime of a metadata job, same phases as an import.
     #[serde(with = "humantime_serde")]
     pub metadata_duration: Duration,
@@ -53,6 +57,7 @@ impl Default for SimConfig {
             status: BucketConfig::new(3600, HOUR, 0),
             metadata: BucketConfig::new(1000, HOUR, 5),
             job_duration: Duration::from_secs(3),
+            job_duration_max: None,
             metadata_duration: Duration::from_secs(1),
             job_ttl: Duration::from_secs(7 * 24 * 3600),
             plan: "paid".to_owned(),

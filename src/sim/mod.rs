@@ -72,7 +72,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{BucketConfig, FaultMix, HostileMix, SimConfig, WebhookConfig};
-pub use stats::SimStats;
+pub use stats::{JobTimes, SimStats};
 pub use webhook::WebhookCounts;
 
 use server::{Shared, lock};

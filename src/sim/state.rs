@@ -103,6 +103,9 @@ pub(crate) struct State {
     active: Vec<Active>,
     flaky_seen: HashMap<(Kind, String), u64>,
     rng: StdRng,
+    /// Draws import durations when `job_duration_max` is set (apart from `rng`, so a seed's
+    /// fault sequence does not depend on it).
+    durations: StdRng,
     /// Makes job ids of two simulator runs differ, so a restarted sim never answers for a job
     /// id of its previous life.
     id_prefix: String,
@@ -131,6 +134,7 @@ impl State {
             active: Vec::new(),
             flaky_seen: HashMap::new(),
             rng: StdRng::seed_from_u64(cfg.seed),
+            durations: StdRng::seed_from_u64(cfg.seed ^ 0x5eed_d0a7),
             id_prefix: format!("{:x}", now_ms() % 0x1_0000_0000),
             next_seq: 0,
             stats: SimStats::default(),
@@ -486,9 +490,13 @@ impl State {
         rate: RateInfo,
         now: u64,
     ) -> Reply {
-        let base = match kind {
-            Kind::Import => self.cfg.job_duration,
-            Kind::Metadata => self.cfg.metadata_duration,
+        let base = match (kind, self.cfg.job_duration_max) {
+            (Kind::Import, Some(max)) if max > self.cfg.job_duration => {
+                let min = self.cfg.job_duration;
+                min + (max - min).mul_f64(self.durations.random::<f64>())
+            }
+            (Kind::Import, _) => self.cfg.job_duration,
+            (Kind::Metadata, _) => self.cfg.metadata_duration,
         };
         let duration = duration_ms(base).saturating_mul(if rules.slow { 3 } else { 1 });
         self.next_seq += 1;
@@ -514,6 +522,12 @@ impl State {
         if kind == Kind::Import {
             self.reserved = self.reserved.saturating_add(reserved);
             self.stats.accepted_imports += 1;
+            self.stats.import_jobs.push(super::stats::JobTimes {
+                job_id: self.job_id(kind),
+                url: url.clone(),
+                accepted_ms: now,
+                ends_ms: now.saturating_add(duration),
+            });
             *self.stats.accepted_by_url.entry(url).or_default() += 1;
         }
         self.note_concurrency(kind);

@@ -52,9 +52,20 @@ pub struct SimStats {
     pub post_times: Vec<(String, SystemTime)>,
     /// Credit balance now (completed imports charged).
     pub credits: i64,
+    /// Every accepted import: when it was accepted and when it ends (unix ms), in order.
+    pub import_jobs: Vec<JobTimes>,
     /// The last `POST /import` JSON body seen per url, so a test can check which options a
     /// client passed through (and which it kept to itself).
     pub last_import_body_by_url: BTreeMap<String, serde_json::Value>,
+}
+
+/// An accepted import's life, for measuring how soon a client notices its end.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobTimes {
+    pub job_id: String,
+    pub url: String,
+    pub accepted_ms: u64,
+    pub ends_ms: u64,
 }
 
 /// Milliseconds since the unix epoch, 0 for times before it.

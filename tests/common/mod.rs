@@ -151,6 +151,8 @@ pub fn daemon_config_at(dir: &Path, base_url: &str) -> Config {
     cfg.retry.max_delay = secs(2);
     cfg.poll.status_interval = ms(100);
     cfg.poll.queue_interval = ms(30);
+    // As quick as the polls, so tests of slots held elsewhere run in seconds.
+    cfg.limits.probe_delay = ms(100);
     cfg.pause.probe_interval = secs(3600);
     cfg.log.level = "importlyd=debug,info".into();
     cfg
