@@ -2,9 +2,14 @@
 //! bound on every text it hands on for logs and records. A server (or a proxy in front of
 //! it) that sends more is garbled, never a reason to grow.
 
-/// Response bodies are read and kept up to this size (the attempt log's cap). An answer
-/// over it is not read further, not parsed, and kept cut to this size.
+/// Response bodies are kept up to this size in the attempt log (the log's cap): what a
+/// ticket shows of an answer.
 pub const MAX_BODY: usize = 16 * 1024;
+
+/// The largest answer read and parsed (1 MiB). A completed metadata job with many formats
+/// easily passes [`MAX_BODY`] and must still be read whole; an answer over this is not
+/// read further, not parsed (a garbled answer), and kept cut to [`MAX_BODY`].
+pub const MAX_ANSWER: usize = 1024 * 1024;
 
 /// The longest job id accepted from a submit's answer.
 pub const MAX_JOB_ID: usize = 128;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use super::bounds::{MAX_BODY, MAX_LOG_FIELD, bounded, valid_job_id};
+use super::bounds::{MAX_ANSWER, MAX_LOG_FIELD, bounded, valid_job_id};
 use super::{JobState, Outcome, RateHeaders};
 use crate::clock;
 
@@ -39,7 +39,7 @@ pub fn classify(
     }
 }
 
-/// Classifies an answer whose body went over [`MAX_BODY`]: `prefix` is what was kept. A
+/// Classifies an answer whose body went over [`MAX_ANSWER`]: `prefix` is what was kept. A
 /// 2xx is garbled (its body is the answer, and we did not read it all): transient, and for
 /// a submit ambiguous, since a 2xx to a submit almost surely created a job. Any other status
 /// says what it means by itself; it is classified as usual from the prefix, which is not
@@ -53,7 +53,7 @@ pub fn classify_over_cap(
 ) -> Outcome {
     if (200..300).contains(&status) {
         return Outcome::Transient {
-            reason: format!("2xx answer over the {MAX_BODY}-byte cap, not read further"),
+            reason: format!("2xx answer over the {MAX_ANSWER}-byte cap, not read further"),
             retry_after: None,
             ambiguous: call == Call::Submit,
         };
@@ -61,7 +61,7 @@ pub fn classify_over_cap(
     // A cut body never parses as the JSON it was; make sure a prefix that happens to be
     // valid JSON is not read as the answer either.
     let prefix = String::from_utf8_lossy(prefix);
-    let message = format!("{} [body over the {MAX_BODY}-byte cap]", prefix.trim());
+    let message = format!("{} [body over the {MAX_ANSWER}-byte cap]", prefix.trim());
     classify(call, status, headers, message.as_bytes(), now)
 }
 
@@ -112,9 +112,9 @@ fn classify_success(call: Call, json: Option<Value>, len: usize) -> Outcome {
             // The data is stored as the row's result: written out again it must stay within
             // the cap too (number formats can grow, e.g. `1e15`).
             let data = data.clone();
-            if data.to_string().len() > MAX_BODY {
+            if data.to_string().len() > MAX_ANSWER {
                 return transient(format!(
-                    "2xx status answer whose `data` is over the {MAX_BODY}-byte cap"
+                    "2xx status answer whose `data` is over the {MAX_ANSWER}-byte cap"
                 ));
             }
             Outcome::Job { state, data }
@@ -322,8 +322,37 @@ mod tests {
     }
 
     #[test]
+    fn a_status_answer_over_the_log_cap_is_still_read_whole() {
+        // A metadata job with many formats: ~40 KiB, more than the attempt log keeps.
+        let formats: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"formatId":"f{i}","quality":"720p","costInCredits":2,"description":"a format of the media, described at some length"}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"success":true,"data":{{"jobId":"m1","status":"completed","availableFormats":[{}]}}}}"#,
+            formats.join(",")
+        );
+        assert!(body.len() > crate::importly::MAX_BODY);
+        match classify(
+            Call::Status,
+            200,
+            &RateHeaders::default(),
+            body.as_bytes(),
+            at(0),
+        ) {
+            Outcome::Job {
+                state: JobState::Completed,
+                data,
+            } => assert_eq!(data["availableFormats"].as_array().map(Vec::len), Some(200)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn messages_from_bodies_are_bounded() {
-        let body = format!(r#"{{"success":false,"error":"{}"}}"#, "e".repeat(MAX_BODY));
+        let body = format!(
+            r#"{{"success":false,"error":"{}"}}"#,
+            "e".repeat(crate::importly::MAX_BODY)
+        );
         match classify(
             Call::Submit,
             400,
@@ -348,9 +377,9 @@ mod tests {
 
     #[test]
     fn status_data_that_grows_past_the_cap_when_written_is_garbled() {
-        let nums = vec!["1e15"; MAX_BODY / 6].join(",");
+        let nums = vec!["1e15"; MAX_ANSWER / 6].join(",");
         let body = format!(r#"{{"data":{{"status":"completed","n":[{nums}]}}}}"#);
-        assert!(body.len() < MAX_BODY);
+        assert!(body.len() < MAX_ANSWER);
         let out = classify(
             Call::Status,
             200,

@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-pub use bounds::{MAX_BODY, MAX_JOB_ID, MAX_LOG_FIELD, bounded, redact_url, valid_job_id};
+pub use bounds::{
+    MAX_ANSWER, MAX_BODY, MAX_JOB_ID, MAX_LOG_FIELD, bounded, redact_url, valid_job_id,
+};
 pub use classify::{Call, classify, classify_over_cap};
 pub use headers::RateHeaders;
 
@@ -140,7 +142,8 @@ pub struct Exchange {
     /// The transport error when there was no HTTP answer.
     pub error: Option<String>,
     pub headers: RateHeaders,
-    /// The body, cut at [`MAX_BODY`] bytes (an answer over it is not read further).
+    /// The body, cut at [`MAX_BODY`] bytes (an answer over [`MAX_ANSWER`] is not read
+    /// further).
     pub response_body: Option<String>,
     pub body_truncated: bool,
     pub outcome: Outcome,
@@ -309,7 +312,7 @@ impl Client {
                 // Header texts are stored with the record too.
                 ex.headers.window = ex.headers.window.as_deref().map(|w| self.scrub(w));
                 ex.headers.plan = ex.headers.plan.as_deref().map(|p| self.scrub(p));
-                let body = read_capped(&mut resp, MAX_BODY + self.scrub_margin()).await;
+                let body = read_capped(&mut resp, MAX_ANSWER + self.scrub_margin()).await;
                 // An answer over the cap is dropped here unread: the connection closes.
                 drop(resp);
                 ex.finished_at = SystemTime::now();
@@ -317,7 +320,7 @@ impl Client {
                     Ok(bytes) => {
                         // Stored as text, so it is read as text (invalid UTF-8 replaced)
                         // and scrubbed before anything looks at it.
-                        let over_cap = bytes.len() > MAX_BODY;
+                        let over_cap = bytes.len() > MAX_ANSWER;
                         let body = self.scrub(&String::from_utf8_lossy(&bytes));
                         let (text, cut) = truncate_body(&body);
                         ex.outcome = if over_cap {
