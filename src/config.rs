@@ -363,6 +363,12 @@ impl Config {
             );
         }
         match reqwest::Url::parse(&w.public_url) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                return key(
+                    "webhook.public_url",
+                    "must not carry user:password@ (it goes into every submit and the attempt log)",
+                );
+            }
             Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
             _ if w.public_url.is_empty() => {
                 return key(
@@ -550,6 +556,11 @@ mod tests {
             (
                 "127.0.0.1:9188",
                 "https://hooks.example/i?x=1",
+                "webhook.public_url",
+            ),
+            (
+                "127.0.0.1:9188",
+                "https://user:secret@hooks.example/i",
                 "webhook.public_url",
             ),
         ] {

@@ -536,7 +536,10 @@ async fn a_status_answer_over_the_log_cap_completes_the_job() {
     assert!(result.len() > 40 * 1024, "the whole data is the result");
     for a in db.attempts(id).await {
         let len = a.response_body.as_deref().map(str::len).unwrap_or(0);
-        assert!(len <= importlyd::importly::MAX_BODY, "log copy of {len} bytes");
+        assert!(
+            len <= importlyd::importly::MAX_BODY,
+            "log copy of {len} bytes"
+        );
     }
     finish(daemon).await;
     sim.shutdown().await;

@@ -462,3 +462,36 @@ async fn the_counts_table_follows_every_write() {
     }
     db.close().await;
 }
+
+/// An outside `INSERT OR REPLACE` deletes the old row without firing delete triggers
+/// (SQLite fires them for REPLACE only with `recursive_triggers` on), so the counts drift;
+/// `importlyd migrate` counts them afresh.
+#[tokio::test]
+async fn migrate_repairs_counts_skewed_by_an_outside_replace() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let db = Db::create(&dir.path().join("importlyd.db")).await;
+    let kept = "SELECT CAST(coalesce(sum(n), 0) AS TEXT) FROM imports_counts";
+    sqlx::query("INSERT INTO imports (url, external_id) VALUES ('https://a.example/1', 'e1')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT OR REPLACE INTO imports (url, external_id) VALUES ('https://a.example/2', 'e1')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        scalar(&db, "SELECT CAST(count(*) AS TEXT) FROM imports").await,
+        "1"
+    );
+    assert_eq!(
+        scalar(&db, kept).await,
+        "2",
+        "the REPLACE skewed the counts"
+    );
+    cli(&config, &["migrate"]).await.ok();
+    assert_eq!(scalar(&db, kept).await, "1", "migrate counted afresh");
+    db.close().await;
+}

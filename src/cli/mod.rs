@@ -342,7 +342,10 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Run => run::run(cfg, cfg_path).await,
         Command::Migrate => {
             let store = open(&cfg).await?;
+            // Also repairs the counts an outside `INSERT OR REPLACE` may have skewed.
+            let recounted = store.recount().await;
             store.close().await;
+            recounted?;
             outln!("schema of {} is up to date", cfg.database.path.display());
             Ok(())
         }

@@ -164,7 +164,7 @@ async fn start_webhooks(
         .map_err(|e| Failure::usage(format!("config key `webhook.listen`: {e}")))?;
     tracing::info!(
         %addr,
-        public_url = %cfg.webhook.public_url,
+        public_url = %crate::importly::redact_url(&cfg.webhook.public_url),
         "webhook receiver listening; status polls stay on as the safety net"
     );
     Ok(Some((hooks, deliveries)))

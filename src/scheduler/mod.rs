@@ -393,7 +393,14 @@ impl Scheduler {
     /// polled again later.
     async fn task_died(&mut self, e: JoinError) {
         let held = self.held_by.remove(&e.id());
-        tracing::error!(error = %e, held = ?held, "HTTP task failed; releasing what it held");
+        // The row's id only: its URL and options are the user's and unbounded.
+        let row = match &held {
+            Some(Held::Submit { row, .. }) => Some(row.id),
+            Some(Held::Poll { id }) => Some(*id),
+            None => None,
+        };
+        let error = log_field(&e.to_string());
+        tracing::error!(error = %error, ?row, "HTTP task failed; releasing what it held");
         match held {
             Some(Held::Submit { li, row }) => {
                 self.lanes[li].submitting.remove(&row.id);

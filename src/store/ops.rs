@@ -357,6 +357,27 @@ impl Store {
         })
     }
 
+    /// Counts `imports_counts` afresh from the table, in one short transaction. The
+    /// triggers keep it right for every INSERT, UPDATE and DELETE, but an outside program's
+    /// `INSERT OR REPLACE` deletes a row without firing delete triggers (SQLite fires them
+    /// for REPLACE only with `recursive_triggers` on); `importlyd migrate` repairs that.
+    pub async fn recount(&self) -> Result<()> {
+        let mut writer = self.writer().await?;
+        let mut tx = self.begin_immediate(&mut writer).await?;
+        sqlx::query("DELETE FROM imports_counts")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO imports_counts (state, kind, n, credits) \
+             SELECT state, kind, count(*), coalesce(sum(credits_used), 0) \
+             FROM imports GROUP BY state, kind",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The queue as the drain estimate sees it. The counts read `imports_counts` (kept by
     /// triggers); the mean reads the latest completed rows only, so it costs the same at any
     /// table size.
