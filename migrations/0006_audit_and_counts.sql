@@ -40,12 +40,16 @@ BEGIN
 END;
 
 CREATE TRIGGER imports_counts_on_update AFTER UPDATE OF state, kind, credits_used ON imports
+WHEN OLD.state IS NOT NEW.state OR OLD.kind IS NOT NEW.kind
+  OR OLD.credits_used IS NOT NEW.credits_used
 BEGIN
-    UPDATE imports_counts SET n = n - 1, credits = credits - coalesce(OLD.credits_used, 0)
-    WHERE state = OLD.state AND kind = OLD.kind;
+    -- One statement for both sides (the row leaves one count and joins another): every
+    -- state change of a busy daemon pays for it.
     INSERT INTO imports_counts (state, kind, n, credits)
-    VALUES (NEW.state, NEW.kind, 1, coalesce(NEW.credits_used, 0))
-    ON CONFLICT (state, kind) DO UPDATE SET n = n + 1, credits = credits + excluded.credits;
+    VALUES (OLD.state, OLD.kind, -1, -coalesce(OLD.credits_used, 0)),
+           (NEW.state, NEW.kind, 1, coalesce(NEW.credits_used, 0))
+    ON CONFLICT (state, kind) DO UPDATE
+        SET n = n + excluded.n, credits = credits + excluded.credits;
 END;
 
 -- 3. Indexes for the rest of `status` and for the row pages:
