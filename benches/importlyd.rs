@@ -3,7 +3,7 @@
 //!     cargo bench --bench importlyd                 # all of them
 //!     cargo bench --bench importlyd -- claims       # one: utilisation, throughput, claims,
 //!                                                   #      pickup, idle, scale, ingest,
-//!                                                   #      admin, looser, held, lag (issue 12)
+//!                                                   #      admin, export, looser, held, lag (issue 12)
 //!
 //! The daemon runs as the real release binary (`target/release/importlyd`), the simulator
 //! in this process on loopback, the database in a temp dir. These report; they assert
@@ -57,6 +57,9 @@ async fn main() -> R<()> {
     }
     if want("admin") {
         admin().await?;
+    }
+    if want("export") {
+        export().await?;
     }
     if want("looser") {
         looser().await?;
@@ -810,6 +813,67 @@ async fn lag() -> R<()> {
             stats.rate_limited + stats.concurrency_limited
         );
         sim.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Issue 15: `importlyd export` of 1,000,000 finished rows, CSV and JSON lines, to
+/// /dev/null: rows per second and the exporting process's peak RSS (VmHWM, read every 20 ms
+/// until it exits), which must not grow with the table.
+async fn export() -> R<()> {
+    let e = env("http://127.0.0.1:9", "")?;
+    let store = Store::open(&e.db).await?;
+    store.close().await;
+    let mut c = conn(&e.db).await?;
+    let rows: i64 = 1_000_000;
+    let mut done: i64 = 0;
+    while done < rows {
+        sqlx::query(
+            "WITH RECURSIVE s(i) AS (SELECT ?1 + 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?1 + 1000) \
+             INSERT INTO imports (url, external_id, state, attempts, importly_job_id, media_url, \
+                                  credits_used, last_error, completed_at) \
+             SELECT 'https://media.example.com/export/' || i || '.mp4', 'batch-1-' || i, \
+                    CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'completed' END, 1, 'imp_' || i, \
+                    CASE WHEN i % 10 = 0 THEN NULL ELSE 'https://cdn.example.com/m/' || i || '.mp4' END, \
+                    CASE WHEN i % 10 = 0 THEN NULL ELSE 3 END, \
+                    CASE WHEN i % 10 = 0 THEN 'rejected by Importly (HTTP 400): \"bad\", url' END, \
+                    strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             FROM s",
+        )
+        .bind(done)
+        .execute(&mut c)
+        .await?;
+        done += 1000;
+    }
+    for format in ["csv", "jsonl"] {
+        let t = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_importlyd"))
+            .arg("--config")
+            .arg(&e.config)
+            .args(["export", "--format", format])
+            .stdout(Stdio::from(std::fs::File::create("/dev/null")?))
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let pid = child.id();
+        let mut peak = 0.0f64;
+        let status = loop {
+            if let Ok((_, hwm)) = rss_mib(pid) {
+                peak = peak.max(hwm);
+            }
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = t.elapsed();
+        if !status.success() {
+            return Err(format!("export --format {format}: {status}").into());
+        }
+        println!(
+            "export: {rows} rows as {format}: {:.1}s, {:.0} rows/s; peak RSS {peak:.1} MiB",
+            took.as_secs_f64(),
+            rows as f64 / took.as_secs_f64()
+        );
     }
     Ok(())
 }
