@@ -190,6 +190,9 @@ pub struct Scheduler {
     /// Second looks after a change: inotify reports the WAL write before the other
     /// process's commit is visible to readers, so the first look can come too early.
     rechecks: Vec<Instant>,
+    /// Webhook deliveries that came for rows whose submit's answer was not handled yet (the
+    /// callback can overtake it): their job's first poll goes at once when it is.
+    early_hints: HashSet<i64>,
     /// The previous loop turn, to notice a step of the wall clock.
     last_turn: Now,
     /// Webhook tokens, when `webhook.public_url` is set (see `webhook.rs`).
@@ -269,6 +272,7 @@ impl Scheduler {
             ready: None,
             db_changed: Arc::new(Notify::new()),
             rechecks: Vec::new(),
+            early_hints: HashSet::new(),
             last_turn: turn,
             hooks: None,
             deliveries: None,
@@ -404,6 +408,7 @@ impl Scheduler {
         match held {
             Some(Held::Submit { li, row }) => {
                 self.lanes[li].submitting.remove(&row.id);
+                self.early_hints.remove(&row.id);
                 self.spend_webhook(row.id);
                 let keep = self.cfg.log.keep_attempts;
                 let endpoint = submit_path(&row.kind);
@@ -780,9 +785,17 @@ impl Scheduler {
     /// A webhook delivery for row `id`: a hint only. Its job is polled at once (through the
     /// status budget like any poll); that answer, never the delivery's body, changes the row.
     fn webhook_delivered(&mut self, id: i64) {
-        let Some(job) = self.jobs.get_mut(&id) else {
-            // Not polled (yet, or any more): the regular polls and spent tokens cover it.
-            return;
+        let pending = self.group.jobs.iter_mut().find(|(row, _, _)| *row == id);
+        let job = match (self.jobs.get_mut(&id), pending) {
+            (Some(job), _) | (None, Some((_, _, job))) => job,
+            (None, None) => {
+                // The callback overtook the submit's answer: remember it for the accept.
+                // Otherwise the job is not polled (any more): spent tokens cover it.
+                if self.lanes.iter().any(|l| l.submitting.contains(&id)) {
+                    self.early_hints.insert(id);
+                }
+                return;
+            }
         };
         if job.polling {
             job.hinted = true;
@@ -1209,6 +1222,50 @@ mod tests {
         let paced = s.status.next_send_at(now.wall);
         s.notice_clock_step(now);
         assert_eq!(s.status.next_send_at(now.wall), paced);
+        store.close().await;
+    }
+
+    /// A callback can overtake the answer to its own submit (the job ended before the
+    /// scheduler handled the accept): it is kept, and the job's first poll goes at once.
+    #[tokio::test]
+    async fn a_webhook_that_overtakes_its_submit_is_kept_for_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.database.path = dir.path().join("q.db");
+        let store = Store::open(&cfg.database.path).await.unwrap();
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        // Row 7 is being submitted; row 8 is not ours at all.
+        s.lanes[0].submitting.insert(7);
+        s.webhook_delivered(7);
+        s.webhook_delivered(8);
+        assert!(s.early_hints.contains(&7), "kept for the accept");
+        assert!(
+            !s.early_hints.contains(&8),
+            "a row we do not submit leaves no trace"
+        );
+        // Accepted, in the group not yet stored: the delivery makes its poll due now.
+        let later = Instant::now() + Duration::from_secs(30);
+        let job = Job {
+            kind: JobKind::Import,
+            job_id: "j9".into(),
+            attempts: 0,
+            next_poll: later,
+            polling: false,
+            poll_failures: 0,
+            hinted: false,
+            urgent: false,
+            jumped: false,
+        };
+        s.group.jobs.push((9, "https://e.example/9".into(), job));
+        s.webhook_delivered(9);
+        let (_, _, job) = &s.group.jobs[0];
+        assert!(job.next_poll < later && job.urgent, "{job:?}");
         store.close().await;
     }
 }

@@ -31,7 +31,10 @@ impl Scheduler {
                     .observe(&ex.headers, ex.finished_at);
                 self.buckets_dirty = true;
                 self.lift_pauses(kind, &ex, probe).await;
+                let id = row.id;
                 self.on_submit(row, kind, ex, slot_probe).await;
+                // Used by an accept (its first poll), or moot for any other answer.
+                self.early_hints.remove(&id);
             }
             Done::Poll { id, ex, probe } => {
                 if let Some(job) = self.jobs.get_mut(&id) {
@@ -143,15 +146,21 @@ impl Scheduler {
                     .progress
                     .started
                     .push(Started::new(id, job_id, record));
+                // A webhook that overtook this answer: the job has ended, poll it at once.
+                let early = self.early_hints.contains(&id);
                 let job = Job {
                     kind,
                     job_id: job_id.clone(),
                     attempts: row.attempts,
-                    next_poll: Instant::now() + self.cfg.poll.status_interval,
+                    next_poll: if early {
+                        Instant::now()
+                    } else {
+                        Instant::now() + self.cfg.poll.status_interval
+                    },
                     polling: false,
                     poll_failures: 0,
                     hinted: false,
-                    urgent: false,
+                    urgent: early,
                     jumped: false,
                 };
                 self.group.jobs.push((id, row.url, job));
