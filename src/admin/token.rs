@@ -61,22 +61,44 @@ impl SharedToken {
         }
     }
 
-    /// Whether `given` is the token, in time independent of where they differ. `false`
-    /// when no token is set.
+    /// Whether `given` is the token, in time independent of where they differ and of the
+    /// guess's length. `false` when no token is set.
     pub fn matches(&self, given: &[u8]) -> bool {
         let Ok(t) = self.0.read() else {
             return false;
         };
         match t.as_ref() {
-            Some(t) => bool::from(t.expose_secret().as_bytes().ct_eq(given)),
+            Some(t) => same_secret(t.expose_secret().as_bytes(), given),
             None => false,
         }
     }
 }
 
+/// Compares a guess with the secret in time that depends only on the secret's length:
+/// `subtle`'s slice compare returns at once on a length mismatch, which would tell an
+/// attacker the token's length. The guess is read as if cut or padded to that length (so
+/// every byte of the secret is compared), and the lengths are compared in constant time too.
+fn same_secret(secret: &[u8], given: &[u8]) -> bool {
+    let mut padded = Vec::with_capacity(secret.len());
+    padded.extend((0..secret.len()).map(|i| given.get(i).copied().unwrap_or(0)));
+    let bytes = secret.ct_eq(&padded);
+    let lengths = (secret.len() as u64).ct_eq(&(given.len() as u64));
+    bool::from(bytes & lengths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_compare_needs_every_byte_and_the_length() {
+        assert!(same_secret(b"s3cret-token", b"s3cret-token"));
+        assert!(!same_secret(b"s3cret-token", b"s3cret-tokeN"));
+        assert!(!same_secret(b"s3cret-token", b"s3cret-token\0"));
+        assert!(!same_secret(b"s3cret-token", b"s3cret"));
+        assert!(!same_secret(b"s3cret-token", b""));
+        assert!(!same_secret(b"ab", b"ab\0\0"));
+    }
 
     #[test]
     fn matches_only_the_token() {
