@@ -32,6 +32,18 @@ pub struct Hooks {
     inner: Arc<Mutex<Tokens>>,
     public_url: String,
     tx: mpsc::Sender<i64>,
+    /// Refused deliveries (unknown token, bad body) since the last warning about them.
+    refused: Arc<Mutex<Refused>>,
+}
+
+/// How often refused deliveries are logged: a flood of forged requests makes one line a
+/// minute, with their count, not a line each.
+const REFUSED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct Refused {
+    since_logged: u64,
+    logged_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -48,8 +60,25 @@ impl Hooks {
             inner: Arc::default(),
             public_url: public_url.trim_end_matches('/').to_owned(),
             tx,
+            refused: Arc::default(),
         };
         (hooks, rx)
+    }
+
+    /// Logs a refused delivery, at most once per [`REFUSED_LOG_EVERY`] (with how many were
+    /// refused since the last line).
+    fn note_refused(&self, what: &str) {
+        let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        r.since_logged += 1;
+        if r.logged_at.is_some_and(|t| t.elapsed() < REFUSED_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            refused = r.since_logged,
+            "webhook deliveries refused ({what}); at most one such line a minute"
+        );
+        r.since_logged = 0;
+        r.logged_at = Some(std::time::Instant::now());
     }
 
     fn lock(&self) -> MutexGuard<'_, Tokens> {
@@ -109,14 +138,14 @@ async fn receive(State(hooks): State<Hooks>, method: Method, uri: Uri, body: Byt
     let token = uri.path().rsplit('/').next().unwrap_or("");
     let Some(row) = hooks.row_of(token) else {
         // Never log the token itself: a live one is a capability.
-        tracing::warn!("webhook for an unknown or spent token: ignored (404)");
+        hooks.note_refused("unknown or spent token: 404");
         return (StatusCode::NOT_FOUND, "unknown or spent token\n").into_response();
     };
     let object = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .filter(serde_json::Value::is_object);
     let Some(payload) = object else {
-        tracing::warn!(id = row, "webhook body is not a JSON object: ignored (400)");
+        hooks.note_refused("a body that is not a JSON object: 400");
         return (StatusCode::BAD_REQUEST, "body must be a JSON object\n").into_response();
     };
     let status = payload
@@ -155,6 +184,17 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_deliveries_make_one_log_line_a_minute() {
+        let (hooks, _rx) = Hooks::new("https://hooks.example/importly");
+        for _ in 0..5 {
+            hooks.note_refused("unknown or spent token: 404");
+        }
+        let r = hooks.refused.lock().unwrap();
+        assert!(r.logged_at.is_some(), "the first is logged");
+        assert_eq!(r.since_logged, 4, "the rest are counted for the next line");
+    }
 
     #[test]
     fn tokens_are_fresh_and_spent_once() {

@@ -240,7 +240,7 @@ async fn forged_replayed_misdirected_and_garbled_deliveries_change_nothing() {
         snapshot(&d.rows().await) == *before
     })
     .await;
-    assert!(daemon.log_text().contains("ignored (404)"));
+    assert!(daemon.log_text().contains("unknown or spent token: 404"));
 
     wait_until("both rows completed", secs(20), || async move {
         d.count("completed").await == 2
