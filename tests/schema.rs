@@ -495,3 +495,35 @@ async fn migrate_repairs_counts_skewed_by_an_outside_replace() {
     assert_eq!(scalar(&db, kept).await, "1", "migrate counted afresh");
     db.close().await;
 }
+
+/// `purge --older-than` prunes the audit log by the same cut, and records itself.
+#[tokio::test]
+async fn purge_prunes_the_audit_log_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let db = Db::create(&dir.path().join("importlyd.db")).await;
+    sqlx::query(
+        "INSERT INTO audit (at, action, target, source, ok) VALUES \
+         ('2020-01-01T00:00:00.000Z', 'retry', 'row 1', 'cli', 1), \
+         (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'cancel', 'row 2', 'api', 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let out = cli(&config, &["purge", "--older-than", "30d"]).await.ok();
+    assert!(
+        out.stdout.contains("deleted 1 audit entries"),
+        "{}",
+        out.stdout
+    );
+    let kept: Vec<String> = sqlx::query_scalar("SELECT action FROM audit ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        ["cancel", "purge"],
+        "the old entry is gone, the purge recorded"
+    );
+    db.close().await;
+}

@@ -263,6 +263,12 @@ pub async fn purge(store: &Store, completed_only: bool, before: String) -> CmdRe
             r.cache_entries
         );
     }
+    if r.audit_entries > 0 {
+        outln!(
+            "deleted {} audit entries from before {before}",
+            r.audit_entries
+        );
+    }
     Ok(())
 }
 

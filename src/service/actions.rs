@@ -139,10 +139,11 @@ pub async fn resume(store: &Store, source: Source) -> Result<ResumeReport> {
 pub struct PurgeReport {
     pub rows: u64,
     pub cache_entries: u64,
+    pub audit_entries: u64,
 }
 
 /// Deletes finished rows (with `completed_only`, completed ones) last changed before
-/// `before`, and metadata cache entries fetched before it.
+/// `before`, metadata cache entries fetched before it and audit entries older than it.
 pub async fn purge(
     store: &Store,
     completed_only: bool,
@@ -151,6 +152,8 @@ pub async fn purge(
 ) -> Result<PurgeReport> {
     let rows = store.purge(before, completed_only).await?;
     let cache_entries = store.purge_metadata_cache(before).await?;
+    // Pruned before this purge is recorded, so the record of it stays.
+    let audit_entries = store.purge_audit(before).await?;
     let what = if completed_only {
         "completed"
     } else {
@@ -162,12 +165,15 @@ pub async fn purge(
         &format!("{what} rows last changed before {before}"),
         source,
         true,
-        &format!("{rows} rows, {cache_entries} cache entries deleted"),
+        &format!(
+            "{rows} rows, {cache_entries} cache entries, {audit_entries} audit entries deleted"
+        ),
     )
     .await;
     Ok(PurgeReport {
         rows,
         cache_entries,
+        audit_entries,
     })
 }
 

@@ -517,6 +517,16 @@ impl Store {
 
     /// Deletes metadata cache entries fetched before `before`: `purge` keeps the cache from
     /// growing without bound (entries past `metadata.cache_ttl` are never reused anyway).
+    /// Deletes audit entries older than `before`, so the audit log does not grow for ever
+    /// (`purge --older-than` keeps the same span of history for both).
+    pub async fn purge_audit(&self, before: &str) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM audit WHERE at < ?")
+            .bind(before)
+            .execute(&mut *self.writer().await?)
+            .await?
+            .rows_affected())
+    }
+
     pub async fn purge_metadata_cache(&self, before: &str) -> Result<u64> {
         Ok(
             sqlx::query("DELETE FROM metadata_cache WHERE fetched_at < ?")
