@@ -1031,6 +1031,26 @@ impl Scheduler {
 mod tests {
     use super::*;
 
+    /// A scheduler over a fresh database in `dir` (its client aims at a closed port: these
+    /// tests drive the scheduler's own bookkeeping), with `tune` applied to the config.
+    async fn scheduler_in(
+        dir: &std::path::Path,
+        tune: impl FnOnce(&mut Config),
+    ) -> (Scheduler, Store) {
+        let mut cfg = Config::default();
+        cfg.database.path = dir.join("q.db");
+        tune(&mut cfg);
+        let store = Store::open(&cfg.database.path).await.unwrap();
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        (s, store)
+    }
+
     #[test]
     fn failed_polls_back_off_doubling_up_to_a_minute() {
         let s = Duration::from_secs;
@@ -1067,16 +1087,7 @@ mod tests {
     #[tokio::test]
     async fn a_submit_task_that_panics_frees_its_slot_and_its_row() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.database.path = dir.path().join("q.db");
-        let store = Store::open(&cfg.database.path).await.unwrap();
-        let client = Client::new(
-            "http://127.0.0.1:9",
-            SecretString::from("k".to_owned()),
-            Duration::from_secs(1),
-        )
-        .unwrap();
-        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let (mut s, store) = scheduler_in(dir.path(), |_| {}).await;
         let ids = store
             .enqueue(&[crate::store::EnqueueRow {
                 url: "https://e.com/a".into(),
@@ -1145,16 +1156,7 @@ mod tests {
     #[tokio::test]
     async fn one_request_probes_every_due_pause_it_passes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.database.path = dir.path().join("q.db");
-        let store = Store::open(&cfg.database.path).await.unwrap();
-        let client = Client::new(
-            "http://127.0.0.1:9",
-            SecretString::from("k".to_owned()),
-            Duration::from_secs(1),
-        )
-        .unwrap();
-        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let (mut s, store) = scheduler_in(dir.path(), |_| {}).await;
         let now = SystemTime::now();
         let due = clock::iso(now - Duration::from_secs(1));
         let stored = |scope: &str, status| crate::store::StoredPause {
@@ -1188,22 +1190,15 @@ mod tests {
     #[tokio::test]
     async fn a_wall_clock_step_back_rebases_the_budgets() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.database.path = dir.path().join("q.db");
-        cfg.limits.status = crate::config::BucketLimit {
-            requests: 4,
-            window: Duration::from_secs(3600),
-            concurrent: 0,
-            reserve: 0,
-        };
-        let store = Store::open(&cfg.database.path).await.unwrap();
-        let client = Client::new(
-            "http://127.0.0.1:9",
-            SecretString::from("k".to_owned()),
-            Duration::from_secs(1),
-        )
-        .unwrap();
-        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let (mut s, store) = scheduler_in(dir.path(), |cfg| {
+            cfg.limits.status = crate::config::BucketLimit {
+                requests: 4,
+                window: Duration::from_secs(3600),
+                concurrent: 0,
+                reserve: 0,
+            };
+        })
+        .await;
         let now = Now::read();
         let hour = Duration::from_secs(3600);
         // The last turn ran an hour ahead of the wall clock now, and sent a poll then.
@@ -1230,16 +1225,7 @@ mod tests {
     #[tokio::test]
     async fn a_webhook_that_overtakes_its_submit_is_kept_for_the_job() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.database.path = dir.path().join("q.db");
-        let store = Store::open(&cfg.database.path).await.unwrap();
-        let client = Client::new(
-            "http://127.0.0.1:9",
-            SecretString::from("k".to_owned()),
-            Duration::from_secs(1),
-        )
-        .unwrap();
-        let mut s = Scheduler::new(cfg, store.clone(), client, CancellationToken::new());
+        let (mut s, store) = scheduler_in(dir.path(), |_| {}).await;
         // Row 7 is being submitted; row 8 is not ours at all.
         s.lanes[0].submitting.insert(7);
         s.webhook_delivered(7);
