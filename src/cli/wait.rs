@@ -88,7 +88,7 @@ pub async fn follow(
     let done_at_start = first.finished();
     let mut last = first;
     let mut last_change = Instant::now();
-    let mut last_heartbeat = store.budgets_saved_at().await?;
+    let mut last_heartbeat = latest_heartbeat(store).await?;
     let mut stalled = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -101,9 +101,9 @@ pub async fn follow(
         {
             estimate = Some((Instant::now(), drain_estimate(store, cfg).await));
         }
-        // A daemon is alive when a followed row changed, or when it saved its budgets (it
-        // does so every few seconds while it runs, even while long jobs change no row).
-        let heartbeat = store.budgets_saved_at().await?;
+        // A daemon is alive when a followed row changed, or when its heartbeat row moved (it
+        // does every 10 s while it runs, even while long jobs change no row).
+        let heartbeat = latest_heartbeat(store).await?;
         if now.progress != last.progress || heartbeat != last_heartbeat {
             last_change = Instant::now();
             stalled = false;
@@ -121,7 +121,7 @@ pub async fn follow(
             stalled = true;
             view.note(&format!(
                 "no daemon seems to be running against this database (none of these {total} \
-                 rows changed, and no daemon saved its budgets, for {})",
+                 rows changed, and no daemon heartbeat moved, for {})",
                 humantime::format_duration(stall_after)
             ));
         }
@@ -262,6 +262,17 @@ impl std::fmt::Display for Rate {
             None => write!(f, "-/min"),
         }
     }
+}
+
+/// The newest daemon heartbeat on this database (the `daemons` table `status` reads).
+async fn latest_heartbeat(store: &Store) -> Result<Option<String>, crate::store::StoreError> {
+    // Ordered newest heartbeat first.
+    Ok(store
+        .daemons()
+        .await?
+        .into_iter()
+        .next()
+        .map(|d| d.heartbeat_at))
 }
 
 /// How often the drain estimate is worked out again (a few indexed reads).

@@ -277,14 +277,6 @@ impl Store {
         Ok(p)
     }
 
-    /// When a daemon last saved its rate budgets: it does so at least every 10 s while it
-    /// runs, idle or busy, so this moves while any daemon works on this database.
-    pub async fn budgets_saved_at(&self) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT max(updated_at) FROM buckets")
-            .fetch_one(&self.reader)
-            .await?)
-    }
-
     /// The first `limit` rows among `ids` that ended failed or cancelled.
     pub async fn unsuccessful_among(&self, ids: &[i64], limit: u32) -> Result<Vec<Row>> {
         let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
