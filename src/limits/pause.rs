@@ -158,20 +158,19 @@ impl Pauses {
         p
     }
 
-    /// A probe went out for `scope`: the next one waits a whole interval. A submit probes
-    /// the key too, so a 401 pause that is also due counts as probed by it (otherwise a
-    /// status poll would go out as a second probe); returns every pause changed, for the
-    /// caller to persist.
+    /// A probe went out through the gates of `scopes` (a submit passes the key's and its
+    /// kind's, a status poll the key's only): every due pause among them counts as probed
+    /// by it and waits a whole interval for the next, so one request never becomes two
+    /// probes. Returns the pauses changed, for the caller to persist.
     pub fn probed(
         &mut self,
-        scope: Scope,
+        scopes: &[Scope],
         now: SystemTime,
         probe_interval: Duration,
     ) -> Vec<Pause> {
         let mut changed = Vec::new();
         for p in &mut self.list {
-            let also_key = scope != Scope::All && p.scope == Scope::All && p.next_probe <= now;
-            if p.scope == scope || also_key {
+            if scopes.contains(&p.scope) && p.next_probe <= now {
                 p.next_probe = now + probe_interval;
                 changed.push(p.clone());
             }
@@ -241,7 +240,8 @@ mod tests {
         let Gate::Probe(scope) = p.submit_gate(Scope::Import, due) else {
             panic!("a probe is due");
         };
-        let changed = p.probed(scope, due, iv);
+        // The submit passes the key's gate and its own, as the scheduler says.
+        let changed = p.probed(&[Scope::All, scope], due, iv);
         assert_eq!(changed.len(), 2, "{changed:?}");
         // The submit probed the key too: no status poll goes out as a second probe, and no
         // second submit.
@@ -256,6 +256,6 @@ mod tests {
         q.pause(Scope::Import, "402".into(), 402, t0, iv);
         q.pause(Scope::All, "401".into(), 401, t0, iv);
         assert_eq!(q.poll_gate(due), Gate::Probe(Scope::All));
-        assert_eq!(q.probed(Scope::All, due, iv).len(), 1);
+        assert_eq!(q.probed(&[Scope::All], due, iv).len(), 1);
     }
 }

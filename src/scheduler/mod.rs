@@ -808,30 +808,21 @@ impl Scheduler {
     /// A request goes out as the probe of every pause among `scopes` that is due: each
     /// waits a whole interval for its next probe.
     async fn note_probe(&mut self, scopes: &[Scope], now: SystemTime) {
-        let due: Vec<Scope> = scopes
-            .iter()
-            .copied()
-            .filter(|s| self.pauses.get(*s).is_some_and(|p| p.next_probe <= now))
-            .collect();
-        let names: Vec<&str> = due.iter().map(|s| s.as_str()).collect();
+        let probed = self
+            .pauses
+            .probed(scopes, now, self.cfg.pause.probe_interval);
+        let names: Vec<&str> = probed.iter().map(|p| p.scope.as_str()).collect();
         tracing::info!(
             scope = %names.join(","),
             "paused: sending one request as a probe"
         );
-        for scope in due {
-            // `probed` also returns the other pauses this request probes (a submit probing
-            // a 402 probes the key too); storing one twice is harmless.
-            for p in self
-                .pauses
-                .probed(scope, now, self.cfg.pause.probe_interval)
-            {
-                let stored = p.to_stored();
-                self.persist("store pause", |s| {
-                    let stored = stored.clone();
-                    async move { s.set_pause(&stored).await }
-                })
-                .await;
-            }
+        for p in probed {
+            let stored = p.to_stored();
+            self.persist("store pause", |s| {
+                let stored = stored.clone();
+                async move { s.set_pause(&stored).await }
+            })
+            .await;
         }
     }
 
