@@ -107,8 +107,9 @@ impl Hooks {
         }
     }
 
-    /// How many tokens are live (for tests and metrics).
-    pub fn live(&self) -> usize {
+    /// How many tokens are live.
+    #[cfg(test)]
+    fn live(&self) -> usize {
         self.lock().by_token.len()
     }
 
