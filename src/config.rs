@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,19 +33,76 @@ pub struct Config {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub webhook: WebhookConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub path: PathBuf,
+    /// `postgres://...`: the queue in PostgreSQL instead of the file at `path`. It may hold
+    /// the password, so it is a secret: never logged, `Debug` redacts it (see
+    /// [`crate::store::postgres::redact_url`] for what logs show). Not serialized: the
+    /// defaults layer has no URL.
+    #[serde(skip_serializing)]
+    pub url: SecretString,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("importlyd.db"),
+            url: SecretString::from(String::new()),
         }
+    }
+}
+
+impl DatabaseConfig {
+    /// The PostgreSQL URL, when one is set.
+    pub fn url(&self) -> Option<&str> {
+        let url = self.url.expose_secret().trim();
+        (!url.is_empty()).then_some(url)
+    }
+
+    /// SQLite at `path`.
+    pub fn sqlite(path: impl Into<PathBuf>) -> DatabaseConfig {
+        DatabaseConfig {
+            path: path.into(),
+            ..DatabaseConfig::default()
+        }
+    }
+
+    /// PostgreSQL at `url`.
+    pub fn postgres(url: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            url: SecretString::from(url.to_owned()),
+            ..DatabaseConfig::default()
+        }
+    }
+}
+
+/// `[cluster]`: several daemons on one PostgreSQL database.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// A daemon whose heartbeat is older than this has lost its claims and slots.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// How often a daemon renews its lease: a tenth of it, between 100 ms and 1 s, so a
+    /// lease survives several missed beats (a slow database, a GC pause elsewhere).
+    pub fn heartbeat(&self) -> Duration {
+        (self.lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 }
 
@@ -293,6 +351,7 @@ impl Config {
         if self.database.path.as_os_str().is_empty() {
             return key("database.path", "must not be empty");
         }
+        self.validate_cluster()?;
         for (k, value, min) in self.durations() {
             check_duration(k, value, min)?;
         }
@@ -345,6 +404,49 @@ impl Config {
 
     /// Both webhook keys or neither: a public URL nobody listens behind (or a listener no
     /// job is told about) is a mistake, not a setting.
+    /// `database.url` must be a PostgreSQL URL, and a lease must outlive any request sent
+    /// under it: a daemon sends only while its lease has a whole request timeout left, so
+    /// the lease needs that plus a few heartbeats to ever send at all.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let Some(url) = self.database.url() else {
+            return Ok(());
+        };
+        let key = |k: &str, reason: String| {
+            Err(ConfigError::Key {
+                key: k.into(),
+                reason,
+            })
+        };
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") && u.has_host() => {}
+            // The URL may hold a password: the message never repeats it.
+            _ => {
+                return key(
+                    "database.url",
+                    "must be a PostgreSQL URL like postgres://user@host:5432/db".into(),
+                );
+            }
+        }
+        let c = &self.cluster;
+        check_duration("cluster.lease".into(), c.lease, MIN_INTERVAL)?;
+        let needed = self.api.request_timeout + 3 * c.heartbeat();
+        if c.lease < needed {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            return key(
+                "cluster.lease",
+                format!(
+                    "{} is too short: it must cover api.request_timeout ({}) plus three \
+                     heartbeats ({}), at least {}; raise it or lower api.request_timeout",
+                    show(c.lease),
+                    show(self.api.request_timeout),
+                    show(3 * c.heartbeat()),
+                    show(needed)
+                ),
+            );
+        }
+        Ok(())
+    }
+
     fn validate_webhook(&self) -> Result<(), ConfigError> {
         let key = |k: &str, reason: &str| {
             Err(ConfigError::Key {

@@ -122,7 +122,7 @@ async fn the_claim_sees_offset_times_as_the_instants_they_are() {
     .await;
     let due = insert_due(&db, "https://e.com/due", &past).await;
     let later = insert_due(&db, "https://e.com/later", &future).await;
-    let store = Store::open(&path).await.unwrap();
+    let store = Store::open_sqlite(&path).await.unwrap();
     let claimed = store
         .claim_due("import", 10, &importlyd::clock::now_iso())
         .await
@@ -301,7 +301,7 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
     }
     pool.close().await;
 
-    let store = Store::open(&path).await.expect("the upgrade runs");
+    let store = Store::open_sqlite(&path).await.expect("the upgrade runs");
     store.close().await;
     let db = Db::connect(&path).await;
     let rows = db.rows().await;
@@ -387,7 +387,7 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
     // them) still takes its log with it.
     assert!(db.insert("https://e.com/new").await > 7);
     db.close().await;
-    let store = Store::open(&path).await.unwrap();
+    let store = Store::open_sqlite(&path).await.unwrap();
     assert_eq!(
         store
             .purge("9999-01-01T00:00:00.000Z", false)

@@ -95,7 +95,7 @@ impl Fixture {
         let sim = Sim::start(sim).await.expect("simulator starts");
         let db_path = dir.path().join("importlyd.db");
         // The schema, as `importlyd migrate` creates it.
-        importlyd::store::Store::open(&db_path)
+        importlyd::store::Store::open_sqlite(&db_path)
             .await
             .expect("create the schema")
             .close()

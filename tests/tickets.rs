@@ -232,7 +232,7 @@ keep_attempts = {keep}
     async fn store(&mut self) -> &Store {
         if self.store.is_none() {
             self.store = Some(
-                Store::open_unmigrated(&self.db)
+                Store::open_unmigrated(&importlyd::config::DatabaseConfig::sqlite(&self.db))
                     .await
                     .expect("opening the database"),
             );

@@ -48,7 +48,7 @@ pub async fn demo(rows: u32) -> CmdResult {
     cfg.poll.status_interval = Duration::from_millis(200);
     cfg.poll.queue_interval = Duration::from_millis(100);
 
-    let store = Store::open(&cfg.database.path).await.map_err(fail)?;
+    let store = Store::open(&cfg.database).await.map_err(fail)?;
     let samples: Vec<EnqueueRow> = (1..=rows).map(sample).collect();
     store.enqueue(&samples).await.map_err(fail)?;
     outln!(

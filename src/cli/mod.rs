@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
-use crate::store::{ListFilter, Store};
+use crate::store::{ListFilter, Store, StoreError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -436,23 +436,21 @@ async fn dispatch(cli: Cli) -> CmdResult {
 /// start a queue (`migrate`, `enqueue`; `run` opens its own), so inserting never needs the
 /// daemon.
 async fn open(cfg: &Config) -> Result<Store, Failure> {
-    Ok(Store::open(&cfg.database.path).await?)
+    Ok(Store::open(&cfg.database).await?)
 }
 
 /// Opens the database the commands that read or change rows work on. A wrong path must not
 /// leave an empty database behind that looks like a queue with nothing in it.
 async fn existing(cfg: &Config) -> Result<Store, Failure> {
-    let path = &cfg.database.path;
-    if !path.is_file() {
-        return Err(Failure {
-            code: 1,
-            message: format!(
-                "no database at {} (check database.path; `importlyd migrate` creates one)",
-                path.display()
-            ),
-        });
-    }
-    Ok(Store::open_existing(path).await?)
+    Store::open_existing(&cfg.database)
+        .await
+        .map_err(|e| match e {
+            StoreError::NoDatabase(_) => Failure {
+                code: 1,
+                message: e.to_string(),
+            },
+            e => e.into(),
+        })
 }
 
 fn write_all(bytes: &[u8]) -> CmdResult {

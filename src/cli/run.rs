@@ -53,12 +53,12 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     tracing::info!(source = %key_source, "API key loaded");
     warn_ignored_key_file(&cfg, &key_source);
     // One daemon per database: a second would reset the first one's rows. Held until exit.
-    let lock = DaemonLock::acquire(&cfg.database.path).map_err(|e| Failure {
+    let lock = DaemonLock::for_daemon(&cfg.database).map_err(|e| Failure {
         code: e.exit_code(),
         message: e.to_string(),
     })?;
-    let store = Store::open(&cfg.database.path).await?;
-    if let Err(e) = store.register_daemon(lock.info.clone()).await {
+    let store = Store::open(&cfg.database).await?;
+    if let Err(e) = store.register_daemon(lock.info.clone(), cfg.cluster.lease).await {
         tracing::warn!(error = %e, "cannot record this daemon yet; its heartbeat will");
     }
     let client = Client::new(&cfg.api.base_url, key, cfg.api.request_timeout)
@@ -69,7 +69,7 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
     let admin = start_admin(&cfg, cfg_rx, &store, &health, &shutdown).await?;
     let webhooks = start_webhooks(&cfg, &shutdown).await?;
     tracing::info!(
-        database = %cfg.database.path.display(),
+        database = %store.describe(),
         base_url = %crate::importly::redact_url(&cfg.api.base_url),
         version = env!("CARGO_PKG_VERSION"),
         "importlyd started"
@@ -87,7 +87,6 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
             notifier(store, health, shutdown, current).await;
         }
     });
-    let db_path = cfg.database.path.clone();
     let mut scheduler = Scheduler::new(cfg, store.clone(), client, shutdown.clone())
         .with_health(health)
         .with_ready(ready_tx);
@@ -95,7 +94,7 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
         scheduler = scheduler.with_webhooks(hooks, deliveries);
     }
     // Kept alive for the whole run: a new row wakes the scheduler at once.
-    let _watch = crate::wakeup::watch(&db_path, scheduler.db_changed());
+    let _watch = store.watch(scheduler.db_changed());
     let result = scheduler.run(rx).await;
     // The notifier sends STOPPING=1 once the token is cancelled (a signal did that already,
     // unless the scheduler itself failed).
@@ -327,6 +326,12 @@ fn warn_restart_only(old: &Config, new: &Config) {
     let mut changed = Vec::new();
     if old.database.path != new.database.path {
         changed.push("database.path");
+    }
+    if old.database.url() != new.database.url() {
+        changed.push("database.url");
+    }
+    if old.cluster.lease != new.cluster.lease {
+        changed.push("cluster.lease");
     }
     if old.api.base_url != new.api.base_url {
         changed.push("api.base_url");

@@ -1031,7 +1031,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.database.path = dir.join("q.db");
         tune(&mut cfg);
-        let store = Store::open(&cfg.database.path).await.unwrap();
+        let store = Store::open(&cfg.database).await.unwrap();
         let client = Client::new(
             "http://127.0.0.1:9",
             SecretString::from("k".to_owned()),

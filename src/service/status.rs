@@ -136,15 +136,16 @@ pub async fn status(store: &Store, cfg: &Config) -> Result<StatusView> {
     })
 }
 
-/// The daemons whose heartbeat is fresh (the names of the PostgreSQL contract; on SQLite at
-/// most one daemon runs, so every row in flight is its own).
+/// The daemons whose heartbeat is fresh (the names of the PostgreSQL contract). PostgreSQL
+/// counts each daemon's jobs; on SQLite at most one daemon runs, so every row in flight is
+/// its own.
 fn live_daemons(all: &[StoredDaemon], now: SystemTime, in_flight: i64) -> Vec<Value> {
     all.iter()
         .filter(|d| d.is_live(now))
         .map(|d| {
             json!({"id": d.id, "host": d.host, "pid": d.pid, "version": d.version,
                    "started_at": d.started_at, "heartbeat_at": d.heartbeat_at,
-                   "in_flight": in_flight})
+                   "in_flight": d.in_flight.unwrap_or(in_flight)})
         })
         .collect()
 }

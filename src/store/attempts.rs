@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::SqliteConnection;
 
-use super::{Result, Store};
+use super::Result;
 
 /// One exchange, ready to store. Plain data: the scheduler fills it from the client's
 /// exchange, so the store need not know HTTP. (Serialized for the group commit, whose SQL
@@ -119,33 +119,4 @@ pub(super) async fn exists(conn: &mut SqliteConnection, id: i64) -> Result<Writt
     } else {
         Written::Gone
     })
-}
-
-impl Store {
-    /// Logs an exchange that changed nothing about the row (e.g. a failed status poll).
-    pub async fn record_attempt(
-        &self,
-        import_id: i64,
-        r: &AttemptRecord,
-        keep: u32,
-    ) -> Result<Written> {
-        let mut writer = self.writer().await?;
-        let mut tx = self.begin_immediate(&mut writer).await?;
-        let written = insert(&mut tx, import_id, r, keep).await?;
-        tx.commit().await?;
-        Ok(written)
-    }
-
-    /// The row's log, oldest first.
-    pub async fn attempts(&self, import_id: i64) -> Result<Vec<StoredAttempt>> {
-        Ok(sqlx::query_as::<_, StoredAttempt>(
-            "SELECT id, import_id, attempt, method, endpoint, request_body, started_at, \
-             finished_at, http_status, error, outcome, rate_limit, response_body, \
-             body_truncated, job_id, daemon_version \
-             FROM import_attempts WHERE import_id = ? ORDER BY id",
-        )
-        .bind(import_id)
-        .fetch_all(&self.reader)
-        .await?)
-    }
 }

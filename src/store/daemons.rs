@@ -17,9 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
 
-use super::{Result, Store};
 use crate::clock;
 
 /// A heartbeat older than this means the daemon is not running: three missed beats of the
@@ -63,11 +61,19 @@ pub struct StoredDaemon {
     pub heartbeat_at: String,
     /// Set at a clean shutdown.
     pub stopped_at: Option<String>,
+    /// Jobs it holds (submitting or running), when the backend keeps count (PostgreSQL).
+    pub in_flight: Option<i64>,
+    /// Whether its lease is live by the database's clock (PostgreSQL); SQLite leaves it to
+    /// [`StoredDaemon::is_live`]'s heartbeat age.
+    pub live: Option<bool>,
 }
 
 impl StoredDaemon {
     /// Running: not stopped, and its heartbeat is fresh at `now`.
     pub fn is_live(&self, now: SystemTime) -> bool {
+        if let Some(live) = self.live {
+            return live && self.stopped_at.is_none();
+        }
         self.stopped_at.is_none() && self.silent_for(now) <= DAEMON_STALE_AFTER
     }
 
@@ -109,11 +115,26 @@ impl LockError {
 /// The exclusive lock on `<db>.lock`, held until dropped (or the process ends).
 #[derive(Debug)]
 pub struct DaemonLock {
-    _file: File,
+    /// `None` on PostgreSQL, where daemons share the queue and leases keep them apart.
+    _file: Option<File>,
     pub info: DaemonInfo,
 }
 
 impl DaemonLock {
+    /// What `run` needs before it opens the database: on SQLite the file's lock (one
+    /// daemon per file); on PostgreSQL nothing to hold, only who we are.
+    pub fn for_daemon(
+        db: &crate::config::DatabaseConfig,
+    ) -> std::result::Result<DaemonLock, LockError> {
+        match db.url() {
+            Some(_) => Ok(DaemonLock {
+                _file: None,
+                info: DaemonInfo::this_process(),
+            }),
+            None => DaemonLock::acquire(&db.path),
+        }
+    }
+
     /// `<db>.lock`, beside the database. An existing database is named by its real path, so
     /// two spellings of it (a symlink, `./q.db` and `/srv/q.db`) share one lock.
     pub fn path_for(db: &Path) -> PathBuf {
@@ -171,7 +192,10 @@ impl DaemonLock {
         if let Err(e) = written {
             tracing::warn!(lock_file = %shown, error = %e, "cannot write the lock file");
         }
-        Ok(DaemonLock { _file: file, info })
+        Ok(DaemonLock {
+            _file: Some(file),
+            info,
+        })
     }
 }
 
@@ -192,128 +216,4 @@ fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Writes (or refreshes) `d`'s row with `heartbeat_at = now`, in the caller's transaction.
-pub(super) async fn beat(conn: &mut SqliteConnection, d: &DaemonInfo, now: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO daemons (id, host, pid, version, started_at, heartbeat_at) \
-         VALUES (?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, stopped_at = NULL",
-    )
-    .bind(&d.id)
-    .bind(&d.host)
-    .bind(i64::from(d.pid))
-    .bind(&d.version)
-    .bind(&d.started_at)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-impl Store {
-    /// `run`, holding the lock: this store's budget saves now refresh `info`'s heartbeat.
-    /// The rows of earlier daemons go (they are dead: we hold the lock) and ours is written.
-    pub async fn register_daemon(&self, info: DaemonInfo) -> Result<()> {
-        let info = self.daemon.get_or_init(|| info).clone();
-        let mut writer = self.writer().await?;
-        let mut tx = self.begin_immediate(&mut writer).await?;
-        sqlx::query("DELETE FROM daemons WHERE id <> ?")
-            .bind(&info.id)
-            .execute(&mut *tx)
-            .await?;
-        beat(&mut tx, &info, &clock::now_iso()).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// A clean shutdown: our row says when we stopped, so `status` does not wait for the
-    /// heartbeat to go stale.
-    pub async fn daemon_stopped(&self) -> Result<()> {
-        let Some(info) = self.daemon.get() else {
-            return Ok(());
-        };
-        let now = clock::now_iso();
-        sqlx::query("UPDATE daemons SET stopped_at = ?1, heartbeat_at = ?1 WHERE id = ?2")
-            .bind(&now)
-            .bind(&info.id)
-            .execute(&mut *self.writer().await?)
-            .await?;
-        Ok(())
-    }
-
-    /// Every daemon row, the most recently seen first.
-    pub async fn daemons(&self) -> Result<Vec<StoredDaemon>> {
-        Ok(sqlx::query_as::<_, StoredDaemon>(
-            "SELECT id, host, pid, version, started_at, heartbeat_at, stopped_at \
-             FROM daemons ORDER BY heartbeat_at DESC, id",
-        )
-        .fetch_all(&self.reader)
-        .await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_lock_on_the_same_database_is_refused_and_names_the_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.db");
-        let first = DaemonLock::acquire(&db).unwrap();
-        let err = DaemonLock::acquire(&db).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains(&format!("pid {} on {}", first.info.pid, first.info.host)),
-            "{text}"
-        );
-        assert_eq!(err.exit_code(), 1);
-        drop(first);
-        DaemonLock::acquire(&db).expect("free again once the holder is gone");
-    }
-
-    #[test]
-    fn a_symlink_to_the_database_shares_its_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.db");
-        std::fs::write(&db, b"").unwrap();
-        let link = dir.path().join("link.db");
-        std::os::unix::fs::symlink(&db, &link).unwrap();
-        let _held = DaemonLock::acquire(&db).unwrap();
-        assert!(matches!(
-            DaemonLock::acquire(&link),
-            Err(LockError::Held { .. })
-        ));
-    }
-
-    #[test]
-    fn a_missing_directory_is_a_configuration_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = DaemonLock::acquire(&dir.path().join("nope/q.db")).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "{err}");
-        assert!(err.to_string().contains("database.path"), "{err}");
-    }
-
-    #[test]
-    fn a_heartbeat_older_than_the_threshold_is_not_live() {
-        let now = SystemTime::now();
-        let at = |ago: Duration| clock::iso(now - ago);
-        let mut d = StoredDaemon {
-            id: "h:1:0".into(),
-            host: "h".into(),
-            pid: 1,
-            version: "0".into(),
-            started_at: at(Duration::from_secs(600)),
-            heartbeat_at: at(Duration::from_secs(5)),
-            stopped_at: None,
-        };
-        assert!(d.is_live(now));
-        d.heartbeat_at = at(DAEMON_STALE_AFTER + Duration::from_secs(1));
-        assert!(!d.is_live(now));
-        d.heartbeat_at = at(Duration::from_secs(1));
-        d.stopped_at = Some(d.heartbeat_at.clone());
-        assert!(!d.is_live(now));
-    }
 }

@@ -1,31 +1,31 @@
 //! The store owns every SQL statement of the daemon and its commands.
 //!
-//! One writer connection, behind a mutex, serialises our writes, so we never fight ourselves
-//! for the lock; a small reader pool serves reads. WAL lets other processes read and
-//! insert while we run, and every write here is one short statement or one
-//! `BEGIN IMMEDIATE` transaction, never held across an HTTP call, so their busy timeout
-//! always covers our longest lock.
+//! [`Store`] is the one interface: every verb the scheduler, the CLI, the service layer and
+//! the dashboard use. It has two implementations, each with its own SQL: [`sqlite`] (the
+//! default: one host, one daemon per file, no server) and [`postgres`] (several daemons on
+//! several hosts sharing one queue and one account). Nothing outside this module knows
+//! which one it talks to; `tests/conformance.rs` runs the same tests against both.
+//!
+//! The types that cross the interface live in the modules named for their part of the
+//! queue (`queue`, `attempts`, `limits`, ...); the SQL lives in `sqlite/` and `postgres/`.
+//! Times cross it as canonical UTC text (`clock::iso`), the form both backends print.
 
-mod attempts;
-mod audit;
-mod daemons;
-mod dashboard;
-mod limits;
-mod metadata;
-mod ops;
-mod progress;
-mod queue;
+pub mod attempts;
+pub mod audit;
+pub mod daemons;
+pub mod dashboard;
+pub mod limits;
+pub mod metadata;
+pub mod ops;
+pub mod postgres;
+pub mod progress;
+pub mod queue;
+pub mod sqlite;
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
-
+use futures_util::stream::BoxStream;
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use std::sync::{Arc, OnceLock};
 
-use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use crate::config::DatabaseConfig;
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use audit::{AuditEntry, FailureGroup, MinuteCount, PageFilter};
@@ -36,13 +36,10 @@ pub use ops::{
     ChunkOutcome, EnqueueRow, ExportRow, LastError, ListFilter, MEAN_JOB_SAMPLE, QueueShape,
     RowsProgress, STATES, StatusCounts,
 };
+pub use postgres::PgStore;
 pub use progress::{Finished, Progress, Started};
-pub use queue::{Claimed, Fate};
-
-/// How long any of our statements waits for another process's lock.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use queue::{Claimed, Fate, Running};
+pub use sqlite::{BUSY_TIMEOUT, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,6 +49,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// `open_existing` found no SQLite file (the path is a mistake, not an empty queue).
+    #[error("no database at {0} (check database.path; `importlyd migrate` creates one)")]
+    NoDatabase(String),
 }
 
 impl StoreError {
@@ -78,6 +78,9 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sql(sqlx::Error::Database(e)) => {
+                if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    return pg_transient(pg.code());
+                }
                 // SQLite's primary result code is the low byte of the extended one.
                 let code = e
                     .code()
@@ -87,11 +90,28 @@ impl StoreError {
                 matches!(code, Some(5 | 6 | 8 | 10 | 13 | 14))
             }
             StoreError::Sql(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed,
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_),
             ) => true,
             _ => false,
         }
     }
+}
+
+/// PostgreSQL SQLSTATEs that waiting cures: a lost or refused connection (class 08), a
+/// server shutting down or starting (57P01-57P03), no room (53: disk full, out of memory,
+/// too many connections), a serialization failure or deadlock (40001, 40P01), a lock not
+/// available (55P03), a read-only standby (25006).
+fn pg_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "25006"
+        )
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -121,168 +141,179 @@ pub(crate) const ROW_COLUMNS: &str = "id, url, kind, options, external_id, state
      next_attempt_at, importly_job_id, media_url, credits_used, result, last_error, \
      created_at, updated_at, completed_at";
 
-#[derive(Clone, Debug)]
-pub struct Store {
-    /// Our one writer: a connection of its own rather than a pool of one, because a pool
-    /// pings the connection each time it is handed back (a round trip to SQLite's worker
-    /// thread per statement). `None` once closed.
-    writer: Arc<Mutex<Option<SqliteConnection>>>,
-    reader: SqlitePool,
-    /// How the writer was opened, to open it again (see `begin_immediate`).
-    writer_opts: SqliteConnectOptions,
-    /// Set by `importlyd run` (`register_daemon`): the daemon whose heartbeat every budget
-    /// save refreshes. Unset for the operator commands.
-    daemon: Arc<OnceLock<DaemonInfo>>,
+/// Keeps a change watch alive (see [`Store::watch`]).
+pub enum Watch {
+    File(Option<crate::wakeup::DbWatcher>),
+    Task(tokio_util::task::AbortOnDropHandle<()>),
 }
 
-/// The writer, held for one statement or one transaction.
-type Writer<'a> = MappedMutexGuard<'a, SqliteConnection>;
+/// The queue, in SQLite or in PostgreSQL.
+#[derive(Clone, Debug)]
+// Unboxed: a store is made once and cloned into tasks; the size is a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Runs `$e` with `$s` bound to whichever implementation `$store` is.
+macro_rules! each {
+    ($store:expr, $s:ident => $e:expr) => {
+        match $store {
+            Store::Sqlite($s) => $e,
+            Store::Postgres($s) => $e,
+        }
+    };
+}
+
+/// The interface: each verb, once, dispatched to the implementation. Both implement every
+/// verb with the same signature (the compiler checks it here).
+macro_rules! verbs {
+    ($( $(#[$m:meta])* fn $name:ident(&self $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty; )*) => {
+        impl Store {
+            $(
+                $(#[$m])*
+                #[allow(clippy::too_many_arguments)]
+                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    each!(self, s => s.$name($($arg),*).await)
+                }
+            )*
+        }
+    };
+}
 
 impl Store {
-    /// Opens (creating if missing) the database and applies migrations.
-    pub async fn open(path: &Path) -> Result<Store> {
-        let store = Store::open_unmigrated(path).await?;
+    /// Opens (creating a SQLite file if missing) the database `cfg` names and applies
+    /// migrations.
+    pub async fn open(cfg: &DatabaseConfig) -> Result<Store> {
+        let store = Store::open_unmigrated(cfg).await?;
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Opens an existing database and applies migrations; a missing file is an error, never
-    /// created (the operator commands that only read or change rows).
-    pub async fn open_existing(path: &Path) -> Result<Store> {
-        let store = Store::connect(path, false).await?;
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    /// Opens without touching the schema (the operator commands that only read).
-    pub async fn open_unmigrated(path: &Path) -> Result<Store> {
-        Store::connect(path, true).await
-    }
-
-    async fn connect(path: &Path, create: bool) -> Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            return Err(StoreError::Invalid(format!(
-                "config key `database.path`: directory {} does not exist",
-                dir.display()
-            )));
-        }
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL is durable across process crashes in WAL mode; FULL would add an
-            // fsync per commit for power loss only.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            // A statement that waited out the busy timeout is reported by the caller (once per
-            // interval); only slower ones are worth sqlx's own warning.
-            .log_slow_statements(
-                log::LevelFilter::Warn,
-                BUSY_TIMEOUT + Duration::from_secs(1),
-            )
-            .foreign_keys(true);
-        let writer = opts.connect().await?;
-        // No ping before each use: a SQLite connection is a file handle that cannot drop the
-        // way a network one can, and each ping is one more round trip to its worker thread.
-        let reader = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts.clone().read_only(true))
-            .await?;
-        Ok(Store {
-            writer: Arc::new(Mutex::new(Some(writer))),
-            reader,
-            writer_opts: opts,
-            daemon: Arc::new(OnceLock::new()),
+    /// Opens an existing database and applies migrations; a missing SQLite file is an
+    /// error, never created (the operator commands that only read or change rows).
+    pub async fn open_existing(cfg: &DatabaseConfig) -> Result<Store> {
+        Ok(match cfg.url() {
+            Some(url) => Store::Postgres(PgStore::open(url).await?),
+            None => Store::Sqlite(SqliteStore::open_existing(&cfg.path).await?),
         })
     }
 
-    pub async fn migrate(&self) -> Result<()> {
-        let mut writer = self.writer().await?;
-        let result = MIGRATOR.run(&mut *writer).await;
-        if result.is_err() {
-            // A migration that manages its own transaction (`-- no-transaction`, a table
-            // rebuild with foreign keys off) may have failed half-way: undo it and restore
-            // the connection's settings. Both are harmless when nothing was left open.
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *writer).await;
-        }
-        let _ = sqlx::raw_sql("PRAGMA foreign_keys = ON")
-            .execute(&mut *writer)
-            .await;
-        result?;
-        Ok(())
+    /// Opens without touching the schema (the operator commands that only read).
+    pub async fn open_unmigrated(cfg: &DatabaseConfig) -> Result<Store> {
+        Ok(match cfg.url() {
+            Some(url) => Store::Postgres(PgStore::open_unmigrated(url).await?),
+            None => Store::Sqlite(SqliteStore::open_unmigrated(&cfg.path).await?),
+        })
     }
 
-    pub async fn close(&self) {
-        if let Some(writer) = self.writer.lock().await.take() {
-            let _ = writer.close().await;
-        }
-        self.reader.close().await;
+    /// A SQLite file's store (tests, `demo`).
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Store> {
+        Ok(Store::Sqlite(SqliteStore::open(path).await?))
     }
 
-    /// The writer connection, waiting for whoever holds it.
-    async fn writer(&self) -> Result<Writer<'_>> {
-        MutexGuard::try_map(self.writer.lock().await, Option::as_mut)
-            .map_err(|_| StoreError::Invalid("the database is closed".into()))
+    /// Where the queue lives, for logs: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        each!(self, s => s.describe())
     }
 
-    /// Starts a write transaction on `writer` that takes the write lock at once, so it never
-    /// fails half-way for want of it. Dropped uncommitted, it rolls back.
-    ///
-    /// A COMMIT that fails on a full disk or an I/O error may find that SQLite already
-    /// rolled the transaction back; sqlx's ROLLBACK then fails too and sqlx counts the
-    /// transaction as open for good, refusing every later BEGIN. The writer is then opened
-    /// afresh, the only way to reset that count, so the daemon recovers once the disk does.
-    async fn begin_immediate<'a>(
-        &self,
-        writer: &'a mut Writer<'_>,
-    ) -> Result<Transaction<'a, Sqlite>> {
-        if writer.is_in_transaction() {
-            // A dropped transaction's ROLLBACK may still be queued: let it run first.
-            writer.ping().await?;
+    /// Wakes `wake` whenever another process may have queued a row (SQLite: a watch on the
+    /// file; PostgreSQL: LISTEN). Dropping the guard stops it. Polling at
+    /// `poll.queue_interval` stays the fallback either way.
+    pub fn watch(&self, wake: std::sync::Arc<tokio::sync::Notify>) -> Watch {
+        match self {
+            Store::Sqlite(s) => Watch::File(crate::wakeup::watch(s.path(), wake)),
+            Store::Postgres(s) => Watch::Task(s.listen(wake)),
         }
-        if writer.is_in_transaction() {
-            // Debug only: each retry on a full disk comes here; the failure itself is logged
-            // once per interval by the caller.
-            tracing::debug!("reopening the database after a failed commit");
-            let fresh = self.writer_opts.connect().await?;
-            let stale = std::mem::replace(&mut **writer, fresh);
-            // Closing only shuts its worker down: SQLite has no transaction open on it.
-            let _ = stale.close().await;
-        }
-        Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The rows a `ListFilter` selects, as a stream (`export`): memory stays bounded.
+    pub fn export(&self, f: &ListFilter) -> BoxStream<'_, Result<ExportRow>> {
+        each!(self, s => s.export(f))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+verbs! {
+    /// Creates or upgrades the schema.
+    fn migrate(&self) -> Result<()>;
+    /// Closes every connection.
+    fn close(&self) -> ();
 
-    /// Real SQLite errors, classified: what waiting can cure is retried by the scheduler
-    /// (`persist`), what it cannot starves the watchdog instead.
-    #[tokio::test]
-    async fn a_read_only_database_is_transient_and_a_bad_row_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
-        // The reader pool opens the file read-only: a write there is SQLITE_READONLY, as on
-        // a file system remounted read-only.
-        let read_only = sqlx::query("INSERT INTO imports (url) VALUES ('https://e.com/a')")
-            .execute(&store.reader)
-            .await
-            .map_err(StoreError::from)
-            .unwrap_err();
-        assert!(read_only.is_transient(), "{read_only}");
-        assert!(!read_only.is_constraint(), "{read_only}");
-        let bad = sqlx::query("INSERT INTO imports (url) VALUES ('ftp://e.com/a')")
-            .execute(&mut *store.writer().await.unwrap())
-            .await
-            .map_err(StoreError::from)
-            .unwrap_err();
-        assert!(bad.is_constraint(), "{bad}");
-        assert!(!bad.is_transient(), "{bad}");
-        store.close().await;
-    }
+    // The row lifecycle (`queue`).
+    /// Claims up to `n` due pending rows of `kind`, oldest due first; no row is claimed
+    /// twice, by this daemon or another.
+    fn claim_due(&self, kind: &str, n: u32, now: &str) -> Result<Vec<Claimed>>;
+    /// When the next pending row of `kind` is due, if any.
+    fn next_due(&self, kind: &str) -> Result<Option<String>>;
+    /// Back to `pending` (a snooze, or a counted failure that may fail the row).
+    fn reschedule(&self, id: i64, due: Option<&str>, count: bool, max_attempts: u32,
+        last_error: &str, record: Option<&AttemptRecord>, keep: u32) -> Result<Fate>;
+    /// `failed`, with the reason (and the final job data, if any).
+    fn fail(&self, id: i64, reason: &str, result: Option<&str>, record: Option<&AttemptRecord>,
+        keep: u32) -> Result<Written>;
+    /// The running rows this daemon polls.
+    fn running(&self) -> Result<Vec<Running>>;
+    /// Start-up and shutdown: this daemon's `submitting` rows back to `pending`, each with
+    /// an `ambiguous_submit` record.
+    fn recover_submitting(&self, keep: u32, endpoint: fn(&str) -> &'static str) -> Result<Vec<i64>>;
+    /// One `submitting` row whose submit's answer was lost, back to `pending`.
+    fn release_ambiguous(&self, id: i64, endpoint: &str, why: &str, keep: u32) -> Result<Written>;
+    /// `submitting` rows never sent back to `pending`, untouched otherwise.
+    fn release(&self, ids: &[i64]) -> Result<()>;
+    /// The group commit: accepted submits started, finished jobs recorded, one transaction.
+    fn record_progress(&self, p: &Progress) -> Result<Vec<i64>>;
+
+    // The failure log (`attempts`).
+    fn record_attempt(&self, import_id: i64, r: &AttemptRecord, keep: u32) -> Result<Written>;
+    fn attempts(&self, import_id: i64) -> Result<Vec<StoredAttempt>>;
+
+    // Limits (`limits`).
+    fn pauses(&self) -> Result<Vec<StoredPause>>;
+    fn set_pause(&self, p: &StoredPause) -> Result<()>;
+    fn clear_pause(&self, scope: &str) -> Result<()>;
+    fn clear_pauses(&self) -> Result<u64>;
+    fn buckets(&self) -> Result<Vec<StoredBucket>>;
+    fn save_buckets(&self, buckets: &[StoredBucket]) -> Result<()>;
+
+    // Metadata rows and their cache (`metadata`).
+    fn cached_metadata(&self, url: &str, fresh_since: &str) -> Result<Option<CachedMetadata>>;
+    fn metadata_running(&self, url: &str) -> Result<bool>;
+    fn complete_metadata(&self, id: i64, job_id: &str, title: Option<&str>,
+        duration: Option<f64>, formats: &str, data: &str) -> Result<Written>;
+    fn complete_from_cache(&self, id: i64, cached: &CachedMetadata) -> Result<()>;
+    fn ensure_metadata_row(&self, import_id: i64, url: &str) -> Result<MetadataRow>;
+
+    // Daemons (`daemons`).
+    /// `run`: this store now speaks for `info`; its heartbeats refresh that row. `lease`:
+    /// how long it may stay silent before others take its claims (PostgreSQL).
+    fn register_daemon(&self, info: DaemonInfo, lease: std::time::Duration) -> Result<()>;
+    fn daemon_stopped(&self) -> Result<()>;
+    fn daemons(&self) -> Result<Vec<StoredDaemon>>;
+
+    // Operator verbs (`ops`, `audit`, `dashboard`).
+    fn enqueue(&self, rows: &[EnqueueRow]) -> Result<Vec<i64>>;
+    fn enqueue_chunk(&self, rows: &[EnqueueRow]) -> Result<ChunkOutcome>;
+    fn ids_by_external_id(&self, external_ids: &[String]) -> Result<Vec<i64>>;
+    fn select_ids(&self, ids: Option<&[i64]>, since: Option<&str>, prefix: Option<&str>,
+        unfinished: bool) -> Result<Vec<i64>>;
+    fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress>;
+    fn unsuccessful_among(&self, ids: &[i64], limit: u32) -> Result<Vec<Row>>;
+    fn row(&self, id: i64) -> Result<Option<Row>>;
+    fn list(&self, f: &ListFilter) -> Result<Vec<Row>>;
+    fn status_counts(&self) -> Result<StatusCounts>;
+    fn recount(&self) -> Result<()>;
+    fn queue_shape(&self) -> Result<QueueShape>;
+    fn retry(&self, ids: &[i64], all_failed: bool, since: Option<&str>) -> Result<Vec<i64>>;
+    fn cancel(&self, ids: &[i64]) -> Result<Vec<i64>>;
+    fn purge(&self, before: &str, completed_only: bool) -> Result<u64>;
+    fn purge_audit(&self, before: &str) -> Result<u64>;
+    fn purge_metadata_cache(&self, before: &str) -> Result<u64>;
+    fn audit(&self, action: &str, target: &str, source: &str, ok: bool, detail: &str) -> Result<()>;
+    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>>;
+    fn page(&self, f: &PageFilter) -> Result<Vec<Row>>;
+    fn failure_groups(&self, limit: u32) -> Result<Vec<FailureGroup>>;
+    fn finished_per_minute(&self, since: &str) -> Result<Vec<MinuteCount>>;
+    fn failed_ids(&self, q: Option<&str>, cap: u32) -> Result<Vec<i64>>;
+    fn latest_failed(&self, limit: u32) -> Result<Vec<Row>>;
 }

@@ -215,7 +215,7 @@ impl Db {
     /// Creates the schema (as `importlyd migrate` would) and opens a separate connection
     /// with a 5 s busy timeout.
     pub async fn create(path: &Path) -> Db {
-        let store = Store::open(path).await.expect("create the schema");
+        let store = Store::open_sqlite(path).await.expect("create the schema");
         store.close().await;
         Db::connect(path).await
     }
@@ -396,7 +396,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(cfg: &Config, key: &str) -> Daemon {
-        let store = Store::open(&cfg.database.path)
+        let store = Store::open(&cfg.database)
             .await
             .expect("daemon opens the store");
         let client = Client::new(

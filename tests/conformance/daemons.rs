@@ -1,0 +1,4 @@
+//! Conformance: daemons.
+
+#[allow(unused_imports)]
+use crate::Backend;

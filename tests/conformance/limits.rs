@@ -1,0 +1,4 @@
+//! Conformance: limits.
+
+#[allow(unused_imports)]
+use crate::Backend;

@@ -1,0 +1,4 @@
+//! Conformance: metadata.
+
+#[allow(unused_imports)]
+use crate::Backend;

@@ -1,0 +1,4 @@
+//! Conformance: ops.
+
+#[allow(unused_imports)]
+use crate::Backend;

@@ -1,0 +1,4 @@
+//! Conformance: queue.
+
+#[allow(unused_imports)]
+use crate::Backend;
