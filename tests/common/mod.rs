@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
