@@ -58,7 +58,10 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> CmdResult {
         message: e.to_string(),
     })?;
     let store = Store::open(&cfg.database).await?;
-    if let Err(e) = store.register_daemon(lock.info.clone(), cfg.cluster.lease).await {
+    if let Err(e) = store
+        .register_daemon(lock.info.clone(), cfg.cluster.lease)
+        .await
+    {
         tracing::warn!(error = %e, "cannot record this daemon yet; its heartbeat will");
     }
     let client = Client::new(&cfg.api.base_url, key, cfg.api.request_timeout)

@@ -137,8 +137,14 @@ impl Backend {
     pub async fn scalar(&self, sql: &str) -> i64 {
         let q = sqlx::AssertSqlSafe(sql.to_owned());
         match &self.raw {
-            Raw::Sqlite(p) => sqlx::query(q).fetch_one(p).await.map(|r| r.get::<i64, _>(0)),
-            Raw::Postgres(p) => sqlx::query(q).fetch_one(p).await.map(|r| r.get::<i64, _>(0)),
+            Raw::Sqlite(p) => sqlx::query(q)
+                .fetch_one(p)
+                .await
+                .map(|r| r.get::<i64, _>(0)),
+            Raw::Postgres(p) => sqlx::query(q)
+                .fetch_one(p)
+                .await
+                .map(|r| r.get::<i64, _>(0)),
         }
         .unwrap_or_else(|e| panic!("{}: {sql}: {e}", self.name))
     }

@@ -9,14 +9,21 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::store::*;
 
+mod attempts;
+mod audit;
 mod daemons;
+mod dashboard;
+mod limits;
+mod metadata;
+mod ops;
+mod progress;
+mod queue;
 
 /// The channel the insert trigger NOTIFYs (`migrations_pg`).
 pub const CHANNEL: &str = "importlyd_imports";
@@ -174,253 +181,5 @@ impl PgStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    pub fn export(&self, _f: &ListFilter) -> BoxStream<'_, Result<ExportRow>> {
-        Box::pin(futures_util::stream::once(async {
-            Err(todo_verb("export"))
-        }))
-    }
-
-    pub async fn claim_due(&self, _kind: &str, _n: u32, _now: &str) -> Result<Vec<Claimed>> {
-        Err(todo_verb("claim_due"))
-    }
-
-    pub async fn next_due(&self, _kind: &str) -> Result<Option<String>> {
-        Err(todo_verb("next_due"))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub async fn reschedule(
-        &self,
-        _id: i64,
-        _due: Option<&str>,
-        _count: bool,
-        _max_attempts: u32,
-        _last_error: &str,
-        _record: Option<&AttemptRecord>,
-        _keep: u32,
-    ) -> Result<Fate> {
-        Err(todo_verb("reschedule"))
-    }
-
-    pub async fn fail(
-        &self,
-        _id: i64,
-        _reason: &str,
-        _result: Option<&str>,
-        _record: Option<&AttemptRecord>,
-        _keep: u32,
-    ) -> Result<Written> {
-        Err(todo_verb("fail"))
-    }
-
-    pub async fn running(&self) -> Result<Vec<Running>> {
-        Err(todo_verb("running"))
-    }
-
-    pub async fn recover_submitting(
-        &self,
-        _keep: u32,
-        _endpoint: fn(&str) -> &'static str,
-    ) -> Result<Vec<i64>> {
-        Err(todo_verb("recover_submitting"))
-    }
-
-    pub async fn release_ambiguous(
-        &self,
-        _id: i64,
-        _endpoint: &str,
-        _why: &str,
-        _keep: u32,
-    ) -> Result<Written> {
-        Err(todo_verb("release_ambiguous"))
-    }
-
-    pub async fn release(&self, _ids: &[i64]) -> Result<()> {
-        Err(todo_verb("release"))
-    }
-
-    pub async fn record_progress(&self, _p: &Progress) -> Result<Vec<i64>> {
-        Err(todo_verb("record_progress"))
-    }
-
-    pub async fn record_attempt(
-        &self,
-        _import_id: i64,
-        _r: &AttemptRecord,
-        _keep: u32,
-    ) -> Result<Written> {
-        Err(todo_verb("record_attempt"))
-    }
-
-    pub async fn attempts(&self, _import_id: i64) -> Result<Vec<StoredAttempt>> {
-        Err(todo_verb("attempts"))
-    }
-
-    pub async fn pauses(&self) -> Result<Vec<StoredPause>> {
-        Err(todo_verb("pauses"))
-    }
-
-    pub async fn set_pause(&self, _p: &StoredPause) -> Result<()> {
-        Err(todo_verb("set_pause"))
-    }
-
-    pub async fn clear_pause(&self, _scope: &str) -> Result<()> {
-        Err(todo_verb("clear_pause"))
-    }
-
-    pub async fn clear_pauses(&self) -> Result<u64> {
-        Err(todo_verb("clear_pauses"))
-    }
-
-    pub async fn buckets(&self) -> Result<Vec<StoredBucket>> {
-        Err(todo_verb("buckets"))
-    }
-
-    pub async fn save_buckets(&self, _buckets: &[StoredBucket]) -> Result<()> {
-        Err(todo_verb("save_buckets"))
-    }
-
-    pub async fn cached_metadata(
-        &self,
-        _url: &str,
-        _fresh_since: &str,
-    ) -> Result<Option<CachedMetadata>> {
-        Err(todo_verb("cached_metadata"))
-    }
-
-    pub async fn metadata_running(&self, _url: &str) -> Result<bool> {
-        Err(todo_verb("metadata_running"))
-    }
-
-    pub async fn complete_metadata(
-        &self,
-        _id: i64,
-        _job_id: &str,
-        _title: Option<&str>,
-        _duration: Option<f64>,
-        _formats: &str,
-        _data: &str,
-    ) -> Result<Written> {
-        Err(todo_verb("complete_metadata"))
-    }
-
-    pub async fn complete_from_cache(&self, _id: i64, _cached: &CachedMetadata) -> Result<()> {
-        Err(todo_verb("complete_from_cache"))
-    }
-
-    pub async fn ensure_metadata_row(&self, _import_id: i64, _url: &str) -> Result<MetadataRow> {
-        Err(todo_verb("ensure_metadata_row"))
-    }
-
-    pub async fn enqueue(&self, _rows: &[EnqueueRow]) -> Result<Vec<i64>> {
-        Err(todo_verb("enqueue"))
-    }
-
-    pub async fn enqueue_chunk(&self, _rows: &[EnqueueRow]) -> Result<ChunkOutcome> {
-        Err(todo_verb("enqueue_chunk"))
-    }
-
-    pub async fn ids_by_external_id(&self, _external_ids: &[String]) -> Result<Vec<i64>> {
-        Err(todo_verb("ids_by_external_id"))
-    }
-
-    pub async fn select_ids(
-        &self,
-        _ids: Option<&[i64]>,
-        _since: Option<&str>,
-        _prefix: Option<&str>,
-        _unfinished: bool,
-    ) -> Result<Vec<i64>> {
-        Err(todo_verb("select_ids"))
-    }
-
-    pub async fn progress_of(&self, _ids: &[i64]) -> Result<RowsProgress> {
-        Err(todo_verb("progress_of"))
-    }
-
-    pub async fn unsuccessful_among(&self, _ids: &[i64], _limit: u32) -> Result<Vec<Row>> {
-        Err(todo_verb("unsuccessful_among"))
-    }
-
-    pub async fn row(&self, _id: i64) -> Result<Option<Row>> {
-        Err(todo_verb("row"))
-    }
-
-    pub async fn list(&self, _f: &ListFilter) -> Result<Vec<Row>> {
-        Err(todo_verb("list"))
-    }
-
-    pub async fn status_counts(&self) -> Result<StatusCounts> {
-        Err(todo_verb("status_counts"))
-    }
-
-    pub async fn recount(&self) -> Result<()> {
-        Err(todo_verb("recount"))
-    }
-
-    pub async fn queue_shape(&self) -> Result<QueueShape> {
-        Err(todo_verb("queue_shape"))
-    }
-
-    pub async fn retry(
-        &self,
-        _ids: &[i64],
-        _all_failed: bool,
-        _since: Option<&str>,
-    ) -> Result<Vec<i64>> {
-        Err(todo_verb("retry"))
-    }
-
-    pub async fn cancel(&self, _ids: &[i64]) -> Result<Vec<i64>> {
-        Err(todo_verb("cancel"))
-    }
-
-    pub async fn purge(&self, _before: &str, _completed_only: bool) -> Result<u64> {
-        Err(todo_verb("purge"))
-    }
-
-    pub async fn purge_audit(&self, _before: &str) -> Result<u64> {
-        Err(todo_verb("purge_audit"))
-    }
-
-    pub async fn purge_metadata_cache(&self, _before: &str) -> Result<u64> {
-        Err(todo_verb("purge_metadata_cache"))
-    }
-
-    pub async fn audit(
-        &self,
-        _action: &str,
-        _target: &str,
-        _source: &str,
-        _ok: bool,
-        _detail: &str,
-    ) -> Result<()> {
-        Err(todo_verb("audit"))
-    }
-
-    pub async fn audit_log(&self, _limit: u32) -> Result<Vec<AuditEntry>> {
-        Err(todo_verb("audit_log"))
-    }
-
-    pub async fn page(&self, _f: &PageFilter) -> Result<Vec<Row>> {
-        Err(todo_verb("page"))
-    }
-
-    pub async fn failure_groups(&self, _limit: u32) -> Result<Vec<FailureGroup>> {
-        Err(todo_verb("failure_groups"))
-    }
-
-    pub async fn finished_per_minute(&self, _since: &str) -> Result<Vec<MinuteCount>> {
-        Err(todo_verb("finished_per_minute"))
-    }
-
-    pub async fn failed_ids(&self, _q: Option<&str>, _cap: u32) -> Result<Vec<i64>> {
-        Err(todo_verb("failed_ids"))
-    }
-
-    pub async fn latest_failed(&self, _limit: u32) -> Result<Vec<Row>> {
-        Err(todo_verb("latest_failed"))
     }
 }

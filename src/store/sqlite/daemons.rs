@@ -27,7 +27,11 @@ pub(crate) async fn beat(conn: &mut SqliteConnection, d: &DaemonInfo, now: &str)
 impl SqliteStore {
     /// `run`, holding the lock: this store's budget saves now refresh `info`'s heartbeat.
     /// The rows of earlier daemons go (they are dead: we hold the lock) and ours is written.
-    pub async fn register_daemon(&self, info: DaemonInfo, _lease: std::time::Duration) -> Result<()> {
+    pub async fn register_daemon(
+        &self,
+        info: DaemonInfo,
+        _lease: std::time::Duration,
+    ) -> Result<()> {
         let info = self.daemon.get_or_init(|| info).clone();
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
