@@ -11,6 +11,7 @@
 //! limits' aligned windows (Importly's resets are unix times), pauses as stored, and stored
 //! timestamps. Its deadlines are turned into instants where they meet ([`Now::at`]).
 
+mod cluster;
 mod outcome;
 mod preflight;
 mod record;
@@ -199,6 +200,8 @@ pub struct Scheduler {
     hooks: Option<Hooks>,
     /// Row ids whose webhook was delivered: poll that job now.
     deliveries: Option<mpsc::Receiver<i64>>,
+    /// This daemon's lease and shared-budget bookkeeping (see `cluster.rs`).
+    member: cluster::Membership,
 }
 
 /// The next delivery's row id; never, without webhooks.
@@ -276,6 +279,7 @@ impl Scheduler {
             last_turn: turn,
             hooks: None,
             deliveries: None,
+            member: cluster::Membership::new(turn.mono),
         }
     }
 
@@ -327,6 +331,7 @@ impl Scheduler {
                 self.rechecks.retain(|t| *t > now.mono);
                 self.look_for_due_rows();
             }
+            self.beat_if_due(now.mono).await;
             self.dispatch_polls(now).await;
             for i in 0..self.lanes.len() {
                 self.dispatch_submits(i, now).await;
@@ -503,6 +508,7 @@ impl Scheduler {
     /// Start-up: resolve rows a crash left in `submitting`, resume polling `running` ones,
     /// and restore pauses and budgets.
     async fn recover(&mut self) -> anyhow::Result<()> {
+        self.join().await?;
         let keep = self.cfg.log.keep_attempts;
         let recovered = self.store.recover_submitting(keep, submit_path).await?;
         if !recovered.is_empty() {
@@ -514,21 +520,7 @@ impl Scheduler {
         }
         let now = SystemTime::now();
         for r in self.store.running().await? {
-            let kind = JobKind::parse(&r.kind).unwrap_or(JobKind::Import);
-            self.jobs.insert(
-                r.id,
-                Job {
-                    kind,
-                    job_id: r.importly_job_id,
-                    attempts: r.attempts,
-                    next_poll: Instant::now(),
-                    polling: false,
-                    poll_failures: 0,
-                    hinted: false,
-                    urgent: false,
-                    jumped: false,
-                },
-            );
+            self.resume_job(r, Instant::now());
         }
         if !self.jobs.is_empty() {
             tracing::info!(jobs = self.jobs.len(), "resuming polls of running jobs");
@@ -590,7 +582,7 @@ impl Scheduler {
     async fn dispatch_submits(&mut self, li: usize, turn: Now) {
         let now = turn.wall;
         let kind = self.lanes[li].kind;
-        if !self.lanes[li].maybe_due || self.shutdown.is_cancelled() {
+        if !self.lanes[li].maybe_due || self.shutdown.is_cancelled() || !self.may_send(turn.mono) {
             return;
         }
         let (gate_n, probe) = match self.pauses.submit_gate(scope_of(kind), now) {
@@ -641,9 +633,39 @@ impl Scheduler {
         if !lane.more_due {
             lane.maybe_due = false;
         }
+        let claimed = self.within_shared_budget(li, claimed).await;
         for row in claimed {
             self.submit(li, row, probe, now).await;
         }
+    }
+
+    /// The claimed rows the shared budget has room for; the others go back to `pending`
+    /// untouched, and the lane waits for the budget's window (SQLite grants them all).
+    async fn within_shared_budget(&mut self, li: usize, mut claimed: Vec<Claimed>) -> Vec<Claimed> {
+        let kind = self.lanes[li].kind;
+        let n = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+        let grant = self.take_shared(kind.as_str(), n).await;
+        let granted = usize::try_from(grant.granted)
+            .unwrap_or(0)
+            .min(claimed.len());
+        if granted < claimed.len() {
+            let back: Vec<i64> = claimed.split_off(granted).iter().map(|r| r.id).collect();
+            if let Some(until) = grant.until {
+                self.lanes[li].budget.block_until(until);
+            }
+            self.lanes[li].more_due = false;
+            tracing::debug!(
+                rows = back.len(),
+                kind = kind.as_str(),
+                "shared budget spent: rows back to pending"
+            );
+            self.persist("give back rows the shared budget had no room for", |s| {
+                let back = back.clone();
+                async move { s.release(&back).await }
+            })
+            .await;
+        }
+        claimed
     }
 
     async fn submit(&mut self, li: usize, row: Claimed, probe: Option<Scope>, now: SystemTime) {
@@ -722,6 +744,20 @@ impl Scheduler {
             .map(|(id, j)| (!j.urgent, j.next_poll, *id))
             .collect();
         due.sort_unstable();
+        if due.is_empty() || !self.may_send(turn.mono) {
+            return;
+        }
+        // One take from the shared budget for what the local one allows now.
+        let urgent = usize::from(due.iter().any(|(paced, _, _)| !paced));
+        let want =
+            (usize::try_from(self.status.burst(now)).unwrap_or(usize::MAX) + urgent).min(due.len());
+        let grant = self
+            .take_shared("status", u32::try_from(want).unwrap_or(u32::MAX))
+            .await;
+        if let Some(until) = grant.until {
+            self.status.block_until(until);
+        }
+        due.truncate(usize::try_from(grant.granted).unwrap_or(0));
         for (paced, _, id) in due {
             let probe = match self.pauses.poll_gate(now) {
                 Gate::Open => None,
@@ -873,7 +909,7 @@ impl Scheduler {
             }
             wake = wake.min(turn.at(t));
         }
-        wake.min(self.buckets_save_at())
+        wake.min(self.buckets_save_at()).min(self.next_beat())
     }
 
     /// Changed budgets are saved within a second; unchanged ones every

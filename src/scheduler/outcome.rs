@@ -14,6 +14,14 @@ use crate::importly::{Exchange, JobKind, JobState, Outcome};
 use crate::limits::Scope;
 use crate::store::{AttemptRecord, Claimed, Fate, Finished, Started, Written};
 
+/// A rate-limit 429's block, which every daemon on the account must respect.
+fn rate_limited_until(ex: &Exchange) -> Option<SystemTime> {
+    match &ex.outcome {
+        Outcome::RateLimited { until, .. } => Some(*until),
+        _ => None,
+    }
+}
+
 impl Scheduler {
     pub(super) async fn handle(&mut self, done: Done) {
         count(&done);
@@ -29,6 +37,8 @@ impl Scheduler {
                 self.lanes[lane_index(kind)]
                     .budget
                     .observe(&ex.headers, ex.finished_at);
+                self.observe_shared(kind.as_str(), &ex, rate_limited_until(&ex))
+                    .await;
                 self.buckets_dirty = true;
                 self.lift_pauses(kind, &ex, probe).await;
                 let id = row.id;
@@ -41,6 +51,8 @@ impl Scheduler {
                     job.polling = false;
                 }
                 self.status.observe(&ex.headers, ex.finished_at);
+                self.observe_shared("status", &ex, rate_limited_until(&ex))
+                    .await;
                 self.buckets_dirty = true;
                 if probe.is_some() || !self.pauses.is_empty() {
                     self.lift_pauses_after_poll(&ex).await;

@@ -12,6 +12,7 @@
 
 pub mod attempts;
 pub mod audit;
+pub mod cluster;
 pub mod daemons;
 pub mod dashboard;
 pub mod limits;
@@ -29,6 +30,7 @@ use crate::config::DatabaseConfig;
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use audit::{AuditEntry, FailureGroup, MinuteCount, PageFilter};
+pub use cluster::{Adopted, BudgetGuess, BudgetSeen, Grant, Lease};
 pub use daemons::{DAEMON_STALE_AFTER, DaemonInfo, DaemonLock, LockError, StoredDaemon};
 pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
@@ -290,6 +292,17 @@ verbs! {
     fn register_daemon(&self, info: DaemonInfo, lease: std::time::Duration) -> Result<()>;
     fn daemon_stopped(&self) -> Result<()>;
     fn daemons(&self) -> Result<Vec<StoredDaemon>>;
+
+    // The cluster (`cluster`): leases, adoption, shared budgets.
+    /// Renews this daemon's lease (and says how many jobs it holds), or finds it lost.
+    fn heartbeat(&self, in_flight: u32) -> Result<Lease>;
+    /// Takes over the rows of daemons whose lease lapsed: their running jobs to poll,
+    /// their submitting rows back to pending with an ambiguous-submit record.
+    fn adopt(&self, keep: u32, endpoint: fn(&str) -> &'static str) -> Result<Adopted>;
+    /// Takes up to `n` requests from the shared budget `scope` before they are sent.
+    fn take_budget(&self, scope: &str, n: u32, guess: &BudgetGuess) -> Result<Grant>;
+    /// Corrects the shared budget `scope` from what an answer said.
+    fn observe_budget(&self, scope: &str, seen: &BudgetSeen) -> Result<()>;
 
     // Operator verbs (`ops`, `audit`, `dashboard`).
     fn enqueue(&self, rows: &[EnqueueRow]) -> Result<Vec<i64>>;

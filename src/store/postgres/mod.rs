@@ -17,6 +17,7 @@ use crate::store::*;
 
 mod attempts;
 mod audit;
+mod cluster;
 mod daemons;
 mod dashboard;
 mod limits;

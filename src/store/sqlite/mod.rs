@@ -8,6 +8,7 @@
 
 pub(super) mod attempts;
 mod audit;
+mod cluster;
 mod daemons;
 mod dashboard;
 mod limits;
