@@ -326,7 +326,10 @@ async fn claims() -> R<()> {
         let mut claimed = 0usize;
         while t.elapsed() < Duration::from_secs(5) {
             let now = importlyd::clock::now_iso();
-            claimed += store.claim_due("import", batch, &now).await?.len();
+            claimed += store
+                .claim_due("import", batch, &now, u32::MAX)
+                .await?
+                .len();
         }
         let secs = t.elapsed().as_secs_f64();
         println!(

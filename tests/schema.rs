@@ -124,7 +124,7 @@ async fn the_claim_sees_offset_times_as_the_instants_they_are() {
     let later = insert_due(&db, "https://e.com/later", &future).await;
     let store = Store::open_sqlite(&path).await.unwrap();
     let claimed = store
-        .claim_due("import", 10, &importlyd::clock::now_iso())
+        .claim_due("import", 10, &importlyd::clock::now_iso(), u32::MAX)
         .await
         .unwrap();
     let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();

@@ -592,7 +592,8 @@ impl Scheduler {
         };
         let held = self.held(kind);
         let lane = &mut self.lanes[li];
-        let free = u64::from(lane.slots.free(held, now));
+        let free_slots = lane.slots.free(held, now);
+        let free = u64::from(free_slots);
         let n = gate_n
             .min(free)
             .min(lane.budget.burst(now))
@@ -615,7 +616,12 @@ impl Scheduler {
         }
         let claimed = match self
             .store
-            .claim_due(kind.as_str(), n as u32, &now_iso)
+            .claim_due(
+                kind.as_str(),
+                n as u32,
+                &now_iso,
+                held.saturating_add(free_slots),
+            )
             .await
         {
             Ok(rows) => {
@@ -1123,7 +1129,7 @@ mod tests {
             .await
             .unwrap();
         let row = store
-            .claim_due("import", 1, &clock::now_iso())
+            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap()
             .remove(0);

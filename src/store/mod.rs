@@ -244,8 +244,11 @@ verbs! {
 
     // The row lifecycle (`queue`).
     /// Claims up to `n` due pending rows of `kind`, oldest due first; no row is claimed
-    /// twice, by this daemon or another.
-    fn claim_due(&self, kind: &str, n: u32, now: &str) -> Result<Vec<Claimed>>;
+    /// twice, by this daemon or another. `slots`: the most jobs of `kind` the account may
+    /// have at once, as this daemon knows it; where several daemons share the account
+    /// (PostgreSQL) the claim leaves the rows already submitting or running, anyone's,
+    /// inside it. (SQLite: one daemon, whose own count already is.)
+    fn claim_due(&self, kind: &str, n: u32, now: &str, slots: u32) -> Result<Vec<Claimed>>;
     /// When the next pending row of `kind` is due, if any.
     fn next_due(&self, kind: &str) -> Result<Option<String>>;
     /// Back to `pending` (a snooze, or a counted failure that may fail the row).

@@ -6,7 +6,13 @@ use super::{PgStore, ROW_COLUMNS, iso, todo_verb};
 use crate::store::*;
 
 impl PgStore {
-    pub async fn claim_due(&self, _kind: &str, _n: u32, _now: &str) -> Result<Vec<Claimed>> {
+    pub async fn claim_due(
+        &self,
+        _kind: &str,
+        _n: u32,
+        _now: &str,
+        _slots: u32,
+    ) -> Result<Vec<Claimed>> {
         Err(todo_verb("claim_due"))
     }
 

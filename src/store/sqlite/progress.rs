@@ -119,7 +119,7 @@ mod tests {
             row(&store, "https://e.com/gone").await,
         );
         let claimed = store
-            .claim_due("import", 3, &clock::now_iso())
+            .claim_due("import", 3, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
@@ -196,7 +196,7 @@ mod tests {
             row(&store, "https://e.com/cancelled").await,
         );
         let claimed = store
-            .claim_due("import", 3, &clock::now_iso())
+            .claim_due("import", 3, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
@@ -239,7 +239,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let a = row(&store, "https://e.com/a").await;
         store
-            .claim_due("import", 1, &clock::now_iso())
+            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         let fate = store
@@ -248,7 +248,7 @@ mod tests {
             .unwrap();
         assert_eq!(fate, crate::store::Fate::Pending);
         store
-            .claim_due("import", 1, &clock::now_iso())
+            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         let started = Progress {
@@ -279,7 +279,7 @@ mod tests {
             .await
             .unwrap()[0];
         store
-            .claim_due("metadata", 1, &clock::now_iso())
+            .claim_due("metadata", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         let fate = store
@@ -288,7 +288,7 @@ mod tests {
             .unwrap();
         assert_eq!(fate, crate::store::Fate::Pending);
         store
-            .claim_due("metadata", 1, &clock::now_iso())
+            .claim_due("metadata", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         store

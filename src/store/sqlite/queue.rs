@@ -50,7 +50,13 @@ fn by_kind(kind: &str, import: &'static str, metadata: &'static str) -> Result<&
 impl SqliteStore {
     /// Claims up to `n` due pending rows of `kind`, oldest due first, in one statement, so
     /// no row can be claimed twice.
-    pub async fn claim_due(&self, kind: &str, n: u32, now: &str) -> Result<Vec<Claimed>> {
+    pub async fn claim_due(
+        &self,
+        kind: &str,
+        n: u32,
+        now: &str,
+        _slots: u32,
+    ) -> Result<Vec<Claimed>> {
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -304,7 +310,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let id = rows(&store, 1).await[0];
         store
-            .claim_due("import", 1, &clock::now_iso())
+            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         sqlx::query("DELETE FROM imports WHERE id = ?")
@@ -351,7 +357,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let ids = rows(&store, 3).await;
         let first = store
-            .claim_due("import", 1, &clock::now_iso())
+            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(first[0].id, ids[0]);
@@ -361,7 +367,7 @@ mod tests {
             .unwrap();
         assert_eq!(fate, Fate::Pending);
         let again = store
-            .claim_due("import", 1, &clock::now_iso())
+            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(again[0].id, ids[0]);
@@ -376,7 +382,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let id = rows(&store, 1).await[0];
         store
-            .claim_due("import", 1, &clock::now_iso())
+            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
             .await
             .unwrap();
         let released = store

@@ -1,0 +1,328 @@
+//! Several `importlyd run` processes on one PostgreSQL queue and one simulated account: the
+//! account's limits hold for all of them together, no URL is imported twice, a killed
+//! daemon's jobs are adopted (polled, never re-POSTed), a frozen one rejoins without
+//! overrunning anyone, and a row INSERTed from `psql` wakes an idle daemon at once.
+//!
+//! Real parts: the binary, the in-process simulator over loopback, a private PostgreSQL
+//! cluster (or `IMPORTLYD_TEST_DATABASE_URL`), `psql`. Outside CI a machine without
+//! PostgreSQL skips these loudly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::pg::TestDb;
+use common::*;
+use importlyd::config::{BucketLimit, Config};
+use importlyd::sim::{BucketConfig, Sim};
+use sqlx::PgPool;
+
+/// A daemon config on `db` with a short lease (1 s request timeout + three 300 ms beats).
+fn cluster_config(dir: &Path, sim: &Sim, import: BucketLimit) -> Config {
+    let mut cfg = daemon_config(dir, sim);
+    cfg.api.request_timeout = secs(1);
+    cfg.cluster.lease = secs(3);
+    cfg.limits.import = import;
+    cfg.poll.status_interval = ms(200);
+    cfg
+}
+
+/// Writes `cfg` with `database.url` (the URL is a secret and never serialised) as
+/// `<dir>/<name>.toml`.
+fn write_cluster_config(dir: &Path, name: &str, cfg: &Config, url: &str) -> PathBuf {
+    let toml =
+        config_toml(cfg).replacen("[database]\n", &format!("[database]\nurl = {url:?}\n"), 1);
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+async fn insert_urls(pool: &PgPool, urls: &[String]) {
+    for u in urls {
+        sqlx::query("INSERT INTO imports (url) VALUES ($1)")
+            .bind(u)
+            .execute(pool)
+            .await
+            .expect("insert");
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn wait_all_completed(pool: &PgPool, n: i64, timeout: Duration, procs: &[&Proc]) {
+    let done = || async {
+        count(
+            pool,
+            "SELECT count(*) FROM imports WHERE state = 'completed'",
+        )
+        .await
+            == n
+    };
+    if tokio::time::timeout(timeout, async {
+        while !done().await {
+            tokio::time::sleep(ms(50)).await;
+        }
+    })
+    .await
+    .is_err()
+    {
+        let states: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM imports GROUP BY state")
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+        for p in procs {
+            eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
+        }
+        panic!("not all {n} rows completed within {timeout:?}: {states:?}");
+    }
+}
+
+/// Migrates the database once (as an operator would) before the daemons start.
+async fn migrated(db: &TestDb, dir: &Path, sim: &Sim, cfg: &Config) -> PathBuf {
+    let config = write_cluster_config(dir, "migrate", cfg, &db.url);
+    cli(&config, &["migrate"]).await.ok();
+    let _ = sim;
+    config
+}
+
+fn urls(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("https://media.example/{prefix}/{i}.mp4"))
+        .collect()
+}
+
+/// The simulator's account: `requests` per `window`, `slots` concurrent imports.
+fn tight_sim(
+    requests: u64,
+    window: Duration,
+    slots: u32,
+    job: Duration,
+) -> importlyd::sim::SimConfig {
+    let mut s = sim_config();
+    s.import = BucketConfig::new(requests, window, slots);
+    s.job_duration = job;
+    s
+}
+
+fn assert_each_url_once(sim: &Sim, urls: &[String]) {
+    let stats = sim.stats();
+    for u in urls {
+        assert_eq!(
+            stats.accepted_by_url.get(u).copied().unwrap_or(0),
+            1,
+            "{u} must be imported exactly once: {:?}",
+            stats.import_posts_by_url.get(u)
+        );
+    }
+}
+
+#[tokio::test]
+async fn three_daemons_share_a_tight_account_and_import_each_url_once() {
+    let Some(db) = common::pg::database("three_daemons").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(tight_sim(20, secs(4), 2, ms(300))).await;
+    // The config's guess is looser than the account: the server's headers must rule.
+    let cfg = cluster_config(
+        dir.path(),
+        &sim,
+        BucketLimit {
+            requests: 40,
+            window: secs(4),
+            concurrent: 2,
+            reserve: 0,
+        },
+    );
+    migrated(&db, dir.path(), &sim, &cfg).await;
+    let pool = db.pool().await;
+    let all = urls("three", 40);
+    insert_urls(&pool, &all).await;
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let config = write_cluster_config(dir.path(), &format!("d{i}"), &cfg, &db.url);
+        procs.push(Proc::start(&config, Some(KEY), &format!("d{i}")));
+    }
+    let refs: Vec<&Proc> = procs.iter().collect();
+    wait_all_completed(&pool, 40, secs(60), &refs).await;
+    assert_each_url_once(&sim, &all);
+    let stats = sim.stats();
+    assert!(
+        stats.max_concurrent_imports <= 2,
+        "never more than the account's 2 slots: {}",
+        stats.max_concurrent_imports
+    );
+    assert!(
+        stats.rate_limited + stats.concurrency_limited <= 3,
+        "at most a couple of 429s in all: {} rate, {} concurrency",
+        stats.rate_limited,
+        stats.concurrency_limited
+    );
+    // Every daemon took part (the queue is shared, not won by the first).
+    let owners = count(
+        &pool,
+        "SELECT count(DISTINCT d.id) FROM daemons d WHERE d.stopped_at IS NULL",
+    )
+    .await;
+    assert_eq!(owners, 3, "three live daemons");
+    for mut p in procs {
+        assert!(p.terminate(secs(10)).await.success());
+    }
+}
+
+#[tokio::test]
+async fn a_killed_daemons_running_jobs_are_adopted_and_never_posted_again() {
+    let Some(db) = common::pg::database("adopt").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Jobs run 4 s: the two the first daemon submits are still running when it dies.
+    let sim = start_sim(tight_sim(1000, secs(60), 2, secs(4))).await;
+    let cfg = cluster_config(
+        dir.path(),
+        &sim,
+        BucketLimit {
+            requests: 1000,
+            window: secs(60),
+            concurrent: 2,
+            reserve: 0,
+        },
+    );
+    migrated(&db, dir.path(), &sim, &cfg).await;
+    let pool = db.pool().await;
+    let all = urls("adopt", 4);
+    insert_urls(&pool, &all).await;
+    let a_config = write_cluster_config(dir.path(), "a", &cfg, &db.url);
+    let mut a = Proc::start(&a_config, Some(KEY), "a");
+    wait_until(
+        "the first daemon runs both slots' jobs",
+        secs(20),
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM imports WHERE state = 'running'",
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    a.signal("KILL");
+    a.wait_exit(secs(5)).await;
+    let posts_at_kill = sim.stats().import_posts;
+    let b_config = write_cluster_config(dir.path(), "b", &cfg, &db.url);
+    let mut b = Proc::start(&b_config, Some(KEY), "b");
+    b.wait_log("adopted the running jobs", secs(15)).await;
+    wait_all_completed(&pool, 4, secs(40), &[&a, &b]).await;
+    assert_each_url_once(&sim, &all);
+    let stats = sim.stats();
+    assert_eq!(
+        stats.import_posts,
+        posts_at_kill + 2,
+        "the second daemon posts only the two rows never submitted"
+    );
+    assert_eq!(
+        stats.concurrency_limited, 0,
+        "the adopted jobs kept their slots"
+    );
+    assert!(b.terminate(secs(10)).await.success());
+}
+
+#[tokio::test]
+async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() {
+    let Some(db) = common::pg::database("frozen").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(tight_sim(30, secs(3), 2, secs(1))).await;
+    let cfg = cluster_config(
+        dir.path(),
+        &sim,
+        BucketLimit {
+            requests: 30,
+            window: secs(3),
+            concurrent: 2,
+            reserve: 0,
+        },
+    );
+    migrated(&db, dir.path(), &sim, &cfg).await;
+    let pool = db.pool().await;
+    let all = urls("frozen", 16);
+    insert_urls(&pool, &all).await;
+    let a_config = write_cluster_config(dir.path(), "a", &cfg, &db.url);
+    let b_config = write_cluster_config(dir.path(), "b", &cfg, &db.url);
+    let mut a = Proc::start(&a_config, Some(KEY), "a");
+    wait_until("the first daemon holds a running job", secs(20), || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM imports WHERE state = 'running'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    a.signal("STOP");
+    let b = Proc::start(&b_config, Some(KEY), "b");
+    // Frozen for longer than the 3 s lease: the second daemon adopts what it held.
+    b.wait_log("adopted the running jobs", secs(15)).await;
+    a.signal("CONT");
+    a.wait_log("joining again", secs(15)).await;
+    wait_all_completed(&pool, 16, secs(60), &[&a, &b]).await;
+    assert_each_url_once(&sim, &all);
+    let stats = sim.stats();
+    assert_eq!(stats.rate_limited, 0, "no request over the rate limit");
+    assert!(
+        stats.max_concurrent_imports <= 2,
+        "never more than 2 jobs at once: {}",
+        stats.max_concurrent_imports
+    );
+    for mut p in [a, b] {
+        assert!(p.terminate(secs(10)).await.success());
+    }
+}
+
+#[tokio::test]
+async fn an_insert_from_psql_wakes_an_idle_daemon_without_waiting_for_its_poll() {
+    let Some(db) = common::pg::database("wake").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(sim_config()).await;
+    let mut cfg = daemon_config(dir.path(), &sim);
+    cfg.api.request_timeout = secs(1);
+    cfg.cluster.lease = secs(3);
+    // Polling alone would take 20 s: a pickup within a few seconds is the NOTIFY's doing.
+    cfg.poll.queue_interval = secs(20);
+    let config = write_cluster_config(dir.path(), "d", &cfg, &db.url);
+    let d = Proc::start(&config, Some(KEY), "d");
+    d.wait_log("importlyd started", secs(15)).await;
+    // Its first queue look is over once it has renewed its lease after starting (the
+    // loop turned): from then on only a wake-up (or the poll, 20 s away) finds a row.
+    let pool = db.pool().await;
+    wait_until("the daemon's loop turned", secs(10), || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM daemons WHERE heartbeat_at > started_at + interval '500 ms'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    let out = db.psql("INSERT INTO imports (url) VALUES ('https://media.example/wake.mp4')");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the daemon posts the new row", secs(5), || async {
+        sim.stats().import_posts >= 1
+    })
+    .await;
+}
