@@ -223,7 +223,7 @@ async fn utilisation() -> R<()> {
          [limits.status]\nrequests = 1000\nwindow = \"10s\"\n\
          [poll]\nstatus_interval = \"50ms\"\nqueue_interval = \"20ms\"",
     )?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let mut c = conn(&e.db).await?;
     insert_rows(&mut c, rows, "util").await?;
@@ -289,7 +289,7 @@ async fn throughput() -> R<()> {
          [limits.status]\nrequests = 100000000\n\
          [poll]\nstatus_interval = \"1ms\"\nqueue_interval = \"20ms\"",
     )?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let mut c = conn(&e.db).await?;
     insert_rows(&mut c, rows, "tp").await?;
@@ -312,7 +312,7 @@ async fn throughput() -> R<()> {
 async fn claims() -> R<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("claims.db");
-    let store = Store::open(&db).await?;
+    let store = Store::open_sqlite(&db).await?;
     let mut c = conn(&db).await?;
     let t = Instant::now();
     insert_rows(&mut c, 1_000_000, "claims").await?;
@@ -357,7 +357,7 @@ async fn pickup() -> R<()> {
         "[limits.import]\nrequests = 100000\nconcurrent = 32\n\
          [limits.status]\nrequests = 100000000\n[poll]\nstatus_interval = \"20ms\"",
     )?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let child = daemon(&e)?;
     let mut c = conn(&e.db).await?;
@@ -425,7 +425,7 @@ async fn idle() -> R<()> {
     })
     .await?;
     let e = env(&sim.base_url(), "")?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let child = daemon(&e)?;
     let pid = child.id();
@@ -459,7 +459,7 @@ async fn scale() -> R<()> {
         "[limits.import]\nrequests = 100000000\nconcurrent = 32\n\
          [limits.status]\nrequests = 100000000\n[poll]\nstatus_interval = \"1ms\"",
     )?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let mut c = conn(&e.db).await?;
     insert_rows(&mut c, 1_000_000, "scale").await?;
@@ -514,7 +514,7 @@ async fn ingest() -> R<()> {
         "[limits.import]\nrequests = 100000000\nconcurrent = 32\n\
          [limits.status]\nrequests = 100000000\n[poll]\nstatus_interval = \"1ms\"",
     )?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let mut c = conn(&e.db).await?;
     insert_rows(&mut c, 2_000, "warm").await?;
@@ -568,7 +568,7 @@ async fn admin() -> R<()> {
         "http://127.0.0.1:9",
         &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
     )?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let mut c = conn(&e.db).await?;
     let mut done: i64 = 0;
@@ -667,7 +667,7 @@ async fn looser() -> R<()> {
     })
     .await?;
     let e = env(&sim.base_url(), &webhook_toml()?)?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let mut c = conn(&e.db).await?;
     insert_rows(&mut c, rows, "looser").await?;
@@ -709,7 +709,7 @@ async fn held() -> R<()> {
             String::new()
         };
         let e = env(&sim.base_url(), &extra)?;
-        let store = Store::open(&e.db).await?;
+        let store = Store::open_sqlite(&e.db).await?;
         store.close().await;
         let mut c = conn(&e.db).await?;
         insert_rows(&mut c, rows, "held").await?;
@@ -785,7 +785,7 @@ async fn lag() -> R<()> {
             String::new()
         };
         let e = env(&sim.base_url(), &extra)?;
-        let store = Store::open(&e.db).await?;
+        let store = Store::open_sqlite(&e.db).await?;
         store.close().await;
         let mut c = conn(&e.db).await?;
         insert_rows(&mut c, rows, "lag").await?;
@@ -825,7 +825,7 @@ async fn lag() -> R<()> {
 /// until it exits), which must not grow with the table.
 async fn export() -> R<()> {
     let e = env("http://127.0.0.1:9", "")?;
-    let store = Store::open(&e.db).await?;
+    let store = Store::open_sqlite(&e.db).await?;
     store.close().await;
     let mut c = conn(&e.db).await?;
     let rows: i64 = 1_000_000;
