@@ -258,7 +258,7 @@ async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() 
     insert_urls(&pool, &all).await;
     let a_config = write_cluster_config(dir.path(), "a", &cfg, &db.url);
     let b_config = write_cluster_config(dir.path(), "b", &cfg, &db.url);
-    let mut a = Proc::start(&a_config, Some(KEY), "a");
+    let a = Proc::start(&a_config, Some(KEY), "a");
     wait_until("the first daemon holds a running job", secs(20), || async {
         count(
             &pool,
