@@ -246,8 +246,14 @@ async fn complete_metadata_fills_the_cache_and_wakes_the_waiters(b: Backend) {
     assert!(fetched >= before && fetched <= SystemTime::now() + Duration::from_secs(60));
 
     assert!(woken(&b, waiting).await, "the waiting import is due now");
-    assert!(!woken(&b, elsewhere).await, "a waiter on another URL sleeps on");
-    assert!(!woken(&b, snoozed).await, "a row snoozed for another reason sleeps on");
+    assert!(
+        !woken(&b, elsewhere).await,
+        "a waiter on another URL sleeps on"
+    );
+    assert!(
+        !woken(&b, snoozed).await,
+        "a row snoozed for another reason sleeps on"
+    );
 
     // A second completion for the URL replaces the entry.
     let m2 = insert(&b, URL, "metadata").await;

@@ -46,10 +46,10 @@ impl PgStore {
         Ok(sqlx::query_as::<_, CachedMetadata>(select_cached!(
             "WHERE url = $1 AND fetched_at >= $2::timestamptz"
         ))
-            .bind(url)
-            .bind(fresh_since)
-            .fetch_optional(&self.pool)
-            .await?)
+        .bind(url)
+        .bind(fresh_since)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Whether a metadata job for `url` is running at Importly, whichever daemon polls it
