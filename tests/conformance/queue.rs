@@ -35,6 +35,7 @@ crate::conformance!(
     a_completed_row_forgets_its_earlier_error,
     running_lists_the_started_rows,
     a_big_group_is_one_commit,
+    nul_characters_from_a_server_are_stored_not_refused,
     pg_claims_carry_the_owner_and_leaving_clears_it,
     pg_another_daemon_cannot_write_my_rows,
     pg_a_row_handed_to_another_daemon_is_gone_for_me,
@@ -1026,6 +1027,105 @@ async fn a_big_group_is_one_commit(b: Backend) {
         start + finish < Duration::from_secs(10),
         "{start:?} + {finish:?}"
     );
+}
+
+/// A server's text may hold NUL characters (a body is decoded lossily, NULs and all).
+/// SQLite stores them; PostgreSQL refuses them in `text` and `\u0000` in `jsonb`, so there
+/// they become U+FFFD. Either way the write succeeds: refused, it would be retried forever.
+async fn nul_characters_from_a_server_are_stored_not_refused(b: Backend) {
+    let s = b.as_daemon().await;
+    // What was stored, with PostgreSQL's replacement character read back as the NUL.
+    let unnul = |t: &str| t.replace('\u{FFFD}', "\0");
+    let nul_json = r#"{"X-Rate\u0000":"1\u0000","n":[1,"\u0000"]}"#;
+    let a = import(&b, "https://e.com/a", &due(1)).await;
+    let f = import(&b, "https://e.com/f", &due(2)).await;
+    assert_eq!(claim(s, "import", 2).await, vec![a, f]);
+
+    let r = AttemptRecord {
+        error: Some("reset\0by peer".into()),
+        response_body: Some("<html>\0\0</html>".into()),
+        rate_limit: Some(nul_json.into()),
+        request_body: Some("{\"url\":\"x\0\"}".into()),
+        ..record(1, "transient")
+    };
+    let fate = s
+        .reschedule(a, None, true, 8, "HTTP 500: a\0b", Some(&r), KEEP)
+        .await
+        .unwrap();
+    assert_eq!(fate, Fate::Pending);
+    assert_eq!(
+        unnul(&column(&b, "last_error", a).await.unwrap()),
+        "HTTP 500: a\0b"
+    );
+    let log = s.attempts(a).await.unwrap();
+    assert_eq!(unnul(log[0].error.as_deref().unwrap()), "reset\0by peer");
+    assert_eq!(
+        unnul(log[0].response_body.as_deref().unwrap()),
+        "<html>\0\0</html>"
+    );
+    assert_eq!(
+        unnul(log[0].request_body.as_deref().unwrap()),
+        "{\"url\":\"x\0\"}"
+    );
+    let rate = json(log[0].rate_limit.as_deref().unwrap());
+    assert_eq!(unnul(rate["n"][1].as_str().unwrap()), "\0");
+
+    // The group commit, both lists.
+    assert_eq!(claim(s, "import", 1).await, vec![a]);
+    let start = Started::new(
+        a,
+        "job-a",
+        AttemptRecord {
+            response_body: Some("{\"jobId\":\"job-a\"}\0".into()),
+            rate_limit: Some(nul_json.into()),
+            ..record(1, "accepted")
+        },
+    );
+    assert_eq!(
+        s.record_progress(&started(vec![start])).await.unwrap(),
+        vec![a]
+    );
+    let done = Progress {
+        started: vec![],
+        finished: vec![Finished {
+            id: a,
+            media_url: Some("https://cdn/\0.mp4".into()),
+            credits_used: Some(1),
+            result: r#"{"mediaUrl":"https://cdn/\u0000.mp4","k\u0000":null}"#.into(),
+        }],
+    };
+    s.record_progress(&done).await.unwrap();
+    assert_eq!(state(&b, a).await, "completed");
+    let result = json(&column(&b, "result", a).await.unwrap());
+    assert_eq!(
+        unnul(result["mediaUrl"].as_str().unwrap()),
+        "https://cdn/\0.mp4"
+    );
+    assert_eq!(
+        unnul(&column(&b, "media_url", a).await.unwrap()),
+        "https://cdn/\0.mp4"
+    );
+    let log = s.attempts(a).await.unwrap();
+    assert_eq!(
+        unnul(log[1].response_body.as_deref().unwrap()),
+        "{\"jobId\":\"job-a\"}\0"
+    );
+
+    // A failure with Importly's data.
+    let written = s
+        .fail(
+            f,
+            "job failed: \0",
+            Some(r#"{"error":"\u0000"}"#),
+            Some(&r),
+            KEEP,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, Written::Row);
+    assert_eq!(state(&b, f).await, "failed");
+    let result = json(&column(&b, "result", f).await.unwrap());
+    assert_eq!(unnul(result["error"].as_str().unwrap()), "\0");
 }
 
 /// PostgreSQL: a claim names its daemon and when; every way out of `submitting`/`running`

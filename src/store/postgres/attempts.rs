@@ -5,6 +5,9 @@
 //! here: a daemon writes to the log of a row it owns, nothing else (fencing: a row another
 //! daemon adopted, or that lease expiry handed back, answers [`Written::Gone`]).
 
+use std::borrow::Cow;
+
+use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::{PgStore, iso};
@@ -29,18 +32,18 @@ pub(super) async fn insert(
     )
     .bind(import_id)
     .bind(narrow(r.attempt))
-    .bind(&r.method)
-    .bind(&r.endpoint)
-    .bind(&r.request_body)
+    .bind(text(&r.method))
+    .bind(text(&r.endpoint))
+    .bind(r.request_body.as_deref().map(text))
     .bind(&r.started_at)
     .bind(&r.finished_at)
     .bind(r.http_status.map(narrow))
-    .bind(&r.error)
-    .bind(&r.outcome)
-    .bind(&r.rate_limit)
-    .bind(&r.response_body)
+    .bind(r.error.as_deref().map(text))
+    .bind(text(&r.outcome))
+    .bind(r.rate_limit.as_deref().map(json))
+    .bind(r.response_body.as_deref().map(text))
     .bind(r.body_truncated)
-    .bind(&r.job_id)
+    .bind(r.job_id.as_deref().map(text))
     .bind(env!("CARGO_PKG_VERSION"))
     .execute(&mut *conn)
     .await?;
@@ -72,6 +75,79 @@ pub(super) async fn owned(conn: &mut PgConnection, id: i64, me: i64) -> Result<W
     } else {
         Written::Gone
     })
+}
+
+/// PostgreSQL refuses what SQLite stores: a NUL character in `text` (SQLSTATE 22021) and
+/// its escape `\u0000` in `jsonb` (22P05). What a server sent is stored and never refused
+/// (an error no retry cures would wedge the scheduler's write), so a NUL becomes U+FFFD,
+/// the replacement character, in text that comes from outside.
+pub(super) fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// [`text`] for JSON text bound to a `jsonb` column: the NULs inside its strings (and
+/// keys). Text that is not JSON is left for the cast to refuse, as before.
+pub(super) fn json(s: &str) -> Cow<'_, str> {
+    if !s.contains("\\u0000") {
+        return Cow::Borrowed(s);
+    }
+    match serde_json::from_str::<Value>(s) {
+        Ok(mut v) => {
+            scrub(&mut v);
+            Cow::Owned(v.to_string())
+        }
+        Err(_) => Cow::Borrowed(s),
+    }
+}
+
+/// A list of records (`fields_json`: the string fields that hold JSON text for `jsonb`) as
+/// one JSON array ready for `jsonb_to_recordset`, with [`text`]'s and [`json`]'s cleaning:
+/// a NUL anywhere shows as `\u0000` in the serialized text, so the usual case costs one scan.
+pub(super) fn json_list<T: serde::Serialize>(list: &[T], fields_json: &[&str]) -> Result<String> {
+    let invalid = |e: serde_json::Error| StoreError::Invalid(e.to_string());
+    let out = serde_json::to_string(list).map_err(invalid)?;
+    if !out.contains("\\u0000") {
+        return Ok(out);
+    }
+    let mut v = serde_json::to_value(list).map_err(invalid)?;
+    scrub(&mut v);
+    if let Value::Array(items) = &mut v {
+        for item in items {
+            for field in fields_json {
+                if let Some(Value::String(s)) = item.get_mut(*field) {
+                    if let Cow::Owned(clean) = json(s) {
+                        *s = clean;
+                    }
+                }
+            }
+        }
+    }
+    Ok(v.to_string())
+}
+
+fn scrub(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let Cow::Owned(clean) = text(s) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(scrub),
+        Value::Object(m) => {
+            if m.keys().any(|k| k.contains('\0')) {
+                *m = std::mem::take(m)
+                    .into_iter()
+                    .map(|(k, v)| (text(&k).into_owned(), v))
+                    .collect();
+            }
+            m.values_mut().for_each(scrub);
+        }
+        _ => {}
+    }
 }
 
 /// The `integer` columns (`attempt`, `http_status`) hold what the scheduler counts; a value

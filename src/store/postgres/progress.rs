@@ -8,8 +8,9 @@
 //! busy daemon's throughput.
 
 use super::PgStore;
+use super::attempts::json_list;
 use crate::store::progress::*;
-use crate::store::{MetadataRow, Result, StoreError};
+use crate::store::{MetadataRow, Result};
 
 impl PgStore {
     /// Records a group: all of it or, on error, none of it. Returns the ids of the started
@@ -18,14 +19,13 @@ impl PgStore {
     /// must not be polled.
     pub async fn record_progress(&self, p: &Progress) -> Result<Vec<i64>> {
         let me = self.me();
-        let invalid = |e: serde_json::Error| StoreError::Invalid(e.to_string());
         let started = match p.started.is_empty() {
             true => None,
-            false => Some(serde_json::to_string(&p.started).map_err(invalid)?),
+            false => Some(json_list(&p.started, &["rate_limit"])?),
         };
         let finished = match p.finished.is_empty() {
             true => None,
-            false => Some(serde_json::to_string(&p.finished).map_err(invalid)?),
+            false => Some(json_list(&p.finished, &["result"])?),
         };
         let mut running = match (started, finished) {
             (None, None) => Vec::new(),

@@ -8,7 +8,7 @@
 //! leaving `submitting`/`running` gets `owner = NULL`. "Now" is the database's `now()`
 //! throughout, so the hosts' clocks never need to agree.
 
-use super::attempts::{self, owned};
+use super::attempts::{self, json, owned, text};
 use super::{PgStore, iso};
 use crate::store::queue::ambiguous_submit;
 use crate::store::*;
@@ -106,7 +106,7 @@ impl PgStore {
         .bind(i32::from(count))
         .bind(i64::from(max_attempts))
         .bind(due)
-        .bind(last_error)
+        .bind(text(last_error))
         .bind(me)
         .fetch_optional(&mut *tx)
         .await?;
@@ -145,8 +145,8 @@ impl PgStore {
              RETURNING 1",
         )
         .bind(id)
-        .bind(reason)
-        .bind(result)
+        .bind(text(reason))
+        .bind(result.map(json))
         .bind(me)
         .fetch_optional(&mut *tx)
         .await?;
@@ -229,12 +229,13 @@ impl PgStore {
             iso!("now()")
         ))
         .bind(id)
-        .bind(format!("{why}; the POST may have reached Importly"))
+        .bind(text(&format!("{why}; the POST may have reached Importly")).into_owned())
         .bind(me)
         .fetch_optional(&mut *tx)
         .await?;
         let written = match updated {
             Some((a, now)) => {
+                // The record is cleaned by `insert`.
                 let record = ambiguous_submit(a + 1, endpoint, &now, why);
                 attempts::insert(&mut tx, id, &record, keep).await?;
                 Written::Row
