@@ -20,6 +20,7 @@ use crate::{Backend, LEASE};
 crate::conformance!(
     claims_oldest_due_first_and_never_twice,
     a_row_not_yet_due_is_not_claimed,
+    offset_times_are_the_instants_they_name,
     concurrent_claims_get_disjoint_rows,
     a_snooze_keeps_attempts_and_a_counted_failure_fails_at_max,
     a_snooze_without_a_due_time_keeps_the_rows_place,
@@ -250,6 +251,38 @@ async fn a_row_not_yet_due_is_not_claimed(b: Backend) {
     assert_eq!(s.next_due("import").await.unwrap().as_deref(), Some(PAST));
     assert_eq!(claim(s, "import", 10).await, vec![later]);
     assert_eq!(s.next_due("import").await.unwrap(), None);
+}
+
+/// `t` written as local time at UTC`offset` hours (e.g. `+14:00`), as a user's client might.
+fn with_offset(t: SystemTime, offset: i64) -> String {
+    let shift = Duration::from_secs(offset.unsigned_abs() * 3600);
+    let local = if offset >= 0 { t + shift } else { t - shift };
+    let utc = humantime::format_rfc3339_seconds(local).to_string();
+    format!("{}{offset:+03}:00", utc.trim_end_matches('Z'))
+}
+
+/// A row due an hour ago written with a +14:00 offset is claimed, one due in an hour
+/// written with -12:00 is not; next_due names the latter in canonical UTC.
+async fn offset_times_are_the_instants_they_name(b: Backend) {
+    let s = b.as_daemon().await;
+    let now = SystemTime::now();
+    let past = with_offset(now - Duration::from_secs(3600), 14);
+    let future = with_offset(now + Duration::from_secs(3600), -12);
+    let due = import(&b, "https://e.com/due", &past).await;
+    let later = import(&b, "https://e.com/later", &future).await;
+    assert_eq!(
+        claim(s, "import", 10).await,
+        vec![due],
+        "due {past}, later {future} (row {later})"
+    );
+    let next = s.next_due("import").await.unwrap().unwrap();
+    let at = clock::parse_iso(&next).unwrap();
+    assert_eq!(clock::iso(at), next, "not canonical");
+    let off = at.duration_since(now).unwrap_or_default();
+    assert!(
+        off > Duration::from_secs(3590) && off < Duration::from_secs(3610),
+        "{future} read as {next}"
+    );
 }
 
 /// Stores claiming at the same time (PostgreSQL: three daemons) never get the same row,
