@@ -118,10 +118,10 @@ pub(super) fn json_list<T: serde::Serialize>(list: &[T], fields_json: &[&str]) -
     if let Value::Array(items) = &mut v {
         for item in items {
             for field in fields_json {
-                if let Some(Value::String(s)) = item.get_mut(*field) {
-                    if let Cow::Owned(clean) = json(s) {
-                        *s = clean;
-                    }
+                if let Some(Value::String(s)) = item.get_mut(*field)
+                    && let Cow::Owned(clean) = json(s)
+                {
+                    *s = clean;
                 }
             }
         }

@@ -19,14 +19,13 @@ impl PgStore {
     /// must not be polled.
     pub async fn record_progress(&self, p: &Progress) -> Result<Vec<i64>> {
         let me = self.me();
-        let started = match p.started.is_empty() {
-            true => None,
-            false => Some(json_list(&p.started, &["rate_limit"])?),
-        };
-        let finished = match p.finished.is_empty() {
-            true => None,
-            false => Some(json_list(&p.finished, &["result"])?),
-        };
+        // An empty list is no statement at all.
+        let started = (!p.started.is_empty())
+            .then(|| json_list(&p.started, &["rate_limit"]))
+            .transpose()?;
+        let finished = (!p.finished.is_empty())
+            .then(|| json_list(&p.finished, &["result"]))
+            .transpose()?;
         let mut running = match (started, finished) {
             (None, None) => Vec::new(),
             (Some(s), None) => start(&self.pool, s, me).await?,
