@@ -12,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cluster;
 mod daemons;
 mod limits;
 mod metadata;

@@ -1,0 +1,202 @@
+//! Conformance: the cluster verbs. SQLite grants everything (one daemon per file);
+//! PostgreSQL decides from the shared tables on its own clock.
+
+use std::time::{Duration, SystemTime};
+
+use importlyd::store::{BudgetGuess, BudgetSeen, DaemonInfo, Lease, Store};
+
+use crate::{Backend, LEASE};
+
+crate::conformance!(
+    a_registered_daemon_holds_its_lease,
+    the_shared_budget_never_grants_more_than_the_window_holds,
+    headers_correct_the_shared_budget_and_a_429_blocks_it,
+    pg_a_lapsed_lease_is_lost_and_its_rows_adopted,
+);
+
+fn endpoint(kind: &str) -> &'static str {
+    if kind == "metadata" {
+        "/metadata"
+    } else {
+        "/import"
+    }
+}
+
+fn guess(limit: u32, window: Duration) -> BudgetGuess {
+    BudgetGuess {
+        limit,
+        reserve: 0,
+        window,
+    }
+}
+
+async fn a_registered_daemon_holds_its_lease(b: Backend) {
+    let s = b.as_daemon().await;
+    match s.heartbeat(3).await.unwrap() {
+        Lease::Held { valid_for } => {
+            if b.is_postgres() {
+                assert_eq!(valid_for, Some(LEASE));
+            } else {
+                assert_eq!(valid_for, None, "SQLite's lease is the file lock");
+            }
+        }
+        Lease::Lost => panic!("a fresh lease is held"),
+    }
+    let adopted = s.adopt(50, endpoint).await.unwrap();
+    assert!(adopted.running.is_empty() && adopted.released.is_empty());
+    if b.is_postgres() {
+        let d = s.daemons().await.unwrap();
+        assert_eq!(d[0].in_flight, Some(0), "nothing claimed yet: {d:?}");
+    }
+}
+
+async fn the_shared_budget_never_grants_more_than_the_window_holds(b: Backend) {
+    let s = b.as_daemon().await;
+    let other = b.open_again().await;
+    let g = guess(10, Duration::from_secs(3600));
+    let first = s.take_budget("import", 6, &g).await.unwrap();
+    assert_eq!(first.granted, 6);
+    let second = other.take_budget("import", 6, &g).await.unwrap();
+    if b.is_postgres() {
+        assert_eq!(second.granted, 4, "10 per window between both daemons");
+        let until = second.until.expect("when more may go");
+        assert!(
+            until > SystemTime::now() + Duration::from_secs(3000),
+            "{until:?}"
+        );
+        assert_eq!(other.take_budget("import", 1, &g).await.unwrap().granted, 0);
+        // Each scope is its own budget.
+        assert_eq!(s.take_budget("status", 5, &g).await.unwrap().granted, 5);
+        // Concurrent takes never oversell.
+        let g2 = guess(7, Duration::from_secs(3600));
+        let (x, y) = tokio::join!(
+            s.take_budget("metadata", 5, &g2),
+            other.take_budget("metadata", 5, &g2)
+        );
+        assert_eq!(x.unwrap().granted + y.unwrap().granted, 7);
+    } else {
+        assert_eq!(
+            second.granted, 6,
+            "SQLite: the daemon's own budget is the truth"
+        );
+    }
+}
+
+async fn headers_correct_the_shared_budget_and_a_429_blocks_it(b: Backend) {
+    let s = b.as_daemon().await;
+    let g = guess(100, Duration::from_secs(3600));
+    assert_eq!(s.take_budget("import", 1, &g).await.unwrap().granted, 1);
+    // The server says: 20 per minute, 3 left.
+    let reset = SystemTime::now() + Duration::from_secs(40);
+    let seen = BudgetSeen {
+        limit: Some(20),
+        remaining: Some(3),
+        reset: Some(reset),
+        window: Some(Duration::from_secs(60)),
+        blocked_until: None,
+    };
+    s.observe_budget("import", &seen).await.unwrap();
+    let got = s.take_budget("import", 10, &g).await.unwrap();
+    if b.is_postgres() {
+        assert_eq!(
+            got.granted, 3,
+            "the server's remaining rules, not the config's 100"
+        );
+        let until = got.until.expect("until the server's reset");
+        let off = until.duration_since(reset).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(2), "{until:?} vs {reset:?}");
+        // A 429 blocks every daemon until it says.
+        let block = SystemTime::now() + Duration::from_secs(30);
+        let blocked = BudgetSeen {
+            limit: None,
+            remaining: None,
+            reset: None,
+            window: None,
+            blocked_until: Some(block),
+        };
+        s.observe_budget("status", &blocked).await.unwrap();
+        s.take_budget("status", 1, &g).await.unwrap();
+        s.observe_budget("status", &blocked).await.unwrap();
+        let other = b.open_again().await;
+        let none = other.take_budget("status", 1, &g).await.unwrap();
+        assert_eq!(none.granted, 0, "blocked by another daemon's 429");
+        assert!(none.until.expect("until") >= block - Duration::from_millis(5));
+    } else {
+        assert_eq!(got.granted, 10);
+    }
+}
+
+async fn pg_a_lapsed_lease_is_lost_and_its_rows_adopted(b: Backend) {
+    if !b.is_postgres() {
+        return;
+    }
+    let dead = b.open_again().await;
+    dead.register_daemon(DaemonInfo::this_process(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        b.exec(&format!(
+            "INSERT INTO imports (url) VALUES ('https://e.com/adopt{i}')"
+        ))
+        .await;
+    }
+    let claimed = dead
+        .claim_due("import", 3, &importlyd::clock::now_iso(), u32::MAX)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    // Two were accepted (running), one is still being submitted when it dies.
+    b.exec(&format!(
+        "UPDATE imports SET state = 'running', importly_job_id = 'job-' || id \
+         WHERE id IN ({}, {})",
+        claimed[0].id, claimed[1].id
+    ))
+    .await;
+    let live: &Store = b.as_daemon().await;
+    let nothing = live.adopt(50, endpoint).await.unwrap();
+    assert!(
+        nothing.running.is_empty(),
+        "a live lease's rows stay its own"
+    );
+    // Its lease lapses (as if it froze for longer than it).
+    b.exec("UPDATE daemons SET heartbeat_at = now() - interval '1 hour' WHERE id = (SELECT min(id) FROM daemons)")
+        .await;
+    assert_eq!(
+        dead.heartbeat(3).await.unwrap(),
+        Lease::Lost,
+        "a lapsed lease stays lost"
+    );
+    let adopted = live.adopt(50, endpoint).await.unwrap();
+    let mut ids: Vec<i64> = adopted.running.iter().map(|r| r.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![claimed[0].id, claimed[1].id]);
+    assert_eq!(
+        adopted.running[0].importly_job_id,
+        format!("job-{}", adopted.running[0].id)
+    );
+    assert_eq!(adopted.released, vec![claimed[2].id]);
+    assert_eq!(
+        b.text(&format!(
+            "SELECT state FROM imports WHERE id = {}",
+            claimed[2].id
+        ))
+        .await
+        .as_deref(),
+        Some("pending")
+    );
+    let log = live.attempts(claimed[2].id).await.unwrap();
+    assert_eq!(
+        log.last().map(|a| a.outcome.as_str()),
+        Some("ambiguous_submit")
+    );
+    // The dead daemon's writes are fenced off; the adopter's go through.
+    let fate = dead
+        .fail(claimed[0].id, "late", None, None, 50)
+        .await
+        .unwrap();
+    assert_eq!(fate, importlyd::store::Written::Gone);
+    assert_eq!(live.running().await.unwrap().len(), 2);
+    // Nothing left to adopt a second time.
+    let again = live.adopt(50, endpoint).await.unwrap();
+    assert!(again.running.is_empty() && again.released.is_empty());
+}
