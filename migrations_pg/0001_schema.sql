@@ -196,8 +196,9 @@ CREATE TABLE audit (
 -- Folds may run concurrently: under READ COMMITTED a delta row another fold deleted first is
 -- skipped (its DELETE waits for that fold, then finds the row gone), so every delta row is
 -- moved exactly once; delta rows of transactions still open are invisible to a fold and
--- stay for the next one. `recount` overwrites the totals with a count of the table and takes
--- an advisory lock that keeps folds out meanwhile (see store/postgres/ops.rs).
+-- stay for the next one. `recount` (`importlyd migrate`) corrects the totals to a count of
+-- the table by inserting the difference as delta rows, from one snapshot, so it too needs no
+-- lock (see store/postgres/ops.rs).
 --
 -- Anyone may read the totals the same way:
 --   SELECT state, kind, sum(n) AS n, sum(credits) AS credits

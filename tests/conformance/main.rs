@@ -31,6 +31,8 @@ pub struct Backend {
     pub db: DatabaseConfig,
     raw: Raw,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database, dropped (last: after the pools) with the backend.
+    _pg: Option<common::pg::TestDb>,
 }
 
 enum Raw {
@@ -62,6 +64,7 @@ impl Backend {
             db,
             raw: Raw::Sqlite(raw),
             _dir: Some(dir),
+            _pg: None,
         }
     }
 
@@ -82,6 +85,7 @@ impl Backend {
             db,
             raw: Raw::Postgres(raw),
             _dir: None,
+            _pg: Some(test_db),
         })
     }
 

@@ -21,9 +21,9 @@ use crate::store::*;
 /// kept to about this many.
 const FOLD_AFTER: i64 = 1000;
 
-/// The advisory lock (transaction-scoped) that keeps folds and `recount` apart: a fold takes
-/// it or skips (someone else is folding, or recounting), `recount` waits for it. "importly"
-/// in ASCII, unlikely to meet another program's key.
+/// The advisory lock (transaction-scoped) a fold takes, or skips folding when another fold
+/// holds it: two folds could only wait for each other (a DELETE waits for the other's
+/// commit to find the row gone). "importly" in ASCII, unlikely to meet another program's key.
 const COUNTS_LOCK: i64 = 0x696d_706f_7274_6c79;
 
 /// Moves every committed delta row into the totals. Safe to run concurrently even without
@@ -37,19 +37,19 @@ const FOLD: &str = "WITH moved AS (DELETE FROM imports_counts_delta RETURNING st
      ON CONFLICT (state, kind) DO UPDATE \
          SET n = c.n + excluded.n, credits = c.credits + excluded.credits";
 
-/// The totals afresh from the table, in one statement (one snapshot): the delta rows that
-/// snapshot sees are dropped (their changes are in the count), those it does not see (of
-/// transactions that commit later) stay, their changes being absent from the count.
-const RECOUNT: &str = "WITH fresh AS ( \
+/// Sets the totals to a count of the table, in one statement (one snapshot S): it adds the
+/// difference between the count and the totals (folded plus delta) as S sees them, as delta
+/// rows. The totals after it are the count at S plus every change committed after S (their
+/// delta rows, which S does not see), which is the count of the table now; a fold moving
+/// rows meanwhile changes no total. It only inserts, so it locks nothing and waits for no
+/// one, and never deadlocks with a fold.
+const RECOUNT: &str = "INSERT INTO imports_counts_delta (state, kind, n, credits) \
+     SELECT state, kind, sum(n), sum(credits) FROM ( \
          SELECT state, kind, count(*) AS n, coalesce(sum(credits_used), 0) AS credits \
-         FROM imports GROUP BY state, kind), \
-     dropped AS (DELETE FROM imports_counts_delta), \
-     stale AS (DELETE FROM imports_counts AS c \
-               WHERE NOT EXISTS (SELECT 1 FROM fresh AS f \
-                                 WHERE f.state = c.state AND f.kind = c.kind)) \
-     INSERT INTO imports_counts AS c (state, kind, n, credits) \
-     SELECT state, kind, n, credits FROM fresh ORDER BY state, kind \
-     ON CONFLICT (state, kind) DO UPDATE SET n = excluded.n, credits = excluded.credits";
+         FROM imports GROUP BY state, kind \
+         UNION ALL SELECT state, kind, -n, -credits FROM imports_counts \
+         UNION ALL SELECT state, kind, -n, -credits FROM imports_counts_delta) AS t \
+     GROUP BY state, kind HAVING sum(n) <> 0 OR sum(credits) <> 0";
 
 /// `t`, a time as the interface carries it (canonical UTC text, or a prefix of it such as
 /// the minute `2026-12-07T01:52`), as text PostgreSQL reads as that UTC instant whatever the
@@ -159,8 +159,7 @@ impl PgStore {
         let urls: Vec<&str> = rows.iter().map(|r| r.url.as_str()).collect();
         let kinds: Vec<Option<&str>> = rows.iter().map(|r| r.kind.as_deref()).collect();
         let options: Vec<Option<&str>> = rows.iter().map(|r| r.options.as_deref()).collect();
-        let external: Vec<Option<&str>> =
-            rows.iter().map(|r| r.external_id.as_deref()).collect();
+        let external: Vec<Option<&str>> = rows.iter().map(|r| r.external_id.as_deref()).collect();
         let mut out = ChunkOutcome::default();
         // ORDER BY: ids follow the chunk's order, as one row at a time would give them.
         let all = sqlx::query_scalar::<_, i64>(
@@ -272,7 +271,10 @@ impl PgStore {
         if unfinished {
             w.push("state NOT IN ('completed', 'failed', 'cancelled')".to_owned());
         }
-        let sql = format!("SELECT id FROM imports WHERE {} ORDER BY id", w.join(" AND "));
+        let sql = format!(
+            "SELECT id FROM imports WHERE {} ORDER BY id",
+            w.join(" AND ")
+        );
         let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
         if let Some(ids) = ids {
             q = q.bind(ids);
@@ -370,8 +372,8 @@ impl PgStore {
             .collect())
     }
 
-    /// One fold of `imports_counts_delta` into `imports_counts`, unless another fold or a
-    /// recount holds the lock (it leaves nothing for this one to do that cannot wait).
+    /// One fold of `imports_counts_delta` into `imports_counts`, unless another fold holds
+    /// the lock (it moves what this one would have).
     async fn fold(&self) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -422,19 +424,11 @@ impl PgStore {
     /// Counts the totals afresh from the table (`importlyd migrate`): they are right by
     /// construction, but a trigger disabled for a bulk load (`session_replication_role =
     /// replica`, `ALTER TABLE ... DISABLE TRIGGER`) or a hand-edited `imports_counts` would
-    /// leave them wrong for good. A scan of the table, in one short transaction that first
-    /// waits for any fold to end and keeps new ones out (a fold committing after the recount's
-    /// snapshot could move delta rows the recount had meant to leave, or had dropped).
+    /// leave them wrong for good. A scan of the table; see [`RECOUNT`] for why it is right
+    /// while daemons write. The correction is folded at once.
     pub async fn recount(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(COUNTS_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        // A statement of its own after the lock: its snapshot is taken once the lock is held.
-        sqlx::query(RECOUNT).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
+        sqlx::query(RECOUNT).execute(&self.pool).await?;
+        self.fold().await
     }
 
     /// The queue as the drain estimate sees it: the counts from the totals, the mean over the
@@ -596,11 +590,11 @@ mod tests {
     #[test]
     fn times_without_a_zone_are_utc() {
         assert_eq!(utc("2026-12-07T01:52"), "2026-12-07T01:52Z");
+        assert_eq!(utc("2026-12-07T01:52:00.123Z"), "2026-12-07T01:52:00.123Z");
         assert_eq!(
-            utc("2026-12-07T01:52:00.123Z"),
-            "2026-12-07T01:52:00.123Z"
+            utc("2026-12-07 01:52:00+02:00"),
+            "2026-12-07 01:52:00+02:00"
         );
-        assert_eq!(utc("2026-12-07 01:52:00+02:00"), "2026-12-07 01:52:00+02:00");
         assert_eq!(utc("2026-12-07T01:52:00-05"), "2026-12-07T01:52:00-05");
         assert_eq!(utc("2026-12-07"), "2026-12-07T00:00:00Z");
     }
