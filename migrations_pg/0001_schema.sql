@@ -177,21 +177,37 @@ CREATE TABLE audit (
 
 -- ---------------------------------------------------------------------------------------------
 -- Counts per state and kind (SQLite's 0006): `status` and the dashboard read a handful of
--- rows here instead of counting a table of millions.
+-- rows instead of counting a table of millions.
 --
--- Concurrency: every insert and every state change upserts one or two of these few rows, and
--- holds their row locks until its transaction commits, so writers that touch the same
--- (state, kind) serialize on it. Each trigger is a single statement to keep that window
--- short. Two consequences for whoever writes to `imports`:
---   * keep such transactions short: an open transaction that inserted a row (a user's psql
---     session left in BEGIN, a long COPY) blocks every daemon's pending -> submitting claim
---     of that kind until it ends;
---   * the update trigger locks its two rows in (state, kind) order, so two single-row state
---     changes never deadlock each other; a transaction that changes several rows in
---     different statements can still deadlock with another (PostgreSQL aborts one with
---     SQLSTATE 40P01 after deadlock_timeout), so such writers must retry on 40P01.
+-- Not SQLite's design (triggers upserting the few rows of `imports_counts`): here every daemon
+-- changes states concurrently, and an upsert holds its count row's lock until its transaction
+-- commits, so every state change of every daemon would serialise on a handful of hot rows,
+-- and one open transaction that inserted a row (a psql session left in BEGIN, a long COPY)
+-- would block every daemon's claim of that kind until it ended.
+--
+-- Instead the triggers only INSERT into `imports_counts_delta`, which has no key: no two
+-- writers ever wait for each other there, and nothing a user leaves open blocks a daemon.
+-- The totals are `imports_counts` plus the sum of the delta rows, read in one statement (one
+-- snapshot, so a fold committing meanwhile is seen either wholly or not at all). The store
+-- folds the delta into `imports_counts` now and then (`status_counts`, once the delta has
+-- grown; `recount`):
+--   WITH moved AS (DELETE FROM imports_counts_delta RETURNING ...)
+--   INSERT INTO imports_counts ... SELECT ... FROM moved GROUP BY ... ON CONFLICT DO UPDATE
+-- Folds may run concurrently: under READ COMMITTED a delta row another fold deleted first is
+-- skipped (its DELETE waits for that fold, then finds the row gone), so every delta row is
+-- moved exactly once; delta rows of transactions still open are invisible to a fold and
+-- stay for the next one. `recount` (`importlyd migrate`) corrects the totals to a count of
+-- the table by inserting the difference as delta rows, from one snapshot, so it too needs no
+-- lock (see store/postgres/ops.rs).
+--
+-- Anyone may read the totals the same way:
+--   SELECT state, kind, sum(n) AS n, sum(credits) AS credits
+--   FROM (SELECT state, kind, n, credits FROM imports_counts
+--         UNION ALL SELECT state, kind, n, credits FROM imports_counts_delta) AS t
+--   GROUP BY state, kind;
 -- ---------------------------------------------------------------------------------------------
 
+-- The same columns as SQLite's table, folded totals only.
 CREATE TABLE imports_counts (
     state   text    NOT NULL,
     kind    text    NOT NULL,
@@ -200,44 +216,42 @@ CREATE TABLE imports_counts (
     PRIMARY KEY (state, kind)
 );
 
+-- One row per change not folded yet: +1 for a row that joins (state, kind), -1 for one that
+-- leaves it, with its credits. No key and no index, so an insert is the cheapest write there
+-- is; a fold reads (and deletes) it whole, which is why it is folded before it grows big.
+CREATE TABLE imports_counts_delta (
+    state   text    NOT NULL,
+    kind    text    NOT NULL,
+    n       bigint  NOT NULL,
+    credits bigint  NOT NULL
+);
+
 CREATE FUNCTION imports_counts_on_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO imports_counts AS c (state, kind, n, credits)
-    VALUES (NEW.state, NEW.kind, 1, coalesce(NEW.credits_used, 0))
-    ON CONFLICT (state, kind) DO UPDATE
-        SET n = c.n + 1, credits = c.credits + excluded.credits;
+    INSERT INTO imports_counts_delta (state, kind, n, credits)
+    VALUES (NEW.state, NEW.kind, 1, coalesce(NEW.credits_used, 0));
     RETURN NULL;
 END;
 $$;
 
--- A plain UPDATE, not an upsert: the row being deleted was counted, so its count row exists.
 CREATE FUNCTION imports_counts_on_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE imports_counts SET n = n - 1, credits = credits - coalesce(OLD.credits_used, 0)
-    WHERE state = OLD.state AND kind = OLD.kind;
+    INSERT INTO imports_counts_delta (state, kind, n, credits)
+    VALUES (OLD.state, OLD.kind, -1, -coalesce(OLD.credits_used, 0));
     RETURN NULL;
 END;
 $$;
 
--- Both sides in one statement. Unlike SQLite, PostgreSQL refuses an upsert that proposes the
--- same key twice ("ON CONFLICT DO UPDATE command cannot affect row a second time"), which is
--- what a change of credits_used alone (same state and kind) would do; GROUP BY folds the two
--- sides into one delta then. ORDER BY makes every transaction lock count rows in the same
--- order (see above).
+-- The row leaves one count and joins another: both sides in one statement. A change of
+-- credits_used alone gives two rows of the same key, which is fine without a unique key.
 CREATE FUNCTION imports_counts_on_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO imports_counts AS c (state, kind, n, credits)
-    SELECT d.state, d.kind, sum(d.n)::bigint, sum(d.credits)::bigint
-    FROM (VALUES (OLD.state, OLD.kind, -1::bigint, -coalesce(OLD.credits_used, 0)),
-                 (NEW.state, NEW.kind, 1::bigint, coalesce(NEW.credits_used, 0)))
-         AS d (state, kind, n, credits)
-    GROUP BY d.state, d.kind
-    ORDER BY d.state, d.kind
-    ON CONFLICT (state, kind) DO UPDATE
-        SET n = c.n + excluded.n, credits = c.credits + excluded.credits;
+    INSERT INTO imports_counts_delta (state, kind, n, credits)
+    VALUES (OLD.state, OLD.kind, -1, -coalesce(OLD.credits_used, 0)),
+           (NEW.state, NEW.kind, 1, coalesce(NEW.credits_used, 0));
     RETURN NULL;
 END;
 $$;
@@ -311,8 +325,14 @@ CREATE TRIGGER imports_notify_on_insert AFTER INSERT ON imports
 FOR EACH STATEMENT EXECUTE FUNCTION imports_notify();
 
 -- Rows also become due by UPDATE: an operator's retry (failed -> pending), a due time moved
--- earlier, a lapsed daemon's rows handed back. The daemons' own state changes fire it too,
--- so a listener should treat notifications as a hint and coalesce them (look once per burst),
--- not run one queue query per notification.
+-- (earlier or later) on a pending row, a lapsed daemon's rows handed back, a daemon's own
+-- reschedule. Only those notify: a row trigger whose WHEN lets through nothing but a row that
+-- is pending afterwards and was not, or whose due time changed, so a daemon's claims and
+-- completions (pending -> submitting -> running -> completed) wake nobody. The WHEN is
+-- evaluated without calling the function; a statement that makes many rows due sends one
+-- notification all the same, because PostgreSQL folds identical notifications (same
+-- channel, same payload) of one transaction into one.
 CREATE TRIGGER imports_notify_on_update AFTER UPDATE OF state, next_attempt_at ON imports
-FOR EACH STATEMENT EXECUTE FUNCTION imports_notify();
+FOR EACH ROW WHEN (NEW.state = 'pending' AND (OLD.state IS DISTINCT FROM 'pending'
+                   OR OLD.next_attempt_at IS DISTINCT FROM NEW.next_attempt_at))
+EXECUTE FUNCTION imports_notify();

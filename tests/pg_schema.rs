@@ -282,7 +282,7 @@ async fn duplicate_and_purged_external_ids_are_skipped() {
     );
     // The skipped rows were never counted.
     assert_eq!(
-        count_rows(&pool, "SELECT sum(n)::bigint FROM imports_counts").await,
+        count_rows(&pool, &format!("SELECT sum(n)::bigint FROM {TOTALS}")).await,
         3
     );
     // Forgetting the purge lets it in again.
@@ -297,21 +297,29 @@ async fn duplicate_and_purged_external_ids_are_skipped() {
     assert!(out.contains("INSERT 0 1"), "{out}");
 }
 
-/// imports_counts as a map, rows with nothing in them left out (deletes and moves leave
-/// zero rows behind, as in SQLite).
+/// The counts as the migration documents reading them: the folded totals plus the deltas the
+/// triggers insert.
+const TOTALS: &str = "(SELECT state, kind, n, credits FROM imports_counts \
+     UNION ALL SELECT state, kind, n, credits FROM imports_counts_delta) AS t";
+
+/// The counts as a map, keys with nothing in them left out (deletes and moves leave zero
+/// rows behind, as in SQLite).
 async fn counts(pool: &PgPool) -> BTreeMap<(String, String), (i64, i64)> {
-    sqlx::query("SELECT state, kind, n, credits FROM imports_counts WHERE n <> 0 OR credits <> 0")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            (
-                (r.get("state"), r.get("kind")),
-                (r.get("n"), r.get("credits")),
-            )
-        })
-        .collect()
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT state, kind, sum(n)::bigint AS n, sum(credits)::bigint AS credits FROM {TOTALS} \
+         GROUP BY state, kind HAVING sum(n) <> 0 OR sum(credits) <> 0"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            (r.get("state"), r.get("kind")),
+            (r.get("n"), r.get("credits")),
+        )
+    })
+    .collect()
 }
 
 /// The same, counted from the table itself.
@@ -383,24 +391,73 @@ async fn an_insert_or_a_retry_from_psql_notifies_the_listeners() {
     assert_eq!(n.channel(), "importlyd_imports");
     assert_eq!(n.payload(), "");
 
-    // An operator making a failed row due again wakes the daemons too.
-    sqlx::query("UPDATE imports SET state = 'failed'")
-        .execute(&pool)
+    // A daemon's own progress (pending -> submitting -> running -> completed) wakes nobody:
+    // the next notification to arrive is a marker sent after it.
+    for sql in [
+        "UPDATE imports SET state = 'submitting', owner = 1",
+        "UPDATE imports SET state = 'running', importly_job_id = 'job-1'",
+        "UPDATE imports SET state = 'failed', owner = NULL, next_attempt_at = now()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    psql_ok(
+        &db,
+        "SELECT pg_notify('importlyd_imports', 'after progress')",
+    );
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
         .await
+        .expect("the marker")
         .unwrap();
-    // Drain what that UPDATE itself sent, so the next wait sees only the retry's.
-    tokio::time::timeout(Duration::from_secs(10), listener.recv())
+    assert_eq!(n.payload(), "after progress", "a state change notified");
+
+    // An operator making failed rows due again wakes the daemons, once per statement
+    // however many rows it changed (PostgreSQL folds a transaction's identical notifications).
+    psql_ok(
+        &db,
+        "INSERT INTO imports (url, state) SELECT 'https://example.com/' || g, 'failed' \
+         FROM generate_series(1, 50) g",
+    );
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
         .await
-        .expect("a notification for the UPDATE")
+        .expect("a notification for the INSERT")
         .unwrap();
+    assert_eq!(n.payload(), "");
     psql_ok(
         &db,
         "UPDATE imports SET state = 'pending' WHERE state = 'failed'",
     );
-    tokio::time::timeout(Duration::from_secs(10), listener.recv())
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
         .await
         .expect("a notification within 10 s of the retry")
         .unwrap();
+    assert_eq!(n.payload(), "");
+    // A pending row's due time moved notifies; a pending row's other columns do not.
+    psql_ok(
+        &db,
+        "UPDATE imports SET last_error = 'x' WHERE state = 'pending'",
+    );
+    psql_ok(
+        &db,
+        "SELECT pg_notify('importlyd_imports', 'after last_error')",
+    );
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("the marker")
+        .unwrap();
+    assert_eq!(
+        n.payload(),
+        "after last_error",
+        "the retry sent more than one, or last_error notified"
+    );
+    psql_ok(
+        &db,
+        "UPDATE imports SET next_attempt_at = now() - interval '1 minute' WHERE state = 'pending'",
+    );
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification for a due time moved")
+        .unwrap();
+    assert_eq!(n.payload(), "");
 
     // A rolled-back INSERT sends nothing (notifications are delivered at commit): the next
     // one to arrive is a marker sent after it.
