@@ -55,20 +55,37 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_the_daemons_stay_up() {
     }
     let a = Proc::start(&config, Some(KEY), "a");
     let b = Proc::start(&config, Some(KEY), "b");
-    wait_until("some rows are done before the restart", secs(30), || async {
-        count(&pool, "SELECT count(*) FROM imports WHERE state = 'completed'")
+    wait_until(
+        "some rows are done before the restart",
+        secs(30),
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM imports WHERE state = 'completed'",
+            )
             .await
             .unwrap_or(0)
-            >= 5
-    })
+                >= 5
+        },
+    )
     .await;
-    assert!(common::pg::restart_cluster(), "the private cluster restarts");
-    wait_until("every row completes after the restart", secs(90), || async {
-        count(&pool, "SELECT count(*) FROM imports WHERE state = 'completed'")
+    assert!(
+        common::pg::restart_cluster(),
+        "the private cluster restarts"
+    );
+    wait_until(
+        "every row completes after the restart",
+        secs(90),
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM imports WHERE state = 'completed'",
+            )
             .await
             .unwrap_or(0)
-            == n
-    })
+                == n
+        },
+    )
     .await;
     let stats = sim.stats();
     for (url, n) in &stats.accepted_by_url {

@@ -85,10 +85,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn todo_verb(name: &str) -> StoreError {
-    StoreError::Invalid(format!("PostgreSQL: {name} is not implemented yet"))
-}
-
 impl PgStore {
     /// Connects and applies migrations.
     pub async fn open(url: &str) -> Result<PgStore> {
