@@ -5,6 +5,8 @@
 //! it goes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -20,12 +22,48 @@ const OBSERVE_EVERY: Duration = Duration::from_millis(250);
 /// A lease that cannot lapse (SQLite), as an instant.
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// Until when requests may go, shared with the HTTP tasks, which look at it once more right
+/// before they send (see `Scheduler::may_send`).
+#[derive(Clone, Debug)]
+pub(super) struct Fence {
+    base: Instant,
+    /// Milliseconds after `base`.
+    until_ms: Arc<AtomicU64>,
+}
+
+impl Fence {
+    fn new(now: Instant) -> Fence {
+        Fence {
+            base: now,
+            until_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn set(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.base).as_millis();
+        self.until_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    fn until(&self) -> Instant {
+        let ms = self.until_ms.load(Ordering::Acquire);
+        self.base
+            .checked_add(Duration::from_millis(ms))
+            .unwrap_or(self.base + FOREVER)
+    }
+
+    /// Whether a request may leave now.
+    pub(super) fn open(&self) -> bool {
+        Instant::now() < self.until()
+    }
+}
+
 /// The lease as the scheduler keeps it.
 pub(super) struct Membership {
     /// Requests may go until then: the lease's end as of the last renewal (counted from
     /// when that renewal was sent), less a whole request timeout, so an answer is always
     /// back before anybody could take over what the request concerns.
-    send_until: Instant,
+    pub(super) fence: Fence,
     next_beat: Instant,
     /// "Not sending: the lease may lapse" was logged (once per episode).
     warned: bool,
@@ -36,7 +74,7 @@ pub(super) struct Membership {
 impl Membership {
     pub(super) fn new(now: Instant) -> Membership {
         Membership {
-            send_until: now,
+            fence: Fence::new(now),
             next_beat: now,
             warned: false,
             observed: HashMap::new(),
@@ -47,7 +85,7 @@ impl Membership {
 impl Scheduler {
     /// Whether requests may go now: the lease will outlast their answers.
     pub(super) fn may_send(&mut self, now: Instant) -> bool {
-        if now < self.member.send_until {
+        if now < self.member.fence.until() {
             self.member.warned = false;
             return true;
         }
@@ -91,10 +129,10 @@ impl Scheduler {
     }
 
     fn renewed(&mut self, sent: Instant, valid_for: Option<Duration>) {
-        self.member.send_until = match valid_for {
+        self.member.fence.set(match valid_for {
             Some(lease) => sent + lease.saturating_sub(self.cfg.api.request_timeout),
             None => sent + FOREVER,
-        };
+        });
     }
 
     /// Start-up: make sure this daemon is a member (on PostgreSQL `run` registered it, but
@@ -115,16 +153,15 @@ impl Scheduler {
     }
 
     /// Our lease lapsed: whatever we held may be another daemon's now. Forget every claim
-    /// and job (their answers could only be refused by the fencing), and join again under
-    /// a new id; our old rows are adopted like any dead daemon's, by us or another.
+    /// and job and join again under a new id; our old rows are adopted like any dead
+    /// daemon's, by us or another. Calls still in flight are kept: their writes are fenced
+    /// off, but an accepted submit's job can still be handed over (`hand_over`).
     async fn rejoin(&mut self) {
         tracing::warn!(
             jobs = self.jobs.len(),
             "this daemon's lease lapsed (frozen or cut off for longer than cluster.lease); \
              dropping its claims and joining again"
         );
-        self.tasks.abort_all();
-        self.held_by.clear();
         self.jobs.clear();
         self.group = Default::default();
         self.early_hints.clear();
@@ -165,6 +202,20 @@ impl Scheduler {
             );
             for r in adopted.running {
                 self.resume_job(r, Instant::now());
+            }
+        }
+    }
+
+    /// An accepted submit for row `id` that this daemon could not start (it lost the row):
+    /// if the row is still waiting for a job (handed back to pending, or still held by a
+    /// dead daemon, maybe our former self), it takes this one and is polled, never posted
+    /// again. False when it moved on (claimed anew, cancelled, deleted).
+    pub(super) async fn hand_over(&mut self, id: i64, job: &Job) -> bool {
+        match self.store.attach_job(id, &job.job_id).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "could not hand an accepted job over to its row");
+                false
             }
         }
     }

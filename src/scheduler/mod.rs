@@ -141,6 +141,11 @@ enum Done {
         ex: Exchange,
         probe: Option<Scope>,
     },
+    /// The lease could lapse before an answer came back (the process was frozen between
+    /// the claim and the send): nothing was sent; the row goes back, if still ours.
+    Unsent { li: usize, row: Claimed },
+    /// Likewise for a poll: nothing was sent; the job is polled once the lease is renewed.
+    PollUnsent { id: i64 },
 }
 
 /// The writes of one group of answers, stored together by `record_group`.
@@ -720,7 +725,13 @@ impl Scheduler {
             li,
             row: row.clone(),
         };
+        let fence = self.member.fence.clone();
         self.spawn_tracked(held, async move {
+            // The last look before the request leaves: a task spawned just before the
+            // process froze must not send once it thaws with its lease gone.
+            if !fence.open() {
+                return Done::Unsent { li, row };
+            }
             let mut ex = client.submit(kind, &body).await;
             // The token is a live capability until the job ends: the attempt log (and so a
             // ticket) keeps the request without it.
@@ -793,7 +804,11 @@ impl Scheduler {
             }
             let (kind, job_id) = (job.kind, job.job_id.clone());
             let client = self.client.clone();
+            let fence = self.member.fence.clone();
             self.spawn_tracked(Held::Poll { id }, async move {
+                if !fence.open() {
+                    return Done::PollUnsent { id };
+                }
                 let ex = client.status(kind, &job_id).await;
                 Done::Poll { id, ex, probe }
             });

@@ -59,6 +59,22 @@ impl Scheduler {
                 }
                 self.on_poll(id, ex).await;
             }
+            Done::Unsent { li, row } => {
+                self.lanes[li].submitting.remove(&row.id);
+                self.early_hints.remove(&row.id);
+                self.spend_webhook(row.id);
+                let id = row.id;
+                self.persist("give back a row never sent", |s| async move {
+                    s.release(&[id]).await
+                })
+                .await;
+                self.look_for_due_rows();
+            }
+            Done::PollUnsent { id } => {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.polling = false;
+                }
+            }
         }
     }
 
@@ -393,6 +409,9 @@ impl Scheduler {
             if started.contains(&id) {
                 tracing::info!(id, job_id = %job.job_id, url = %log_field(&url), "submitted");
                 self.jobs.insert(id, job);
+            } else if self.hand_over(id, &job).await {
+                tracing::warn!(id, job_id = %job.job_id, url = %log_field(&url), "accepted after this daemon lost the row (its lease lapsed); the row was still waiting, so it takes this job and is not posted again");
+                self.jobs.insert(id, job);
             } else {
                 tracing::warn!(id, job_id = %job.job_id, url = %log_field(&url), "accepted by Importly, but the row was reset, cancelled or deleted meanwhile; the job is orphaned at Importly and not polled");
                 self.spend_webhook(id);
@@ -551,6 +570,7 @@ fn count(done: &Done) {
     let (call, ex, kind) = match done {
         Done::Submit { ex, kind, .. } => ("submit", ex, kind.as_str()),
         Done::Poll { ex, .. } => ("poll", ex, "status"),
+        Done::Unsent { .. } | Done::PollUnsent { .. } => return,
     };
     let outcome = ex.outcome.name();
     metrics::counter!("importlyd_requests_total", "call" => call, "outcome" => outcome)

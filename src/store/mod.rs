@@ -302,6 +302,10 @@ verbs! {
     /// Takes over the rows of daemons whose lease lapsed: their running jobs to poll,
     /// their submitting rows back to pending with an ambiguous-submit record.
     fn adopt(&self, keep: u32, endpoint: fn(&str) -> &'static str) -> Result<Adopted>;
+    /// An accepted job for a row this daemon no longer holds (its lease lapsed while the
+    /// submit was in flight): the row takes the job and becomes ours, `running`, if it
+    /// still waits for one (back in `pending` with no job, or held by a dead daemon).
+    fn attach_job(&self, id: i64, job_id: &str) -> Result<bool>;
     /// Takes up to `n` requests from the shared budget `scope` before they are sent.
     fn take_budget(&self, scope: &str, n: u32, guess: &BudgetGuess) -> Result<Grant>;
     /// Corrects the shared budget `scope` from what an answer said.

@@ -51,7 +51,9 @@ impl PgStore {
 
     /// Takes over the rows of every daemon whose lease lapsed (or that stopped): their
     /// running jobs become ours to poll; their submitting rows go back to pending with an
-    /// ambiguous-submit record. One transaction; `SKIP LOCKED`, so two live daemons adopting
+    /// ambiguous-submit record, due only after one more of the dead daemon's leases: a
+    /// daemon that was frozen, not dead, may still read its submit's answer when it thaws
+    /// and hand the job over (`attach_job`) instead of the row being posted twice. One transaction; `SKIP LOCKED`, so two live daemons adopting
     /// at once split the rows instead of waiting on each other, and each row gets one owner.
     pub async fn adopt(&self, keep: u32, endpoint: fn(&str) -> &'static str) -> Result<Adopted> {
         let me = self.me();
@@ -86,8 +88,10 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let released: Vec<(i64, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE imports SET state = 'pending', owner = NULL, claimed_at = NULL, \
-                 updated_at = now() \
+            "UPDATE imports i SET state = 'pending', owner = NULL, claimed_at = NULL, \
+                 updated_at = now(), next_attempt_at = now() + coalesce( \
+                     (SELECT d.lease_ms FROM daemons d WHERE d.id = i.owner), 0) \
+                     * interval '1 millisecond' \
              WHERE id IN ({ORPHANS}) \
              RETURNING id, kind, attempts::bigint"
         )))
@@ -131,6 +135,29 @@ impl PgStore {
             running,
             released: released.into_iter().map(|r| r.0).collect(),
         })
+    }
+
+    pub async fn attach_job(&self, id: i64, job_id: &str) -> Result<bool> {
+        let me = self.me();
+        if me == 0 {
+            return Ok(false);
+        }
+        let taken: Option<i64> = sqlx::query_scalar(
+            "UPDATE imports i SET state = 'running', importly_job_id = $2, owner = $3, \
+                 claimed_at = now(), updated_at = now(), last_error = NULL \
+             WHERE i.id = $1 AND i.importly_job_id IS NULL AND ( \
+                 (i.state = 'pending' AND i.owner IS NULL) \
+                 OR (i.state = 'submitting' AND i.owner <> $3 AND NOT EXISTS ( \
+                     SELECT 1 FROM daemons d WHERE d.id = i.owner AND d.stopped_at IS NULL \
+                       AND d.heartbeat_at + d.lease_ms * interval '1 millisecond' > now()))) \
+             RETURNING i.id",
+        )
+        .bind(id)
+        .bind(job_id)
+        .bind(me)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(taken.is_some())
     }
 
     pub async fn take_budget(&self, scope: &str, n: u32, guess: &BudgetGuess) -> Result<Grant> {
