@@ -326,3 +326,105 @@ async fn an_insert_from_psql_wakes_an_idle_daemon_without_waiting_for_its_poll()
     })
     .await;
 }
+
+#[tokio::test]
+async fn operator_commands_work_on_postgres_and_never_show_the_password() {
+    let Some(db) = common::pg::database("operators").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(sim_config()).await;
+    let cfg = cluster_config(
+        dir.path(),
+        &sim,
+        BucketLimit {
+            requests: 1000,
+            window: secs(60),
+            concurrent: 2,
+            reserve: 0,
+        },
+    );
+    // The private cluster trusts loopback, so the password is never checked: it is only
+    // there to be hidden.
+    let url = db.url.replacen("://postgres@", "://postgres:s3cret-pw@", 1);
+    assert_ne!(url, db.url, "the test URL has the expected user");
+    let config = write_cluster_config(dir.path(), "ops", &cfg, &url);
+    cli(&config, &["migrate"]).await.ok();
+    let out = cli(
+        &config,
+        &[
+            "enqueue",
+            "https://media.example/ops/a.mp4",
+            "https://media.example/ops/fail.mp4",
+            "https://unreachable.example/b.mp4",
+        ],
+    )
+    .await
+    .ok();
+    assert!(!out.stdout.contains("s3cret") && !out.stderr.contains("s3cret"));
+    let bad = cli(&config, &["enqueue", "ftp://media.example/c.mp4"]).await;
+    assert_ne!(bad.code(), Some(0), "{bad:?}");
+    assert!(bad.stderr.contains("url_must_be_http_or_https"), "{}", bad.stderr);
+    let pool = db.pool().await;
+    // A row due in a year, to cancel.
+    sqlx::query(
+        "INSERT INTO imports (url, next_attempt_at) \
+         VALUES ('https://media.example/ops/later.mp4', now() + interval '1 year')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut d = Proc::start(&config, Some(KEY), "ops");
+    wait_until("the three due rows finish", secs(30), || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM imports WHERE state IN ('completed', 'failed')",
+        )
+        .await
+            == 3
+    })
+    .await;
+    let status = cli(&config, &["status", "--json"]).await.ok().json();
+    assert_eq!(status["counts"]["completed"], 1, "{status}");
+    assert_eq!(status["counts"]["failed"], 2, "{status}");
+    let daemons = status["daemons"].as_array().expect("daemons");
+    assert_eq!(daemons.len(), 1, "{status}");
+    assert_eq!(daemons[0]["pid"], d.pid, "{status}");
+    let text = cli(&config, &["status"]).await.ok().stdout;
+    assert!(text.contains("running since"), "{text}");
+    let failed: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM imports WHERE state = 'failed' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let ticket = cli(&config, &["ticket", &failed[0].to_string(), "--format", "json"])
+        .await
+        .ok()
+        .json();
+    assert!(
+        !ticket["attempts"].as_array().expect("attempts").is_empty(),
+        "{ticket}"
+    );
+    let list = cli(&config, &["list", "--state", "failed", "--json"]).await.ok().json();
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    let later: i64 = count(&pool, "SELECT id FROM imports WHERE url LIKE '%later%'").await;
+    cli(&config, &["cancel", &later.to_string()]).await.ok();
+    let retried = cli(&config, &["retry", "--failed"]).await.ok();
+    assert!(retried.stdout.contains('2'), "{}", retried.stdout);
+    wait_until("the retried rows fail again", secs(30), || async {
+        count(&pool, "SELECT count(*) FROM imports WHERE state = 'failed'").await == 2
+    })
+    .await;
+    let csv = cli(&config, &["export", "--format", "csv"]).await.ok().stdout;
+    assert_eq!(csv.lines().count(), 5, "a header and four rows: {csv}");
+    let shown = cli(&config, &["show", &later.to_string(), "--json"]).await.ok().json();
+    assert_eq!(shown["row"]["state"], "cancelled", "{shown}");
+    let audit: i64 = count(&pool, "SELECT count(*) FROM audit").await;
+    assert!(audit >= 2, "cancel and retry are audited: {audit}");
+    let purged = cli(&config, &["purge", "--older-than", "0s"]).await.ok();
+    assert!(purged.stdout.contains('4'), "{}", purged.stdout);
+    assert!(d.terminate(secs(10)).await.success());
+    let log = d.log_text();
+    assert!(!log.contains("s3cret"), "the password is never logged:\n{log}");
+    assert!(log.contains("***"), "the URL is shown redacted:\n{log}");
+}

@@ -75,3 +75,44 @@ async fn thirty_days_and_the_minimums_are_accepted() {
         assert_eq!(out.code(), Some(0), "[{section}] {key}: {out:?}");
     }
 }
+
+/// `importlyd run` with a config text: exits before touching any database when the config
+/// is bad (these URLs point nowhere).
+async fn run_with(dir: &std::path::Path, text: &str) -> Out {
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).expect("write config");
+    cli(&path, &["run"]).await
+}
+
+#[tokio::test]
+async fn a_lease_too_short_for_a_request_or_a_bad_database_url_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: a 30 s lease cannot cover a 30 s request timeout plus three beats.
+    let out = run_with(
+        dir.path(),
+        "[database]\nurl = \"postgres://importlyd:s3cret@127.0.0.1:9/q\"\n",
+    )
+    .await;
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("`cluster.lease`"), "{}", out.stderr);
+    assert!(out.stderr.contains("api.request_timeout"), "{}", out.stderr);
+    assert!(!out.stderr.contains("s3cret"), "the password is never shown: {}", out.stderr);
+    let out = run_with(
+        dir.path(),
+        "[database]\nurl = \"postgres://u@127.0.0.1:9/q\"\n[cluster]\nlease = \"5s\"\n\
+         [api]\nrequest_timeout = \"4s\"\n",
+    )
+    .await;
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("`cluster.lease`"), "{}", out.stderr);
+    for bad in ["mysql://u:s3cret@h/q", "not a url s3cret", "postgres:///nohost"] {
+        let out = run_with(
+            dir.path(),
+            &format!("[database]\nurl = {bad:?}\n[cluster]\nlease = \"60s\"\n"),
+        )
+        .await;
+        assert_eq!(out.code(), Some(2), "{bad}: {out:?}");
+        assert!(out.stderr.contains("`database.url`"), "{bad}: {}", out.stderr);
+        assert!(!out.stderr.contains("s3cret"), "{bad}: {}", out.stderr);
+    }
+}
