@@ -364,7 +364,11 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
     assert!(!out.stdout.contains("s3cret") && !out.stderr.contains("s3cret"));
     let bad = cli(&config, &["enqueue", "ftp://media.example/c.mp4"]).await;
     assert_ne!(bad.code(), Some(0), "{bad:?}");
-    assert!(bad.stderr.contains("url_must_be_http_or_https"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("url_must_be_http_or_https"),
+        "{}",
+        bad.stderr
+    );
     let pool = db.pool().await;
     // A row due in a year, to cancel.
     sqlx::query(
@@ -397,15 +401,21 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    let ticket = cli(&config, &["ticket", &failed[0].to_string(), "--format", "json"])
-        .await
-        .ok()
-        .json();
+    let ticket = cli(
+        &config,
+        &["ticket", &failed[0].to_string(), "--format", "json"],
+    )
+    .await
+    .ok()
+    .json();
     assert!(
         !ticket["attempts"].as_array().expect("attempts").is_empty(),
         "{ticket}"
     );
-    let list = cli(&config, &["list", "--state", "failed", "--json"]).await.ok().json();
+    let list = cli(&config, &["list", "--state", "failed", "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
     let later: i64 = count(&pool, "SELECT id FROM imports WHERE url LIKE '%later%'").await;
     cli(&config, &["cancel", &later.to_string()]).await.ok();
@@ -415,9 +425,15 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
         count(&pool, "SELECT count(*) FROM imports WHERE state = 'failed'").await == 2
     })
     .await;
-    let csv = cli(&config, &["export", "--format", "csv"]).await.ok().stdout;
+    let csv = cli(&config, &["export", "--format", "csv"])
+        .await
+        .ok()
+        .stdout;
     assert_eq!(csv.lines().count(), 5, "a header and four rows: {csv}");
-    let shown = cli(&config, &["show", &later.to_string(), "--json"]).await.ok().json();
+    let shown = cli(&config, &["show", &later.to_string(), "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(shown["row"]["state"], "cancelled", "{shown}");
     let audit: i64 = count(&pool, "SELECT count(*) FROM audit").await;
     assert!(audit >= 2, "cancel and retry are audited: {audit}");
@@ -425,6 +441,9 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
     assert!(purged.stdout.contains('4'), "{}", purged.stdout);
     assert!(d.terminate(secs(10)).await.success());
     let log = d.log_text();
-    assert!(!log.contains("s3cret"), "the password is never logged:\n{log}");
+    assert!(
+        !log.contains("s3cret"),
+        "the password is never logged:\n{log}"
+    );
     assert!(log.contains("***"), "the URL is shown redacted:\n{log}");
 }

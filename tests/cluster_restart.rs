@@ -1,5 +1,6 @@
-//! PostgreSQL restarted under two running daemons: they ride it out (retrying, `/healthz`
-//! 503 meanwhile), stay up, and every row completes once, none lost or imported twice.
+//! PostgreSQL stopped and started again under two running daemons: they ride it out
+//! (retrying, `/healthz` 503 meanwhile, 200 again after), stay up, and every row completes
+//! once, none lost or imported twice.
 //!
 //! A binary of its own: restarting the private cluster cuts every test's connections.
 
@@ -9,6 +10,19 @@ use common::*;
 use importlyd::config::BucketLimit;
 use importlyd::sim::BucketConfig;
 use sqlx::PgPool;
+
+/// A free loopback port for the admin listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The status code of GET `url`, `None` when nothing answers.
+async fn status_of(url: &str) -> Option<u16> {
+    reqwest::get(url).await.ok().map(|r| r.status().as_u16())
+}
 
 async fn count(pool: &PgPool, sql: &str) -> Option<i64> {
     sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
@@ -36,6 +50,9 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_the_daemons_stay_up() {
         concurrent: 2,
         reserve: 0,
     };
+    let port = free_port();
+    cfg.admin.listen = format!("127.0.0.1:{port}");
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
     let toml = config_toml(&cfg).replacen(
         "[database]\n",
         &format!("[database]\nurl = {:?}\n", db.url),
@@ -54,7 +71,21 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_the_daemons_stay_up() {
             .unwrap();
     }
     let a = Proc::start(&config, Some(KEY), "a");
-    let b = Proc::start(&config, Some(KEY), "b");
+    // The second daemon has no admin listener (one port, one listener).
+    let mut cfg_b = cfg.clone();
+    cfg_b.admin.listen = String::new();
+    let toml_b = config_toml(&cfg_b).replacen(
+        "[database]\n",
+        &format!("[database]\nurl = {:?}\n", db.url),
+        1,
+    );
+    let config_b = dir.path().join("b.toml");
+    std::fs::write(&config_b, toml_b).unwrap();
+    let b = Proc::start(&config_b, Some(KEY), "b");
+    wait_until("/healthz says ok", secs(15), || async {
+        status_of(&healthz).await == Some(200)
+    })
+    .await;
     wait_until(
         "some rows are done before the restart",
         secs(30),

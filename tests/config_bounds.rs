@@ -96,7 +96,11 @@ async fn a_lease_too_short_for_a_request_or_a_bad_database_url_exits_2_naming_th
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("`cluster.lease`"), "{}", out.stderr);
     assert!(out.stderr.contains("api.request_timeout"), "{}", out.stderr);
-    assert!(!out.stderr.contains("s3cret"), "the password is never shown: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("s3cret"),
+        "the password is never shown: {}",
+        out.stderr
+    );
     let out = run_with(
         dir.path(),
         "[database]\nurl = \"postgres://u@127.0.0.1:9/q\"\n[cluster]\nlease = \"5s\"\n\
@@ -105,14 +109,22 @@ async fn a_lease_too_short_for_a_request_or_a_bad_database_url_exits_2_naming_th
     .await;
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("`cluster.lease`"), "{}", out.stderr);
-    for bad in ["mysql://u:s3cret@h/q", "not a url s3cret", "postgres:///nohost"] {
+    for bad in [
+        "mysql://u:s3cret@h/q",
+        "not a url s3cret",
+        "postgres:///nohost",
+    ] {
         let out = run_with(
             dir.path(),
             &format!("[database]\nurl = {bad:?}\n[cluster]\nlease = \"60s\"\n"),
         )
         .await;
         assert_eq!(out.code(), Some(2), "{bad}: {out:?}");
-        assert!(out.stderr.contains("`database.url`"), "{bad}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("`database.url`"),
+            "{bad}: {}",
+            out.stderr
+        );
         assert!(!out.stderr.contains("s3cret"), "{bad}: {}", out.stderr);
     }
 }
