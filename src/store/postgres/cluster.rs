@@ -12,7 +12,7 @@ const ORPHANED: &str = "the daemon submitting this row stopped renewing its leas
      it recorded the answer; a job may exist at Importly";
 
 fn unix_ms(t: SystemTime) -> i64 {
-    i64::try_from(clock::unix_ms(t)).unwrap_or(i64::MAX)
+    clock::unix_ms(t)
 }
 
 fn from_unix_ms(ms: i64) -> SystemTime {
