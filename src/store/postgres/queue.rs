@@ -10,6 +10,7 @@
 
 use super::attempts::{self, json, owned, text};
 use super::{PgStore, iso};
+use crate::clock;
 use crate::store::queue::ambiguous_submit;
 use crate::store::*;
 
@@ -97,18 +98,26 @@ impl PgStore {
         Ok(rows)
     }
 
-    /// When the next pending row of `kind` is due, if any, as canonical text.
+    /// When the next pending row of `kind` is due, if any, as canonical text. Due is
+    /// decided by the database's clock: a row due by it but not yet by this host's clock
+    /// (running behind) is reported as due now, so the caller's "is it due?" agrees with
+    /// the claim's.
     pub async fn next_due(&self, kind: &str) -> Result<Option<String>> {
         known_kind(kind)?;
-        Ok(sqlx::query_scalar::<_, String>(concat!(
+        let next: Option<(String, bool)> = sqlx::query_as(concat!(
             "SELECT ",
             iso!("next_attempt_at"),
-            " FROM imports WHERE state = 'pending' AND kind = $1 \
+            ", next_attempt_at <= now() \
+             FROM imports WHERE state = 'pending' AND kind = $1 \
              ORDER BY next_attempt_at, id LIMIT 1"
         ))
         .bind(kind)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        Ok(next.map(|(at, due)| {
+            let here = clock::now_iso();
+            if due && at > here { here } else { at }
+        }))
     }
 
     /// Back to `pending` (or `failed` once `attempts` reaches `max_attempts`), as SQLite's.
