@@ -241,7 +241,10 @@ async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() 
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(tight_sim(30, secs(3), 2, secs(1))).await;
+    // 3 s jobs: once both slots run, the daemon sends nothing for seconds, so the freeze
+    // below lands between requests. (A freeze in the middle of a POST that outlasts the
+    // request timeout loses that answer: an ambiguous submit, as with kill -9.)
+    let sim = start_sim(tight_sim(30, secs(3), 2, secs(3))).await;
     let cfg = cluster_config(
         dir.path(),
         &sim,
@@ -254,18 +257,24 @@ async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() 
     );
     migrated(&db, dir.path(), &sim, &cfg).await;
     let pool = db.pool().await;
-    let all = urls("frozen", 16);
+    let all = urls("frozen", 8);
     insert_urls(&pool, &all).await;
     let a_config = write_cluster_config(dir.path(), "a", &cfg, &db.url);
     let b_config = write_cluster_config(dir.path(), "b", &cfg, &db.url);
     let a = Proc::start(&a_config, Some(KEY), "a");
-    wait_until("the first daemon holds a running job", secs(20), || async {
+    wait_until("the first daemon holds both slots", secs(20), || async {
         count(
             &pool,
             "SELECT count(*) FROM imports WHERE state = 'running'",
         )
         .await
-            >= 1
+            == 2
+            && count(
+                &pool,
+                "SELECT count(*) FROM imports WHERE state = 'submitting'",
+            )
+            .await
+                == 0
     })
     .await;
     a.signal("STOP");
@@ -274,7 +283,7 @@ async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() 
     b.wait_log("adopted the running jobs", secs(15)).await;
     a.signal("CONT");
     a.wait_log("joining again", secs(15)).await;
-    wait_all_completed(&pool, 16, secs(60), &[&a, &b]).await;
+    wait_all_completed(&pool, 8, secs(60), &[&a, &b]).await;
     assert_each_url_once(&sim, &all);
     let stats = sim.stats();
     assert_eq!(stats.rate_limited, 0, "no request over the rate limit");
