@@ -201,6 +201,20 @@ fn server_cpu(postmaster: Option<u32>) -> f64 {
     total
 }
 
+/// Transactions committed in this database so far (every statement outside a transaction
+/// block is one), as the statistics collector has them.
+async fn commits(c: &mut PgConnection) -> R<i64> {
+    // The counters are flushed by backends now and then; a fresh snapshot each time.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *c)
+        .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *c)
+    .await?)
+}
+
 /// BENCH_PG_STATEMENTS=1, on a server that preloads pg_stat_statements (see BENCHMARKS.md):
 /// forget what this database's statements cost so far.
 async fn statements_reset(c: &mut PgConnection) -> R<()> {
@@ -234,7 +248,17 @@ async fn top_statements(c: &mut PgConnection, what: &str) -> R<()> {
     )
     .fetch_all(&mut *c)
     .await?;
-    println!("{what}: statements by total execution time (calls, total ms, mean ms, rows):");
+    let (calls, total): (i64, f64) = sqlx::query_as(
+        "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(total_exec_time), 0) \
+         FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    println!(
+        "{what}: {calls} statements took {total:.0} ms of execution (lock waits included); the most \
+         costly (calls, total ms, mean ms, rows):"
+    );
     for (calls, total, mean, n, query) in rows {
         println!("  {calls:>7} {total:>9.0} {mean:>8.3} {n:>8}  {query}");
     }
@@ -485,7 +509,7 @@ async fn claims() -> R<()> {
         let secs = t.elapsed().as_secs_f64();
         let server = server_cpu(pm) - server_before;
         let bench = cpu_secs(std::process::id(), false)? - bench_before;
-        let others = machine_busy() - machine_before - server - bench;
+        let others = (machine_busy() - machine_before - server - bench).max(0.0);
         let owners: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT owner) FROM imports WHERE state = 'submitting'",
         )
@@ -586,8 +610,16 @@ async fn throughput_with(n: usize, history: i64) -> R<()> {
     let pm = postmaster(&mut c).await;
     insert_history(&mut c, history).await?;
     insert_rows(&mut c, rows, "tp").await?;
-    sqlx::query("VACUUM ANALYZE").execute(&mut c).await?;
+    // With history, every table as autovacuum would have left it; fresh, only the queue
+    // just loaded (the rest as a new install has it: never analyzed).
+    let analyze = if history > 0 {
+        "VACUUM ANALYZE"
+    } else {
+        "VACUUM ANALYZE imports"
+    };
+    sqlx::query(analyze).execute(&mut c).await?;
     statements_reset(&mut c).await?;
+    let commits_before = commits(&mut c).await?;
     let server_before = server_cpu(pm);
     let bench_before = cpu_secs(std::process::id(), false)?;
     let machine_before = machine_busy();
@@ -608,7 +640,8 @@ async fn throughput_with(n: usize, history: i64) -> R<()> {
     let server = server_cpu(pm) - server_before;
     let bench = cpu_secs(std::process::id(), false)? - bench_before;
     let daemon_cpu: Vec<f64> = daemons.iter().map(Daemon::cpu).collect();
-    let others = machine_busy() - machine_before - server - bench - daemon_cpu.iter().sum::<f64>();
+    let others =
+        (machine_busy() - machine_before - server - bench - daemon_cpu.iter().sum::<f64>()).max(0.0);
     let cpus: Vec<String> = daemon_cpu.iter().map(|c| format!("{c:.1}")).collect();
     let stats = sim.stats();
     let first = stats.post_times.first().map_or(started, |p| p.1);
@@ -619,9 +652,13 @@ async fn throughput_with(n: usize, history: i64) -> R<()> {
     for d in daemons {
         d.stop()?;
     }
+    // Backends report their counters at most every second or so, and at exit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let per_row = (commits(&mut c).await? - commits_before) as f64 / rows as f64;
     println!(
         "throughput: {rows} rows, {n} daemon(s), {}, account concurrency 1000, instant jobs: {:.1}s from start to all finished \
          ({completed} completed) = {:.0} rows/s ({:.0} rows/s from the first POST); {} POSTs, {} status calls; \
+         {per_row:.1} transactions per row; \
          CPU: daemons {} s, server {server:.1}s, bench process (simulator) {bench:.1}s, \
          other processes {others:.1}s (of {:.0} core-s)",
         if history == 0 {
