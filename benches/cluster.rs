@@ -14,7 +14,9 @@
 //! nothing.
 //!
 //! BENCH_LOG=importlyd=debug BENCH_KEEP=1 keeps each run's dir (configs, daemon logs);
-//! BENCH_VERBOSE=1 prints raw samples.
+//! BENCH_VERBOSE=1 prints raw samples; BENCH_PG_STATEMENTS=1, with a server that preloads
+//! pg_stat_statements (IMPORTLYD_TEST_DATABASE_URL), prints the costliest statements of the
+//! claims and throughput runs.
 
 #[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]
@@ -641,7 +643,8 @@ async fn throughput_with(n: usize, history: i64) -> R<()> {
     let bench = cpu_secs(std::process::id(), false)? - bench_before;
     let daemon_cpu: Vec<f64> = daemons.iter().map(Daemon::cpu).collect();
     let others =
-        (machine_busy() - machine_before - server - bench - daemon_cpu.iter().sum::<f64>()).max(0.0);
+        (machine_busy() - machine_before - server - bench - daemon_cpu.iter().sum::<f64>())
+            .max(0.0);
     let cpus: Vec<String> = daemon_cpu.iter().map(|c| format!("{c:.1}")).collect();
     let stats = sim.stats();
     let first = stats.post_times.first().map_or(started, |p| p.1);
