@@ -14,7 +14,9 @@
 //! nothing.
 //!
 //! BENCH_LOG=importlyd=debug BENCH_KEEP=1 keeps each run's dir (configs, daemon logs);
-//! BENCH_VERBOSE=1 prints raw samples.
+//! BENCH_VERBOSE=1 prints raw samples; BENCH_PG_STATEMENTS=1, with a server that preloads
+//! pg_stat_statements (IMPORTLYD_TEST_DATABASE_URL), prints the costliest statements of the
+//! claims and throughput runs.
 
 #[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]
