@@ -85,10 +85,9 @@ async fn wait_all_completed(pool: &PgPool, n: i64, timeout: Duration, procs: &[&
 }
 
 /// Migrates the database once (as an operator would) before the daemons start.
-async fn migrated(db: &TestDb, dir: &Path, sim: &Sim, cfg: &Config) -> PathBuf {
+async fn migrated(db: &TestDb, dir: &Path, cfg: &Config) -> PathBuf {
     let config = write_cluster_config(dir, "migrate", cfg, &db.url);
     cli(&config, &["migrate"]).await.ok();
-    let _ = sim;
     config
 }
 
@@ -141,7 +140,7 @@ async fn three_daemons_share_a_tight_account_and_import_each_url_once() {
             reserve: 0,
         },
     );
-    migrated(&db, dir.path(), &sim, &cfg).await;
+    migrated(&db, dir.path(), &cfg).await;
     let pool = db.pool().await;
     let all = urls("three", 40);
     insert_urls(&pool, &all).await;
@@ -195,7 +194,7 @@ async fn a_killed_daemons_running_jobs_are_adopted_and_never_posted_again() {
             reserve: 0,
         },
     );
-    migrated(&db, dir.path(), &sim, &cfg).await;
+    migrated(&db, dir.path(), &cfg).await;
     let pool = db.pool().await;
     let all = urls("adopt", 4);
     insert_urls(&pool, &all).await;
@@ -255,7 +254,7 @@ async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() 
             reserve: 0,
         },
     );
-    migrated(&db, dir.path(), &sim, &cfg).await;
+    migrated(&db, dir.path(), &cfg).await;
     let pool = db.pool().await;
     let all = urls("frozen", 8);
     insert_urls(&pool, &all).await;

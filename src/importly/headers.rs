@@ -4,7 +4,7 @@
 //! no header can overflow time arithmetic further on; texts are bounded, so none can bloat
 //! a log line or a stored record.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::clock;
 
@@ -56,6 +56,13 @@ impl RateHeaders {
 
     pub fn is_empty(&self) -> bool {
         *self == RateHeaders::default()
+    }
+
+    /// When the window resets, clamped to at most [`clock::MAX_SERVER_WAIT`] after `now`: a
+    /// garbled reset must not park a bucket for years.
+    pub fn reset_at(&self, now: SystemTime) -> Option<SystemTime> {
+        self.reset
+            .map(|r| clock::from_unix_secs(r).min(now + clock::MAX_SERVER_WAIT))
     }
 
     /// The window length, if the header parses.

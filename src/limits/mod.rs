@@ -186,11 +186,11 @@ impl Budget {
     /// Learns from an answer's headers (every answer comes here, with headers or not).
     pub fn observe(&mut self, h: &RateHeaders, now: SystemTime) {
         self.answered = true;
-        let (Some(limit), Some(remaining), Some(reset)) = (h.limit, h.remaining, h.reset) else {
+        let (Some(limit), Some(remaining), Some(reset_at)) =
+            (h.limit, h.remaining, h.reset_at(now))
+        else {
             return;
         };
-        // Clamped: a garbled reset must not park the bucket for years.
-        let reset_at = clock::from_unix_secs(reset).min(now + clock::MAX_SERVER_WAIT);
         let len = h.window_len();
         let fresh = |reserve| Window {
             limit,

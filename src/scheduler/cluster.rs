@@ -283,9 +283,7 @@ impl Scheduler {
         blocked_until: Option<SystemTime>,
     ) {
         let h = &ex.headers;
-        let reset = h.reset.map(|r| {
-            crate::clock::from_unix_secs(r).min(ex.finished_at + crate::clock::MAX_SERVER_WAIT)
-        });
+        let reset = h.reset_at(ex.finished_at);
         let complete = h.limit.is_some() && h.remaining.is_some() && reset.is_some();
         if !complete && blocked_until.is_none() {
             return;

@@ -114,7 +114,6 @@ async fn headers_correct_the_shared_budget_and_a_429_blocks_it(b: Backend) {
             window: None,
             blocked_until: Some(block),
         };
-        s.observe_budget("status", &blocked).await.unwrap();
         s.take_budget("status", 1, &g).await.unwrap();
         s.observe_budget("status", &blocked).await.unwrap();
         let other = b.open_again().await;

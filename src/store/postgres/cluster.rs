@@ -3,8 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::PgStore;
+use super::{PgStore, attempts, iso};
 use crate::clock;
+use crate::store::queue::ambiguous_submit;
 use crate::store::{Adopted, BudgetGuess, BudgetSeen, Grant, Lease, Result, Running};
 
 /// Why an adopted `submitting` row went back to `pending` (its attempt record's error).
@@ -87,48 +88,25 @@ impl PgStore {
         .bind("running")
         .fetch_all(&mut *tx)
         .await?;
-        let released: Vec<(i64, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE imports i SET state = 'pending', owner = NULL, claimed_at = NULL, \
-                 updated_at = now(), next_attempt_at = now() + coalesce( \
-                     (SELECT d.lease_ms FROM daemons d WHERE d.id = i.owner), 0) \
-                     * interval '1 millisecond' \
-             WHERE id IN ({ORPHANS}) \
-             RETURNING id, kind, attempts::bigint"
-        )))
-        .bind(me)
-        .bind("submitting")
-        .fetch_all(&mut *tx)
-        .await?;
-        if !released.is_empty() {
-            let ids: Vec<i64> = released.iter().map(|r| r.0).collect();
-            let endpoints: Vec<&str> = released.iter().map(|r| endpoint(&r.1)).collect();
-            let attempts: Vec<i32> = released
-                .iter()
-                .map(|r| i32::try_from(r.2).unwrap_or(i32::MAX))
-                .collect();
-            sqlx::query(
-                "INSERT INTO import_attempts (import_id, attempt, method, endpoint, started_at, \
-                     finished_at, error, outcome, body_truncated, daemon_version) \
-                 SELECT u.id, u.attempt, 'POST', u.endpoint, now(), now(), $4, \
-                     'ambiguous_submit', false, $5 \
-                 FROM unnest($1::bigint[], $2::integer[], $3::text[]) AS u(id, attempt, endpoint)",
-            )
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&endpoints)
-            .bind(ORPHANED)
-            .bind(env!("CARGO_PKG_VERSION"))
-            .execute(&mut *tx)
+        let released: Vec<(i64, String, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "UPDATE imports i SET state = 'pending', owner = NULL, claimed_at = NULL, \
+                     updated_at = now(), last_error = '{ORPHANED}', \
+                     next_attempt_at = now() + coalesce( \
+                         (SELECT d.lease_ms FROM daemons d WHERE d.id = i.owner), 0) \
+                         * interval '1 millisecond' \
+                 WHERE id IN ({ORPHANS}) \
+                 RETURNING id, kind, attempts::bigint, {}",
+                iso!("now()")
+            )))
+            .bind(me)
+            .bind("submitting")
+            .fetch_all(&mut *tx)
             .await?;
-            sqlx::query(
-                "DELETE FROM import_attempts a WHERE a.import_id = ANY($1) AND a.id NOT IN \
-                     (SELECT b.id FROM import_attempts b WHERE b.import_id = a.import_id \
-                      ORDER BY b.id DESC LIMIT $2)",
-            )
-            .bind(&ids)
-            .bind(i64::from(keep.max(1)))
-            .execute(&mut *tx)
-            .await?;
+        // The same record (and log trimming) as a daemon's own recovery at start-up.
+        for (id, kind, attempts, now) in &released {
+            let record = ambiguous_submit(attempts + 1, endpoint(kind), now, ORPHANED);
+            attempts::insert(&mut tx, *id, &record, keep).await?;
         }
         tx.commit().await?;
         Ok(Adopted {
