@@ -550,8 +550,20 @@ async fn claims() -> R<()> {
 /// 20,000 rows within the run, and autovacuum's ANALYZE (at most once a minute) comes too
 /// late for the group commit's generic plan (see BENCHMARKS.md). Then 1 daemon, with
 /// history, for comparison.
+///
+/// BENCH_THROUGHPUT=DAEMONS:HISTORY[,DAEMONS:HISTORY...] runs only those (e.g. `3:100000`).
 async fn throughput() -> R<()> {
-    for (daemons, history) in [(3, 0), (3, 100_000), (1, 100_000)] {
+    let runs = match std::env::var("BENCH_THROUGHPUT") {
+        Ok(list) => list
+            .split(',')
+            .map(|r| {
+                let (d, h) = r.split_once(':').ok_or("BENCH_THROUGHPUT: DAEMONS:HISTORY")?;
+                Ok((d.trim().parse()?, h.trim().parse()?))
+            })
+            .collect::<R<Vec<(usize, i64)>>>()?,
+        Err(_) => vec![(3, 0), (3, 100_000), (1, 100_000)],
+    };
+    for (daemons, history) in runs {
         throughput_with(daemons, history).await?;
     }
     Ok(())

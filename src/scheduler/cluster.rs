@@ -240,7 +240,7 @@ impl Scheduler {
     }
 
     /// The config's guess at `scope`'s budget, for the shared row's first creation.
-    fn guess(&self, scope: &str) -> BudgetGuess {
+    pub(super) fn guess(&self, scope: &str) -> BudgetGuess {
         let b = match scope {
             "import" => &self.cfg.limits.import,
             "metadata" => &self.cfg.limits.metadata,

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::health::{Health, SharedHealth};
 use crate::importly::{Client, Exchange, JobKind};
 use crate::limits::{Budget, Gate, Pauses, Scope, Slots};
-use crate::store::{Claimed, Progress, Store};
+use crate::store::{Claim, Claimed, Progress, Store};
 use crate::webhook::Hooks;
 
 pub use record::attempt_record;
@@ -167,7 +167,21 @@ struct Lane {
     maybe_due: bool,
     /// The last claim came back full, so rows are surely left: claim without reading first.
     more_due: bool,
+    /// The last claim found the account's slots all taken (several daemons share them).
+    full: Option<Full>,
 }
+
+/// The account's slots were all taken when this daemon held `held` jobs of the kind: it
+/// claims again once `room` of them ended (or at the next queue tick).
+#[derive(Clone, Copy, Debug)]
+struct Full {
+    held: u32,
+    room: u32,
+}
+
+/// The part of the account's slots a daemon waits to see freed by its own jobs before it
+/// claims again into a full account: 1/32 of them (at least one).
+const FULL_ROOM_PART: u32 = 32;
 
 /// When to look again for due rows after the database file changed (see `rechecks`).
 const RECHECKS: [Duration; 2] = [Duration::from_millis(3), Duration::from_millis(20)];
@@ -256,6 +270,7 @@ impl Scheduler {
             submitting: HashSet::new(),
             maybe_due: true,
             more_due: false,
+            full: None,
         };
         let lanes = [
             lane(JobKind::Import, &cfg.limits.import, "import"),
@@ -556,6 +571,9 @@ impl Scheduler {
     /// `importlyd resume` deletes them in the database).
     async fn tick(&mut self) {
         self.look_for_due_rows();
+        for lane in &mut self.lanes {
+            lane.full = None;
+        }
         match self.store.pauses().await {
             Ok(stored) => {
                 let before = self.pauses.clone();
@@ -596,7 +614,14 @@ impl Scheduler {
             Gate::Closed { .. } => return,
         };
         let held = self.held(kind);
+        let guess = self.guess(kind.as_str());
         let lane = &mut self.lanes[li];
+        if lane
+            .full
+            .is_some_and(|f| held.saturating_add(f.room) > f.held)
+        {
+            return;
+        }
         let free_slots = lane.slots.free(held, now);
         let free = u64::from(free_slots);
         let n = gate_n
@@ -619,19 +644,24 @@ impl Scheduler {
                 Err(e) => tracing::warn!(error = %e, "reading the queue failed; claiming anyway"),
             }
         }
-        let claimed = match self
+        let Claim {
+            rows: claimed,
+            grant,
+            full,
+        } = match self
             .store
-            .claim_due(
+            .claim_budgeted(
                 kind.as_str(),
                 n as u32,
                 &now_iso,
                 held.saturating_add(free_slots),
+                &guess,
             )
             .await
         {
-            Ok(rows) => {
+            Ok(claim) => {
                 self.health.write_ok();
-                rows
+                claim
             }
             Err(e) => {
                 self.health.write_failed("claim rows", &e);
@@ -644,39 +674,24 @@ impl Scheduler {
         if !lane.more_due {
             lane.maybe_due = false;
         }
-        let claimed = self.within_shared_budget(li, claimed).await;
+        // Every slot of the account is taken, other daemons' jobs included: claiming again
+        // as soon as one of ours ends would mostly find none free, and each try costs the
+        // claim lock and a count. Wait until a few of ours ended, or the next queue tick
+        // (other daemons' jobs end too).
+        lane.full = full.then(|| Full {
+            held: held.saturating_add(u32::try_from(claimed.len()).unwrap_or(u32::MAX)),
+            room: (held.saturating_add(free_slots) / FULL_ROOM_PART).max(1),
+        });
+        // The shared budget had room for fewer rows than were due (the others stay pending,
+        // untouched): the lane waits for its window.
+        if let Some(until) = grant.until {
+            lane.budget.block_until(until);
+            lane.more_due = false;
+            tracing::debug!(kind = kind.as_str(), "shared budget spent");
+        }
         for row in claimed {
             self.submit(li, row, probe, now).await;
         }
-    }
-
-    /// The claimed rows the shared budget has room for; the others go back to `pending`
-    /// untouched, and the lane waits for the budget's window (SQLite grants them all).
-    async fn within_shared_budget(&mut self, li: usize, mut claimed: Vec<Claimed>) -> Vec<Claimed> {
-        let kind = self.lanes[li].kind;
-        let n = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
-        let grant = self.take_shared(kind.as_str(), n).await;
-        let granted = usize::try_from(grant.granted)
-            .unwrap_or(0)
-            .min(claimed.len());
-        if granted < claimed.len() {
-            let back: Vec<i64> = claimed.split_off(granted).iter().map(|r| r.id).collect();
-            if let Some(until) = grant.until {
-                self.lanes[li].budget.block_until(until);
-            }
-            self.lanes[li].more_due = false;
-            tracing::debug!(
-                rows = back.len(),
-                kind = kind.as_str(),
-                "shared budget spent: rows back to pending"
-            );
-            self.persist("give back rows the shared budget had no room for", |s| {
-                let back = back.clone();
-                async move { s.release(&back).await }
-            })
-            .await;
-        }
-        claimed
     }
 
     async fn submit(&mut self, li: usize, row: Claimed, probe: Option<Scope>, now: SystemTime) {

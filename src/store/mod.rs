@@ -40,7 +40,7 @@ pub use ops::{
 };
 pub use postgres::PgStore;
 pub use progress::{Finished, Progress, Started};
-pub use queue::{Claimed, Fate, Running};
+pub use queue::{Claim, Claimed, Fate, Running};
 pub use sqlite::{BUSY_TIMEOUT, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +249,13 @@ verbs! {
     /// (PostgreSQL) the claim leaves the rows already submitting or running, anyone's,
     /// inside it. (SQLite: one daemon, whose own count already is.)
     fn claim_due(&self, kind: &str, n: u32, now: &str, slots: u32) -> Result<Vec<Claimed>>;
+    /// As `claim_due`, and in the same call takes one request per row from the shared
+    /// budget of scope `kind` (see `take_budget`): only the rows it grants are claimed.
+    /// The grant says until when the budget has no more, when it had fewer than the rows
+    /// due; `full`, that the account's slots are all taken. (SQLite: granted in full, as
+    /// `take_budget`, and never full: its scheduler's own count is the account's.)
+    fn claim_budgeted(&self, kind: &str, n: u32, now: &str, slots: u32, guess: &BudgetGuess)
+        -> Result<Claim>;
     /// When the next pending row of `kind` is due, if any.
     fn next_due(&self, kind: &str) -> Result<Option<String>>;
     /// Back to `pending` (a snooze, or a counted failure that may fail the row).

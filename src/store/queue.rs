@@ -14,6 +14,19 @@ pub struct Claimed {
     pub attempts: i64,
 }
 
+/// What `claim_budgeted` claimed.
+#[derive(Debug)]
+pub struct Claim {
+    pub rows: Vec<Claimed>,
+    /// The shared budget's grant: `until` is set when it had room for fewer rows than were
+    /// due.
+    pub grant: crate::store::Grant,
+    /// The account's slots for the kind are all taken now, counting every daemon's jobs
+    /// (PostgreSQL; always false on SQLite, where the scheduler's own count is the
+    /// account's).
+    pub full: bool,
+}
+
 /// What a reschedule did to a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fate {

@@ -12,6 +12,8 @@ crate::conformance!(
     the_shared_budget_never_grants_more_than_the_window_holds,
     headers_correct_the_shared_budget_and_a_429_blocks_it,
     pg_a_lapsed_lease_is_lost_and_its_rows_adopted,
+    a_budgeted_claim_claims_only_what_the_budget_grants,
+    pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full,
 );
 
 fn endpoint(kind: &str) -> &'static str {
@@ -198,4 +200,105 @@ async fn pg_a_lapsed_lease_is_lost_and_its_rows_adopted(b: Backend) {
     // Nothing left to adopt a second time.
     let again = live.adopt(50, endpoint).await.unwrap();
     assert!(again.running.is_empty() && again.released.is_empty());
+}
+
+/// Due import rows `0..n`, oldest first.
+async fn due_imports(b: &Backend, n: u32) {
+    for i in 0..n {
+        b.exec(&format!(
+            "INSERT INTO imports (url, next_attempt_at) \
+             VALUES ('https://e.com/budgeted{i}', '2020-01-01T00:00:{i:02}.000Z')"
+        ))
+        .await;
+    }
+}
+
+async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
+    let s = b.as_daemon().await;
+    due_imports(&b, 6).await;
+    let g = guess(4, Duration::from_secs(3600));
+    let now = importlyd::clock::now_iso();
+    let claim = s
+        .claim_budgeted("import", 5, &now, u32::MAX, &g)
+        .await
+        .unwrap();
+    assert!(!claim.full, "no slots given, none full");
+    let submitting = b
+        .scalar("SELECT count(*) FROM imports WHERE state = 'submitting'")
+        .await;
+    if b.is_postgres() {
+        assert_eq!(claim.rows.len(), 4, "4 requests in the window: {claim:?}");
+        assert_eq!(claim.grant.granted, 4);
+        let until = claim.grant.until.expect("when the budget has more");
+        assert!(
+            until > SystemTime::now() + Duration::from_secs(3000),
+            "{until:?}"
+        );
+        assert_eq!(submitting, 4, "the rows not granted stay pending, untouched");
+        assert_eq!(
+            b.scalar("SELECT count(*) FROM imports WHERE state = 'pending' AND owner IS NULL")
+                .await,
+            2
+        );
+        // The budget is spent for every daemon.
+        let other = b.open_again().await;
+        assert_eq!(other.take_budget("import", 1, &g).await.unwrap().granted, 0);
+        let none = s
+            .claim_budgeted("import", 5, &now, u32::MAX, &g)
+            .await
+            .unwrap();
+        assert!(none.rows.is_empty() && none.grant.until.is_some(), "{none:?}");
+    } else {
+        assert_eq!(claim.rows.len(), 5, "SQLite: the daemon's own budget decides");
+        assert_eq!(claim.grant.granted, 5);
+        assert_eq!(claim.grant.until, None);
+        assert_eq!(submitting, 5);
+    }
+    // Oldest due first, as `claim_due`.
+    let urls: Vec<&str> = claim.rows.iter().map(|r| r.url.as_str()).collect();
+    assert_eq!(urls[0], "https://e.com/budgeted0");
+    assert!(claim.rows.iter().all(|r| r.kind == "import"));
+}
+
+async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Backend) {
+    if !b.is_postgres() {
+        return;
+    }
+    let s = b.as_daemon().await;
+    let other = b.open_again().await;
+    other
+        .register_daemon(DaemonInfo::this_process(), LEASE)
+        .await
+        .unwrap();
+    due_imports(&b, 5).await;
+    let g = guess(100, Duration::from_secs(3600));
+    let now = importlyd::clock::now_iso();
+    // 3 slots: the claim that takes the last one says so.
+    let first = s.claim_budgeted("import", 3, &now, 3, &g).await.unwrap();
+    assert_eq!(first.rows.len(), 3);
+    assert!(first.full, "every slot taken now");
+    let partial = other.claim_budgeted("import", 1, &now, 5, &g).await.unwrap();
+    assert_eq!(partial.rows.len(), 1);
+    assert!(!partial.full, "4 of 5 slots taken");
+    // Full: nothing claimed, nothing taken from the budget, the rows stay pending.
+    let used_before = b.scalar("SELECT used::bigint FROM budgets WHERE scope = 'import'").await;
+    let none = other.claim_budgeted("import", 5, &now, 4, &g).await.unwrap();
+    assert!(none.rows.is_empty() && none.full, "{none:?}");
+    assert_eq!(none.grant.until, None, "not the budget's doing");
+    assert_eq!(
+        b.scalar("SELECT used::bigint FROM budgets WHERE scope = 'import'").await,
+        used_before
+    );
+    assert_eq!(
+        b.scalar("SELECT count(*) FROM imports WHERE state = 'pending'").await,
+        1
+    );
+    // Racing claims for the last slot: one row between them.
+    let (x, y) = tokio::join!(
+        s.claim_budgeted("import", 5, &now, 5, &g),
+        other.claim_budgeted("import", 5, &now, 5, &g)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.rows.len() + y.rows.len(), 1, "{x:?} {y:?}");
+    assert!(x.full && y.full);
 }

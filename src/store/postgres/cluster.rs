@@ -16,12 +16,17 @@ fn unix_ms(t: SystemTime) -> i64 {
     clock::unix_ms(t)
 }
 
-fn from_unix_ms(ms: i64) -> SystemTime {
+pub(super) fn from_unix_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-fn clamp_i32(n: u64) -> i32 {
+pub(super) fn clamp_i32(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A budget window in milliseconds, at least one.
+pub(super) fn window_ms(window: Duration) -> i64 {
+    i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 impl PgStore {
@@ -142,9 +147,6 @@ impl PgStore {
         if n == 0 {
             return Ok(Grant::all(0));
         }
-        let window_ms = i64::try_from(guess.window.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
         let (granted, until): (i32, Option<i64>) = sqlx::query_as(
             "SELECT granted, until_ms FROM importlyd_take_budget($1, $2, $3, $4, $5)",
         )
@@ -152,7 +154,7 @@ impl PgStore {
         .bind(i32::try_from(n).unwrap_or(i32::MAX))
         .bind(clamp_i32(u64::from(guess.limit)))
         .bind(clamp_i32(u64::from(guess.reserve)))
-        .bind(window_ms)
+        .bind(window_ms(guess.window))
         .fetch_one(&self.pool)
         .await?;
         Ok(Grant {

@@ -9,6 +9,7 @@
 //! throughout, so the hosts' clocks never need to agree.
 
 use super::attempts::{self, json, owned, text};
+use super::cluster::{clamp_i32, from_unix_ms, window_ms};
 use super::{PgStore, iso};
 use crate::clock;
 use crate::store::queue::ambiguous_submit;
@@ -24,9 +25,9 @@ pub(super) const WAKE_WAITERS: &str = concat!(
     "' AND url = (SELECT url FROM imports WHERE id = $1 AND kind = 'metadata')"
 );
 
-/// The advisory lock class of a claim that keeps the account's concurrency (two-key form,
-/// apart from the metadata preflight's class and sqlx's migration lock).
-const CLAIM_LOCK_CLASS: i32 = 0x1d_c1a1;
+// The advisory lock class of a claim that keeps the account's concurrency (two-key form,
+// apart from the metadata preflight's class and sqlx's migration lock) is 0x1d_c1a1, in
+// `importlyd_claim` (migrations_pg/0003_claim_function.sql).
 
 /// The job kinds a claim may name; anything else is the caller's bug, refused as SQLite
 /// refuses it.
@@ -46,7 +47,8 @@ impl PgStore {
     /// `slots` is the account's concurrency for `kind` as this daemon knows it: the rows
     /// already submitting or running, whoever holds them, count against it. Counting and
     /// claiming happen under a per-kind advisory lock, so two daemons claiming at once
-    /// cannot both take the last slot; the lock lives for this short transaction only.
+    /// cannot both take the last slot; the lock lives for one function call only
+    /// (`importlyd_claim`, migrations_pg/0003).
     pub async fn claim_due(
         &self,
         kind: &str,
@@ -54,48 +56,84 @@ impl PgStore {
         _now: &str,
         slots: u32,
     ) -> Result<Vec<Claimed>> {
+        Ok(self.claim(kind, n, slots, None).await?.rows)
+    }
+
+    /// As [`claim_due`](Self::claim_due), and in the same call takes one request of the
+    /// shared budget of scope `kind` per row: only the rows it grants are claimed, so none
+    /// has to be given back; the grant says until when the budget has no more.
+    pub async fn claim_budgeted(
+        &self,
+        kind: &str,
+        n: u32,
+        _now: &str,
+        slots: u32,
+        guess: &BudgetGuess,
+    ) -> Result<Claim> {
+        self.claim(kind, n, slots, Some(guess)).await
+    }
+
+    async fn claim(
+        &self,
+        kind: &str,
+        n: u32,
+        slots: u32,
+        guess: Option<&BudgetGuess>,
+    ) -> Result<Claim> {
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(Claim {
+                rows: Vec::new(),
+                grant: Grant::all(0),
+                full: false,
+            });
         }
         known_kind(kind)?;
-        let mut tx = self.pool.begin().await?;
-        let mut n = i64::from(n);
-        if slots != u32::MAX {
-            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                .bind(CLAIM_LOCK_CLASS)
-                .bind(kind)
-                .execute(&mut *tx)
-                .await?;
-            let busy: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM imports WHERE kind = $1 \
-                 AND state IN ('submitting', 'running')",
-            )
-            .bind(kind)
-            .fetch_one(&mut *tx)
-            .await?;
-            n = n.min(i64::from(slots) - busy);
-            if n <= 0 {
-                return Ok(Vec::new());
-            }
-        }
-        let mut rows = sqlx::query_as::<_, Claimed>(
-            "UPDATE imports SET state = 'submitting', owner = $3, claimed_at = now(), \
-               updated_at = now() \
-             WHERE id IN (SELECT id FROM imports \
-                          WHERE state = 'pending' AND kind = $1 AND next_attempt_at <= now() \
-                          ORDER BY next_attempt_at, id LIMIT $2 \
-                          FOR UPDATE SKIP LOCKED) \
-             RETURNING id, url, kind, options::text AS options, attempts::bigint AS attempts",
+        type Out = (
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            i32,
+            Option<i64>,
+            bool,
+        );
+        let out: Vec<Out> = sqlx::query_as(
+            "SELECT claimed_id, claimed_url, claimed_kind, claimed_options, claimed_attempts, \
+                    granted, until_ms, slots_full \
+             FROM importlyd_claim($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(kind)
-        .bind(n)
+        .bind(clamp_i32(u64::from(n)))
+        .bind((slots != u32::MAX).then(|| clamp_i32(u64::from(slots))))
         .bind(self.me())
-        .fetch_all(&mut *tx)
+        .bind(guess.map(|g| clamp_i32(u64::from(g.limit))))
+        .bind(guess.map(|g| clamp_i32(u64::from(g.reserve))))
+        .bind(guess.map(|g| window_ms(g.window)))
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
+        let until = out.first().and_then(|o| o.6).map(from_unix_ms);
+        let full = out.first().is_some_and(|o| o.7);
+        let mut rows: Vec<Claimed> = out
+            .into_iter()
+            .filter_map(|(id, url, kind, options, attempts, _, _, _)| {
+                Some(Claimed {
+                    id: id?,
+                    url: url?,
+                    kind: kind?,
+                    options: options?,
+                    attempts: attempts?,
+                })
+            })
+            .collect();
         // RETURNING order is unspecified; sorted as SQLite's are.
         rows.sort_by_key(|r| r.id);
-        Ok(rows)
+        let granted = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        Ok(Claim {
+            rows,
+            grant: Grant { granted, until },
+            full,
+        })
     }
 
     /// When the next pending row of `kind` is due, if any, as canonical text. Due is

@@ -48,6 +48,25 @@ fn by_kind(kind: &str, import: &'static str, metadata: &'static str) -> Result<&
 }
 
 impl SqliteStore {
+    /// `claim_due`: one daemon per file, so the budget is the scheduler's own and grants
+    /// every row (as `take_budget`).
+    pub async fn claim_budgeted(
+        &self,
+        kind: &str,
+        n: u32,
+        now: &str,
+        slots: u32,
+        _guess: &crate::store::BudgetGuess,
+    ) -> Result<Claim> {
+        let rows = self.claim_due(kind, n, now, slots).await?;
+        let granted = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        Ok(Claim {
+            rows,
+            grant: crate::store::Grant::all(granted),
+            full: false,
+        })
+    }
+
     /// Claims up to `n` due pending rows of `kind`, oldest due first, in one statement, so
     /// no row can be claimed twice.
     pub async fn claim_due(
