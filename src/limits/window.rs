@@ -101,7 +101,13 @@ impl Window {
     /// Accounts for one request sent at `now`.
     pub fn take(&mut self, now: SystemTime) {
         let spacing = self.spacing(now);
-        self.next_allowed = self.next_allowed.max(now) + spacing;
+        // Below a millisecond nothing is paced (see `burst`): every request of a burst may
+        // go in the same instant. Pushing the pacing on by each one's spacing made the
+        // burst one request long (the second saw `next_allowed` ahead of the same `now`),
+        // so a loop turn sent one of the polls it had taken the shared budget for.
+        if spacing >= Duration::from_millis(1) {
+            self.next_allowed = self.next_allowed.max(now) + spacing;
+        }
         self.remaining = self.remaining.saturating_sub(1);
     }
 
@@ -177,6 +183,13 @@ mod tests {
         let now = t(0);
         let w = Window::fresh(1_000_000_000, Duration::from_secs(3600), now);
         assert_eq!(w.burst(now), 1_000_000_000);
+        // A burst is all there at once: taking from it leaves the rest to go now.
+        let mut w = w;
+        for _ in 0..100 {
+            w.take(now);
+        }
+        assert_eq!(w.burst(now), 1_000_000_000 - 100);
+        assert_eq!(w.next_send_at(now), now);
         let slow = Window::fresh(240, Duration::from_secs(3600), now);
         assert_eq!(slow.burst(now), 1);
     }

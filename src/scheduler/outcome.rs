@@ -405,7 +405,15 @@ impl Scheduler {
         // Only the rows really started are polled: one reset, cancelled or deleted while
         // its submit was in flight must not get (or be polled for) this job.
         let started: HashSet<i64> = started.into_iter().collect();
-        for (id, url, job) in group.jobs {
+        // The group's jobs are first polled together, one status interval after they were
+        // stored: one take from the shared budget for all of them, and their answers come
+        // back together to be recorded as one group. Counted from each answer's arrival,
+        // they fell due one by one, each poll a take and a FINISH of its own.
+        let first_poll = Instant::now() + self.cfg.poll.status_interval;
+        for (id, url, mut job) in group.jobs {
+            if !job.urgent {
+                job.next_poll = first_poll;
+            }
             if started.contains(&id) {
                 tracing::info!(id, job_id = %job.job_id, url = %log_field(&url), "submitted");
                 self.jobs.insert(id, job);
