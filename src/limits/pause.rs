@@ -28,7 +28,7 @@ impl Scope {
         }
     }
 
-    fn parse(s: &str) -> Option<Scope> {
+    pub(crate) fn parse(s: &str) -> Option<Scope> {
         match s {
             "all" => Some(Scope::All),
             "import" => Some(Scope::Import),

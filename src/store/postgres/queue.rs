@@ -8,9 +8,13 @@
 //! leaving `submitting`/`running` gets `owner = NULL`. "Now" is the database's `now()`
 //! throughout, so the hosts' clocks never need to agree.
 
+use std::time::SystemTime;
+
 use super::attempts::{self, json, owned, text};
 use super::{PgStore, iso};
 use crate::clock;
+use crate::importly::JobKind;
+use crate::store::state::Iso;
 use crate::store::queue::ambiguous_submit;
 use crate::store::*;
 
@@ -28,15 +32,6 @@ pub(super) const WAKE_WAITERS: &str = concat!(
 /// apart from the metadata preflight's class and sqlx's migration lock).
 const CLAIM_LOCK_CLASS: i32 = 0x1d_c1a1;
 
-/// The job kinds a claim may name; anything else is the caller's bug, refused as SQLite
-/// refuses it.
-fn known_kind(kind: &str) -> Result<()> {
-    match kind {
-        "import" | "metadata" => Ok(()),
-        other => Err(StoreError::Invalid(format!("unknown job kind {other:?}"))),
-    }
-}
-
 impl PgStore {
     /// Claims up to `n` due pending rows of `kind`, oldest due first, for this daemon. Rows
     /// another daemon is claiming at this moment are skipped, not waited for (`SKIP
@@ -49,15 +44,14 @@ impl PgStore {
     /// cannot both take the last slot; the lock lives for this short transaction only.
     pub async fn claim_due(
         &self,
-        kind: &str,
+        kind: JobKind,
         n: u32,
-        _now: &str,
+        _now: SystemTime,
         slots: u32,
     ) -> Result<Vec<Claimed>> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        known_kind(kind)?;
         let mut tx = self.pool.begin().await?;
         let mut n = i64::from(n);
         if slots != u32::MAX {
@@ -98,13 +92,12 @@ impl PgStore {
         Ok(rows)
     }
 
-    /// When the next pending row of `kind` is due, if any, as canonical text. Due is
+    /// When the next pending row of `kind` is due, if any. Due is
     /// decided by the database's clock: a row due by it but not yet by this host's clock
     /// (running behind) is reported as due now, so the caller's "is it due?" agrees with
     /// the claim's.
-    pub async fn next_due(&self, kind: &str) -> Result<Option<String>> {
-        known_kind(kind)?;
-        let next: Option<(String, bool)> = sqlx::query_as(concat!(
+    pub async fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>> {
+        let next: Option<(Iso, bool)> = sqlx::query_as(concat!(
             "SELECT ",
             iso!("next_attempt_at"),
             ", next_attempt_at <= now() \
@@ -114,8 +107,8 @@ impl PgStore {
         .bind(kind)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(next.map(|(at, due)| {
-            let here = clock::now_iso();
+        Ok(next.map(|(Iso(at), due)| {
+            let here = SystemTime::now();
             if due && at > here { here } else { at }
         }))
     }
@@ -127,7 +120,7 @@ impl PgStore {
     pub async fn reschedule(
         &self,
         id: i64,
-        due: Option<&str>,
+        due: Option<SystemTime>,
         count: bool,
         max_attempts: u32,
         last_error: &str,
@@ -150,7 +143,7 @@ impl PgStore {
         .bind(id)
         .bind(i32::from(count))
         .bind(i64::from(max_attempts))
-        .bind(due)
+        .bind(due.map(clock::iso))
         .bind(text(last_error))
         .bind(me)
         .fetch_optional(&mut *tx)
@@ -224,10 +217,10 @@ impl PgStore {
     pub async fn recover_submitting(
         &self,
         keep: u32,
-        endpoint: fn(&str) -> &'static str,
+        endpoint: fn(JobKind) -> &'static str,
     ) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(concat!(
+        let rows: Vec<(i64, i64, JobKind, String)> = sqlx::query_as(concat!(
             "UPDATE imports SET state = 'pending', next_attempt_at = now(), updated_at = now(), \
                last_error = 'daemon stopped during submit; the POST may have reached Importly', \
                owner = NULL \
@@ -241,7 +234,7 @@ impl PgStore {
         for (id, attempts, kind, now) in &rows {
             let record = ambiguous_submit(
                 attempts + 1,
-                endpoint(kind),
+                endpoint(*kind),
                 now,
                 "daemon stopped while this row was being submitted; \
                  a job may exist at Importly without our record of it",

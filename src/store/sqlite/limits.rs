@@ -3,6 +3,7 @@
 use super::SqliteStore;
 use crate::clock;
 use crate::store::Result;
+use crate::limits::Scope;
 use crate::store::limits::*;
 
 impl SqliteStore {
@@ -22,17 +23,17 @@ impl SqliteStore {
              ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason, \
                http_status = excluded.http_status, next_probe = excluded.next_probe",
         )
-        .bind(&p.scope)
+        .bind(p.scope)
         .bind(&p.reason)
         .bind(p.http_status)
-        .bind(&p.since)
-        .bind(&p.next_probe)
+        .bind(clock::iso(p.since))
+        .bind(clock::iso(p.next_probe))
         .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
 
-    pub async fn clear_pause(&self, scope: &str) -> Result<()> {
+    pub async fn clear_pause(&self, scope: Scope) -> Result<()> {
         sqlx::query("DELETE FROM pauses WHERE scope = ?")
             .bind(scope)
             .execute(&mut *self.writer().await?)
