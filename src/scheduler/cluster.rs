@@ -222,7 +222,7 @@ impl Scheduler {
 
     /// A running row (ours after a restart, or adopted): polled from `at`, never resubmitted.
     pub(super) fn resume_job(&mut self, r: Running, at: Instant) {
-        let kind = JobKind::parse(&r.kind).unwrap_or(JobKind::Import);
+        let kind = r.kind;
         self.jobs.insert(
             r.id,
             Job {

@@ -223,11 +223,9 @@ fn log_field(text: &str) -> String {
     crate::importly::bounded(text, crate::importly::MAX_LOG_FIELD)
 }
 
-/// Where a row of `kind` (as stored) is submitted, for the record of an interrupted submit.
-fn submit_path(kind: &str) -> &'static str {
-    JobKind::parse(kind)
-        .unwrap_or(JobKind::Import)
-        .submit_path()
+/// Where a row of `kind` is submitted, for the record of an interrupted submit.
+fn submit_path(kind: JobKind) -> &'static str {
+    kind.submit_path()
 }
 
 fn lane_index(kind: JobKind) -> usize {
@@ -421,7 +419,7 @@ impl Scheduler {
                 self.early_hints.remove(&row.id);
                 self.spend_webhook(row.id);
                 let keep = self.cfg.log.keep_attempts;
-                let endpoint = submit_path(&row.kind);
+                let endpoint = submit_path(row.kind);
                 let id = row.id;
                 let written = self
                     .persist("release a row whose submit died", |s| async move {
@@ -608,10 +606,9 @@ impl Scheduler {
         }
         // A read first: an idle tick must not take the write lock that other processes'
         // INSERTs wait for. Not needed while claims come back full (a busy queue).
-        let now_iso = clock::iso(now);
         if !lane.more_due {
-            match self.store.next_due(kind.as_str()).await {
-                Ok(Some(due)) if due <= now_iso => {}
+            match self.store.next_due(kind).await {
+                Ok(Some(due)) if due <= now => {}
                 Ok(_) => {
                     lane.maybe_due = false;
                     return;
@@ -622,9 +619,9 @@ impl Scheduler {
         let claimed = match self
             .store
             .claim_due(
-                kind.as_str(),
+                kind,
                 n as u32,
-                &now_iso,
+                now,
                 held.saturating_add(free_slots),
             )
             .await

@@ -120,7 +120,7 @@ impl Scheduler {
                 "pause lifted: Importly accepts us again"
             );
             self.persist("lift pause", |s| async move {
-                s.clear_pause(scope.as_str()).await
+                s.clear_pause(scope).await
             })
             .await;
             self.look_for_due_rows();
@@ -263,9 +263,9 @@ impl Scheduler {
                 let max = self.cfg.retry.max_attempts;
                 let fate = self
                     .persist("reschedule row", |s| {
-                        let (why, record, due) = (why.clone(), record.clone(), clock::iso(due));
+                        let (why, record) = (why.clone(), record.clone());
                         async move {
-                            s.reschedule(id, Some(&due), true, max, &why, Some(&record), keep)
+                            s.reschedule(id, Some(due), true, max, &why, Some(&record), keep)
                                 .await
                         }
                     })
@@ -518,9 +518,9 @@ impl Scheduler {
         let max = self.cfg.retry.max_attempts;
         let fate = self
             .persist("snooze row", |s| {
-                let (why, record, due) = (why.clone(), record.clone(), due.map(clock::iso));
+                let (why, record) = (why.clone(), record.clone());
                 async move {
-                    s.reschedule(id, due.as_deref(), false, max, &why, Some(&record), keep)
+                    s.reschedule(id, due, false, max, &why, Some(&record), keep)
                         .await
                 }
             })
