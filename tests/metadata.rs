@@ -173,11 +173,11 @@ async fn metadata_rows_complete_and_fill_the_cache() {
             "the cache keeps the whole data object"
         );
         assert_eq!(c.job_id.as_deref(), Some(job.as_str()));
-        let fetched = iso_ms(&c.fetched_at);
+        let fetched = unix_ms(c.fetched_at);
         assert!(
             t0 <= fetched && fetched <= t1,
             "fetched_at {} not in the run",
-            c.fetched_at
+            importlyd::clock::iso(c.fetched_at)
         );
 
         let log = db.attempts(*id).await;
@@ -264,7 +264,7 @@ async fn after_the_ttl_a_repeat_calls_the_api_again() {
     let first_row = settled(db, first, secs(10)).await;
     assert_eq!(first_row.state, "completed");
     let old = cached(db, &url).await.expect("cached");
-    let expired = iso_ms(&old.fetched_at) + ttl.as_millis() as u64 + 50;
+    let expired = unix_ms(old.fetched_at) + ttl.as_millis() as u64 + 50;
     wait_until("the cache entry to expire", secs(5), || async move {
         now_ms() > expired
     })

@@ -362,7 +362,7 @@ mod tests {
     fn snap(pairs: &[(&str, i64)], total: u64) -> Snapshot {
         Snapshot::of(
             RowsProgress {
-                counts: pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+                counts: pairs.iter().map(|(s, n)| (s.parse().unwrap(), *n)).collect(),
                 last_update: None,
             },
             total,

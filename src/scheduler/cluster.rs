@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{Job, Scheduler, submit_path};
-use crate::importly::{Exchange, JobKind};
+use crate::importly::Exchange;
 use crate::store::{BudgetGuess, BudgetSeen, DaemonInfo, Grant, Lease, Running};
 
 /// Corrections of a shared budget from answers' headers go at most this often per scope,

@@ -26,7 +26,6 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock;
 use crate::config::Config;
 use crate::health::{Health, SharedHealth};
 use crate::importly::{Client, Exchange, JobKind};
@@ -1141,7 +1140,7 @@ mod tests {
             .await
             .unwrap();
         let row = store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap()
             .remove(0);
@@ -1203,15 +1202,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, store) = scheduler_in(dir.path(), |_| {}).await;
         let now = SystemTime::now();
-        let due = clock::iso(now - Duration::from_secs(1));
-        let stored = |scope: &str, status| crate::store::StoredPause {
-            scope: scope.into(),
+        let due = now - Duration::from_secs(1);
+        let stored = |scope: Scope, status| crate::store::StoredPause {
+            scope,
             reason: "x".into(),
             http_status: Some(status),
-            since: due.clone(),
-            next_probe: due.clone(),
+            since: due,
+            next_probe: due,
         };
-        s.pauses.load(&[stored("all", 401), stored("import", 402)]);
+        s.pauses.load(&[stored(Scope::All, 401), stored(Scope::Import, 402)]);
         assert!(matches!(
             s.pauses.submit_gate(Scope::Import, now),
             Gate::Probe(_)
@@ -1224,7 +1223,7 @@ mod tests {
         assert!(matches!(s.pauses.poll_gate(now), Gate::Closed { .. }));
         // And the database says so too (the queue tick reloads pauses from there).
         for p in store.pauses().await.unwrap() {
-            assert!(p.next_probe > clock::iso(now), "{p:?}");
+            assert!(p.next_probe > now, "{p:?}");
         }
         store.close().await;
     }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use importlyd::importly::JobKind;
 use importlyd::store::{BudgetGuess, BudgetSeen, DaemonInfo, Lease, Store};
 
 use crate::{Backend, LEASE};
@@ -14,11 +15,10 @@ crate::conformance!(
     pg_a_lapsed_lease_is_lost_and_its_rows_adopted,
 );
 
-fn endpoint(kind: &str) -> &'static str {
-    if kind == "metadata" {
-        "/metadata"
-    } else {
-        "/import"
+fn endpoint(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Metadata => "/metadata",
+        JobKind::Import => "/import",
     }
 }
 
@@ -140,7 +140,7 @@ async fn pg_a_lapsed_lease_is_lost_and_its_rows_adopted(b: Backend) {
         .await;
     }
     let claimed = dead
-        .claim_due("import", 3, &importlyd::clock::now_iso(), u32::MAX)
+        .claim_due(JobKind::Import, 3, SystemTime::now(), u32::MAX)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);

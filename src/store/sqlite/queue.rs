@@ -312,7 +312,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let id = rows(&store, 1).await[0];
         store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         sqlx::query("DELETE FROM imports WHERE id = ?")
@@ -321,10 +321,10 @@ mod tests {
             .await
             .unwrap();
         let r = record();
-        let due = clock::now_iso();
+        let due = SystemTime::now();
         for count in [true, false] {
             let fate = store
-                .reschedule(id, Some(&due), count, 8, "x", Some(&r), 50)
+                .reschedule(id, Some(due), count, 8, "x", Some(&r), 50)
                 .await
                 .unwrap();
             assert_eq!(fate, Fate::Gone);
@@ -359,7 +359,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let ids = rows(&store, 3).await;
         let first = store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(first[0].id, ids[0]);
@@ -369,7 +369,7 @@ mod tests {
             .unwrap();
         assert_eq!(fate, Fate::Pending);
         let again = store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(again[0].id, ids[0]);
@@ -384,7 +384,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let id = rows(&store, 1).await[0];
         store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         let released = store
