@@ -393,7 +393,10 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
     let store = Store::open_sqlite(&path).await.unwrap();
     assert_eq!(
         store
-            .purge(importlyd::clock::parse_iso("9999-01-01T00:00:00.000Z").unwrap(), false)
+            .purge(
+                importlyd::clock::parse_iso("9999-01-01T00:00:00.000Z").unwrap(),
+                false
+            )
             .await
             .unwrap(),
         0

@@ -325,7 +325,7 @@ pub fn parse_record(
     };
     Ok(Some(EnqueueRow {
         url,
-        kind: defaults.kind.clone(),
+        kind: defaults.kind,
         options: field(1).or_else(|| defaults.options.clone()),
         external_id: field(2),
     }))

@@ -495,8 +495,10 @@ mod tests {
     /// `--state` offers exactly the states the schema allows.
     #[test]
     fn state_values_are_the_schema_states() {
-        let ours: Vec<crate::store::State> =
-            State::value_variants().iter().map(|s| s.to_store()).collect();
+        let ours: Vec<crate::store::State> = State::value_variants()
+            .iter()
+            .map(|s| s.to_store())
+            .collect();
         assert_eq!(ours, crate::store::State::ALL);
         for s in State::value_variants() {
             assert_eq!(s.as_str(), s.to_store().as_str());

@@ -206,9 +206,8 @@ impl Snapshot {
     }
 
     fn finished(&self) -> u64 {
-        let terminal = self.count(State::Completed)
-            + self.count(State::Failed)
-            + self.count(State::Cancelled);
+        let terminal =
+            self.count(State::Completed) + self.count(State::Failed) + self.count(State::Cancelled);
         u64::try_from(terminal).unwrap_or(0) + self.missing()
     }
 
@@ -362,7 +361,10 @@ mod tests {
     fn snap(pairs: &[(&str, i64)], total: u64) -> Snapshot {
         Snapshot::of(
             RowsProgress {
-                counts: pairs.iter().map(|(s, n)| (s.parse().unwrap(), *n)).collect(),
+                counts: pairs
+                    .iter()
+                    .map(|(s, n)| (s.parse().unwrap(), *n))
+                    .collect(),
                 last_update: None,
             },
             total,

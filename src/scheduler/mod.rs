@@ -617,12 +617,7 @@ impl Scheduler {
         }
         let claimed = match self
             .store
-            .claim_due(
-                kind,
-                n as u32,
-                now,
-                held.saturating_add(free_slots),
-            )
+            .claim_due(kind, n as u32, now, held.saturating_add(free_slots))
             .await
         {
             Ok(rows) => {
@@ -1210,7 +1205,8 @@ mod tests {
             since: due,
             next_probe: due,
         };
-        s.pauses.load(&[stored(Scope::All, 401), stored(Scope::Import, 402)]);
+        s.pauses
+            .load(&[stored(Scope::All, 401), stored(Scope::Import, 402)]);
         assert!(matches!(
             s.pauses.submit_gate(Scope::Import, now),
             Gate::Probe(_)

@@ -119,10 +119,8 @@ impl Scheduler {
                 scope = scope.as_str(),
                 "pause lifted: Importly accepts us again"
             );
-            self.persist("lift pause", |s| async move {
-                s.clear_pause(scope).await
-            })
-            .await;
+            self.persist("lift pause", |s| async move { s.clear_pause(scope).await })
+                .await;
             self.look_for_due_rows();
         }
     }

@@ -101,19 +101,17 @@ impl Scheduler {
                         let max = self.cfg.retry.max_attempts;
                         let keep = self.cfg.log.keep_attempts;
                         let fate = self
-                            .persist("wait for preflight metadata", |s| {
-                                async move {
-                                    s.reschedule(
-                                        id,
-                                        Some(due),
-                                        false,
-                                        max,
-                                        MetadataRow::WAITING,
-                                        None,
-                                        keep,
-                                    )
-                                    .await
-                                }
+                            .persist("wait for preflight metadata", |s| async move {
+                                s.reschedule(
+                                    id,
+                                    Some(due),
+                                    false,
+                                    max,
+                                    MetadataRow::WAITING,
+                                    None,
+                                    keep,
+                                )
+                                .await
                             })
                             .await;
                         if fate == Some(crate::store::Fate::Gone) {
@@ -179,11 +177,9 @@ impl Scheduler {
         let due = SystemTime::now() + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
         let (max, keep) = (self.cfg.retry.max_attempts, self.cfg.log.keep_attempts);
         let fate = self
-            .persist("wait for metadata in flight", |s| {
-                async move {
-                    s.reschedule(id, Some(due), false, max, MetadataRow::WAITING, None, keep)
-                        .await
-                }
+            .persist("wait for metadata in flight", |s| async move {
+                s.reschedule(id, Some(due), false, max, MetadataRow::WAITING, None, keep)
+                    .await
             })
             .await;
         if fate == Some(crate::store::Fate::Gone) {

@@ -88,9 +88,14 @@ async fn pauses_are_set_refreshed_and_cleared(b: Backend) {
         .await
         .expect("clearing nothing is fine");
 
-    s.set_pause(&pause("metadata", "HTTP 402", Some(402), &clock::iso(import.since)))
-        .await
-        .expect("set");
+    s.set_pause(&pause(
+        "metadata",
+        "HTTP 402",
+        Some(402),
+        &clock::iso(import.since),
+    ))
+    .await
+    .expect("set");
     assert_eq!(s.clear_pauses().await.expect("resume"), 2);
     assert_eq!(s.pauses().await.expect("read"), vec![]);
     assert_eq!(s.clear_pauses().await.expect("resume"), 0);

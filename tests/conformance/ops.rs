@@ -532,7 +532,12 @@ async fn status_counts_follow_every_change(b: Backend) {
     assert_eq!(s.status_counts().await.unwrap().oldest_pending, None);
     assert_eq!(s.retry(&[], true, None).await.unwrap().len(), 2);
     counts_agree(&b, s, "retry").await;
-    assert_eq!(s.purge(instant("2030-01-01T00:00:00.000Z"), false).await.unwrap(), 2);
+    assert_eq!(
+        s.purge(instant("2030-01-01T00:00:00.000Z"), false)
+            .await
+            .unwrap(),
+        2
+    );
     counts_agree(&b, s, "purge").await;
     // A second store (another process) reads the same.
     let other = b.open_again().await;
@@ -632,7 +637,8 @@ async fn queue_shape_counts_ahead_running_and_the_mean_job_time(b: Backend) {
         }
     }
     let shape = s.queue_shape().await.unwrap();
-    let m = |pairs: &[(JobKind, u64)]| -> BTreeMap<JobKind, u64> { pairs.iter().copied().collect() };
+    let m =
+        |pairs: &[(JobKind, u64)]| -> BTreeMap<JobKind, u64> { pairs.iter().copied().collect() };
     assert_eq!(
         shape.ahead,
         m(&[(JobKind::Import, 3), (JobKind::Metadata, 1)]),
@@ -1472,7 +1478,10 @@ async fn an_open_insert_blocks_no_claim_and_no_count(b: Backend) {
         .unwrap();
     open.commit().await.unwrap();
     counts_agree(&b, s, "the open transaction's commit").await;
-    assert_eq!(s.status_counts().await.unwrap().counts[&State::Pending], 1503);
+    assert_eq!(
+        s.status_counts().await.unwrap().counts[&State::Pending],
+        1503
+    );
     user.close().await.ok();
 }
 

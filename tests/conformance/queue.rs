@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use importlyd::importly::JobKind;
 use importlyd::clock;
+use importlyd::importly::JobKind;
 use importlyd::store::{
     AttemptRecord, DaemonInfo, Fate, Finished, Progress, Started, Store, StoredAttempt, Written,
 };
@@ -238,7 +238,10 @@ async fn a_row_not_yet_due_is_not_claimed(b: Backend) {
     let later = import(&b, "https://e.com/later", FUTURE).await;
     assert!(claim(s, JobKind::Import, 10).await.is_empty());
     assert_eq!(state(&b, later).await, "pending");
-    assert_eq!(s.next_due(JobKind::Import).await.unwrap(), Some(instant(FUTURE)));
+    assert_eq!(
+        s.next_due(JobKind::Import).await.unwrap(),
+        Some(instant(FUTURE))
+    );
     assert_eq!(s.next_due(JobKind::Metadata).await.unwrap(), None);
 
     // A plain INSERT is due at once, and next_due says so in the canonical form.
@@ -257,7 +260,10 @@ async fn a_row_not_yet_due_is_not_claimed(b: Backend) {
         "UPDATE imports SET next_attempt_at = '{PAST}' WHERE id = {later}"
     ))
     .await;
-    assert_eq!(s.next_due(JobKind::Import).await.unwrap(), Some(instant(PAST)));
+    assert_eq!(
+        s.next_due(JobKind::Import).await.unwrap(),
+        Some(instant(PAST))
+    );
     assert_eq!(claim(s, JobKind::Import, 10).await, vec![later]);
     assert_eq!(s.next_due(JobKind::Import).await.unwrap(), None);
 }
@@ -1475,7 +1481,11 @@ async fn pg_claims_keep_the_accounts_slots_across_daemons(b: Backend) {
     // Metadata has slots of its own.
     insert(&b, "metadata", "https://e.com/meta", PAST).await;
     assert_eq!(
-        other.claim_due(JobKind::Metadata, 5, now, 1).await.unwrap().len(),
+        other
+            .claim_due(JobKind::Metadata, 5, now, 1)
+            .await
+            .unwrap()
+            .len(),
         1
     );
     // One job ends: one slot comes back, to whichever daemon claims first.
@@ -1485,10 +1495,19 @@ async fn pg_claims_keep_the_accounts_slots_across_daemons(b: Backend) {
     ))
     .await;
     assert_eq!(
-        other.claim_due(JobKind::Import, 5, now, 2).await.unwrap().len(),
+        other
+            .claim_due(JobKind::Import, 5, now, 2)
+            .await
+            .unwrap()
+            .len(),
         1
     );
-    assert!(a.claim_due(JobKind::Import, 5, now, 2).await.unwrap().is_empty());
+    assert!(
+        a.claim_due(JobKind::Import, 5, now, 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Claims racing from both daemons at once still stop at the slots.
     b.exec("UPDATE imports SET state = 'completed', owner = NULL WHERE state <> 'pending'")
         .await;

@@ -97,7 +97,10 @@ impl PgStore {
     /// first; minutes without any are absent. The minute is the canonical text's first 16
     /// characters (`2026-12-07T01:52`), in UTC whatever the session's time zone. A range of
     /// `imports_by_state` per state.
-    pub async fn finished_per_minute(&self, since: std::time::SystemTime) -> Result<Vec<MinuteCount>> {
+    pub async fn finished_per_minute(
+        &self,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<MinuteCount>> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI'), state, \
                     count(*) \

@@ -56,7 +56,11 @@ impl PgStore {
     /// daemon that was frozen, not dead, may still read its submit's answer when it thaws
     /// and hand the job over (`attach_job`) instead of the row being posted twice. One transaction; `SKIP LOCKED`, so two live daemons adopting
     /// at once split the rows instead of waiting on each other, and each row gets one owner.
-    pub async fn adopt(&self, keep: u32, endpoint: fn(crate::importly::JobKind) -> &'static str) -> Result<Adopted> {
+    pub async fn adopt(
+        &self,
+        keep: u32,
+        endpoint: fn(crate::importly::JobKind) -> &'static str,
+    ) -> Result<Adopted> {
         let me = self.me();
         if me == 0 {
             return Ok(Adopted::default());

@@ -127,7 +127,10 @@ impl PgStore {
             serde_json::from_str(&cached.data).unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(m) = &mut data {
             m.insert("fromCache".into(), true.into());
-            m.insert("cachedAt".into(), crate::clock::iso(cached.fetched_at).into());
+            m.insert(
+                "cachedAt".into(),
+                crate::clock::iso(cached.fetched_at).into(),
+            );
         }
         let mut tx = self.pool.begin().await?;
         let url: Option<String> = sqlx::query_scalar(

@@ -88,7 +88,7 @@ const INSERT_ONE: &str = "INSERT INTO imports (url, kind, options, external_id) 
 async fn insert_one(conn: &mut PgConnection, r: &EnqueueRow) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(INSERT_ONE)
         .bind(&r.url)
-        .bind(&r.kind)
+        .bind(r.kind)
         .bind(&r.options)
         .bind(&r.external_id)
         .fetch_optional(conn)

@@ -14,8 +14,8 @@ use super::attempts::{self, json, owned, text};
 use super::{PgStore, iso};
 use crate::clock;
 use crate::importly::JobKind;
-use crate::store::state::Iso;
 use crate::store::queue::ambiguous_submit;
+use crate::store::state::Iso;
 use crate::store::*;
 
 /// Makes the imports waiting on metadata row `$1`'s URL due now: run in the transaction

@@ -83,7 +83,10 @@ impl SqliteStore {
 
     /// Rows completed and failed per minute since `since`, oldest first; minutes
     /// without any are absent. A range of `imports_by_state` per state.
-    pub async fn finished_per_minute(&self, since: std::time::SystemTime) -> Result<Vec<MinuteCount>> {
+    pub async fn finished_per_minute(
+        &self,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<MinuteCount>> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT substr(updated_at, 1, 16), state, count(*) FROM imports \
              WHERE state IN ('completed', 'failed') AND updated_at >= ? \

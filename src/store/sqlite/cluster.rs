@@ -11,7 +11,11 @@ impl SqliteStore {
         Ok(Lease::Held { valid_for: None })
     }
 
-    pub async fn adopt(&self, _keep: u32, _endpoint: fn(JobKind) -> &'static str) -> Result<Adopted> {
+    pub async fn adopt(
+        &self,
+        _keep: u32,
+        _endpoint: fn(JobKind) -> &'static str,
+    ) -> Result<Adopted> {
         Ok(Adopted::default())
     }
 

@@ -20,7 +20,7 @@ async fn insert_one(
          ON CONFLICT (external_id) DO NOTHING RETURNING id",
     )
     .bind(&r.url)
-    .bind(&r.kind)
+    .bind(r.kind)
     .bind(&r.options)
     .bind(&r.external_id)
     .fetch_optional(&mut **tx)

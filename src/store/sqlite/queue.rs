@@ -6,9 +6,9 @@ use super::SqliteStore;
 use crate::clock;
 use crate::importly::JobKind;
 use crate::store::Result;
-use crate::store::state::Iso;
 use crate::store::attempts::{self, AttemptRecord, Written};
 use crate::store::queue::*;
+use crate::store::state::Iso;
 
 /// The claim statement for one kind. `?1` is the batch size, `?2` the time. The CAST keeps
 /// `LIMIT` from being a bare parameter: SQLite plans a bare one by its bound value and so
