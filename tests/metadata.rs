@@ -246,7 +246,10 @@ async fn a_repeat_within_the_ttl_completes_from_the_cache() {
     let c = cached(db, &url).await.expect("cached");
     let result = json_of(row.result.as_deref());
     assert_eq!(result["fromCache"], true, "{result}");
-    assert_eq!(result["cachedAt"], json!(importlyd::clock::iso(c.fetched_at)));
+    assert_eq!(
+        result["cachedAt"],
+        json!(importlyd::clock::iso(c.fetched_at))
+    );
     let fetched = json_of(first_row.result.as_deref());
     assert_eq!(result["result"], fetched["result"], "the same metadata");
     assert_eq!(row.importly_job_id, first_row.importly_job_id);
