@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use importlyd::importly::JobKind;
 use importlyd::sim::{BucketConfig, Sim, SimConfig};
 use importlyd::store::{DaemonInfo, PgStore, Store};
 use sqlx::{Connection, PgConnection};
@@ -492,9 +493,9 @@ async fn claims() -> R<()> {
                 let (mut rows, mut calls) = (0usize, 0usize);
                 let mut worst = Duration::ZERO;
                 while t.elapsed() < run {
-                    let now = importlyd::clock::now_iso();
+                    let now = SystemTime::now();
                     let one = Instant::now();
-                    rows += s.claim_due("import", 64, &now, u32::MAX).await?.len();
+                    rows += s.claim_due(JobKind::Import, 64, now, u32::MAX).await?.len();
                     worst = worst.max(one.elapsed());
                     calls += 1;
                 }

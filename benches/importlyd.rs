@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
+use importlyd::importly::JobKind;
 use importlyd::sim::{BucketConfig, JobTimes, Sim, SimConfig};
 use importlyd::store::Store;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -325,9 +326,9 @@ async fn claims() -> R<()> {
         let t = Instant::now();
         let mut claimed = 0usize;
         while t.elapsed() < Duration::from_secs(5) {
-            let now = importlyd::clock::now_iso();
+            let now = SystemTime::now();
             claimed += store
-                .claim_due("import", batch, &now, u32::MAX)
+                .claim_due(JobKind::Import, batch, now, u32::MAX)
                 .await?
                 .len();
         }

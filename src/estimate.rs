@@ -15,6 +15,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::importly::JobKind;
+
 /// What is known of one lane (import or metadata).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LaneInput {
@@ -228,23 +230,19 @@ pub fn inputs(
 ) -> Vec<LaneInput> {
     let mut lanes = Vec::new();
     for (kind, limit) in [
-        ("import", &cfg.limits.import),
-        ("metadata", &cfg.limits.metadata),
+        (JobKind::Import, &cfg.limits.import),
+        (JobKind::Metadata, &cfg.limits.metadata),
     ] {
-        let Some(view) = views.get(kind) else {
+        let Some(view) = views.get(kind.as_str()) else {
             continue;
         };
-        let get = |m: &std::collections::BTreeMap<String, u64>| m.get(kind).copied().unwrap_or(0);
+        let get = |m: &std::collections::BTreeMap<JobKind, u64>| m.get(&kind).copied().unwrap_or(0);
         let window = view
             .window_secs
             .map(Duration::from_secs)
             .unwrap_or(limit.window);
         lanes.push(LaneInput {
-            kind: if kind == "import" {
-                "import"
-            } else {
-                "metadata"
-            },
+            kind: kind.as_str(),
             ahead: get(&shape.ahead),
             running: get(&shape.running),
             limit: view.limit,
@@ -255,7 +253,7 @@ pub fn inputs(
             slots: limit.concurrent,
             mean_job: shape
                 .mean_job_ms
-                .get(kind)
+                .get(&kind)
                 .map(|ms| Duration::from_secs_f64((ms / 1000.0).min(MAX_ESTIMATE.as_secs_f64()))),
         });
     }

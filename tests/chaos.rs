@@ -785,7 +785,7 @@ async fn reader(pool: SqlitePool, stop: CancellationToken, committed: Arc<Atomic
                 bad.push(format!("{ext} of our rows visible, {floor} committed"));
             }
             for (s, _) in &counts {
-                if !importlyd::store::STATES.contains(&s.as_str()) {
+                if s.parse::<importlyd::store::State>().is_err() {
                     bad.push(format!("unknown state {s}"));
                 }
             }

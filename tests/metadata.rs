@@ -173,11 +173,11 @@ async fn metadata_rows_complete_and_fill_the_cache() {
             "the cache keeps the whole data object"
         );
         assert_eq!(c.job_id.as_deref(), Some(job.as_str()));
-        let fetched = iso_ms(&c.fetched_at);
+        let fetched = unix_ms(c.fetched_at);
         assert!(
             t0 <= fetched && fetched <= t1,
             "fetched_at {} not in the run",
-            c.fetched_at
+            importlyd::clock::iso(c.fetched_at)
         );
 
         let log = db.attempts(*id).await;
@@ -246,7 +246,10 @@ async fn a_repeat_within_the_ttl_completes_from_the_cache() {
     let c = cached(db, &url).await.expect("cached");
     let result = json_of(row.result.as_deref());
     assert_eq!(result["fromCache"], true, "{result}");
-    assert_eq!(result["cachedAt"], json!(c.fetched_at));
+    assert_eq!(
+        result["cachedAt"],
+        json!(importlyd::clock::iso(c.fetched_at))
+    );
     let fetched = json_of(first_row.result.as_deref());
     assert_eq!(result["result"], fetched["result"], "the same metadata");
     assert_eq!(row.importly_job_id, first_row.importly_job_id);
@@ -264,7 +267,7 @@ async fn after_the_ttl_a_repeat_calls_the_api_again() {
     let first_row = settled(db, first, secs(10)).await;
     assert_eq!(first_row.state, "completed");
     let old = cached(db, &url).await.expect("cached");
-    let expired = iso_ms(&old.fetched_at) + ttl.as_millis() as u64 + 50;
+    let expired = unix_ms(old.fetched_at) + ttl.as_millis() as u64 + 50;
     wait_until("the cache entry to expire", secs(5), || async move {
         now_ms() > expired
     })

@@ -8,6 +8,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use std::time::SystemTime;
+
+use importlyd::importly::JobKind;
 use importlyd::store::Store;
 
 /// A config for the binary's operator commands (no daemon, no simulator).
@@ -124,7 +127,7 @@ async fn the_claim_sees_offset_times_as_the_instants_they_are() {
     let later = insert_due(&db, "https://e.com/later", &future).await;
     let store = Store::open_sqlite(&path).await.unwrap();
     let claimed = store
-        .claim_due("import", 10, &importlyd::clock::now_iso(), u32::MAX)
+        .claim_due(JobKind::Import, 10, SystemTime::now(), u32::MAX)
         .await
         .unwrap();
     let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
@@ -390,7 +393,10 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
     let store = Store::open_sqlite(&path).await.unwrap();
     assert_eq!(
         store
-            .purge("9999-01-01T00:00:00.000Z", false)
+            .purge(
+                importlyd::clock::parse_iso("9999-01-01T00:00:00.000Z").unwrap(),
+                false
+            )
             .await
             .unwrap(),
         0

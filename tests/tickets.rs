@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use importlyd::sim::{BucketConfig, Sim, SimConfig};
-use importlyd::store::{ListFilter, Row, Store, StoredAttempt};
+use importlyd::store::{ListFilter, Row, State, Store, StoredAttempt};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -888,7 +888,7 @@ async fn operator_commands_work_while_the_daemon_runs() {
         .store()
         .await
         .list(&ListFilter {
-            state: Some("completed".into()),
+            state: Some(State::Completed),
             ..ListFilter::default()
         })
         .await

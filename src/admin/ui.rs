@@ -111,11 +111,10 @@ fn db_error(e: impl std::fmt::Display) -> Response {
 /// included), the configured concurrency per lane and the latest failed rows.
 async fn overview(State(s): State<AdminState>) -> Response {
     let now = SystemTime::now();
-    let since = clock::iso(
-        now.checked_sub(CHART_SPAN)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-    );
-    let per_minute: Vec<(String, i64)> = match s.store.finished_per_minute(&since).await {
+    let since = now
+        .checked_sub(CHART_SPAN)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let per_minute: Vec<(String, i64)> = match s.store.finished_per_minute(since).await {
         Ok(v) => v.into_iter().map(|m| (m.minute, m.completed)).collect(),
         Err(e) => return db_error(e),
     };
@@ -129,7 +128,7 @@ async fn overview(State(s): State<AdminState>) -> Response {
         StatusCode::OK,
         json!({
             "throughput": {
-                "since": since,
+                "since": clock::iso(since),
                 "minute_starts": minutes.iter().map(|(m, _)| m).collect::<Vec<_>>(),
                 "completed": minutes.iter().map(|(_, n)| n).collect::<Vec<_>>(),
             },

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::importly::Client;
 use crate::scheduler::Scheduler;
 use crate::sim::{BucketConfig, Sim, SimConfig};
-use crate::store::{EnqueueRow, ListFilter, Store};
+use crate::store::{EnqueueRow, ListFilter, State, Store};
 
 const DEMO_KEY: &str = "demo-key";
 
@@ -74,15 +74,15 @@ pub async fn demo(rows: u32) -> CmdResult {
     let deadline = started + Duration::from_secs(300);
     loop {
         let c = store.status_counts().await.map_err(fail)?.counts;
-        let get = |s: &str| c.get(s).copied().unwrap_or(0);
-        let done = get("completed") + get("failed") + get("cancelled");
+        let get = |s: State| c.get(&s).copied().unwrap_or(0);
+        let done = get(State::Completed) + get(State::Failed) + get(State::Cancelled);
         outln!(
             "  {:>5.1}s  pending {:>3}  in flight {:>2}  completed {:>3}  failed {:>3}",
             started.elapsed().as_secs_f64(),
-            get("pending"),
-            get("submitting") + get("running"),
-            get("completed"),
-            get("failed")
+            get(State::Pending),
+            get(State::Submitting) + get(State::Running),
+            get(State::Completed),
+            get(State::Failed)
         );
         if done >= i64::from(rows) {
             break;

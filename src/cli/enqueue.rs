@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{CmdResult, Failure};
+use crate::importly::JobKind;
 use crate::store::{EnqueueRow, Store};
 
 /// Rows per transaction when reading a file.
@@ -38,7 +39,7 @@ pub async fn enqueue(
     store: &Store,
     urls: Vec<String>,
     options: Option<String>,
-    kind: Option<&str>,
+    kind: Option<JobKind>,
     file: Option<PathBuf>,
 ) -> (Queued, CmdResult) {
     let mut queued = Queued::default();
@@ -50,7 +51,7 @@ async fn enqueue_into(
     store: &Store,
     urls: Vec<String>,
     options: Option<String>,
-    kind: Option<&str>,
+    kind: Option<JobKind>,
     file: Option<PathBuf>,
     queued: &mut Queued,
 ) -> CmdResult {
@@ -62,7 +63,7 @@ async fn enqueue_into(
             .into_iter()
             .map(|url| EnqueueRow {
                 url,
-                kind: kind.map(str::to_owned),
+                kind,
                 options: options.clone(),
                 external_id: None,
             })
@@ -74,7 +75,7 @@ async fn enqueue_into(
     if let Some(path) = file {
         let defaults = EnqueueRow {
             url: String::new(),
-            kind: kind.map(str::to_owned),
+            kind,
             options,
             external_id: None,
         };
@@ -324,7 +325,7 @@ pub fn parse_record(
     };
     Ok(Some(EnqueueRow {
         url,
-        kind: defaults.kind.clone(),
+        kind: defaults.kind,
         options: field(1).or_else(|| defaults.options.clone()),
         external_id: field(2),
     }))
@@ -350,7 +351,7 @@ mod tests {
     fn plain_and_csv_lines_take_the_default_options_only_when_they_have_none() {
         let defaults = EnqueueRow {
             options: Some(r#"{"videoQuality":"480p"}"#.into()),
-            kind: Some("metadata".into()),
+            kind: Some(JobKind::Metadata),
             ..EnqueueRow::default()
         };
         let rows = parse(
@@ -372,7 +373,7 @@ mod tests {
             rows[2].options.as_deref(),
             Some(r#"{"videoQuality":"480p"}"#)
         );
-        assert!(rows.iter().all(|r| r.kind.as_deref() == Some("metadata")));
+        assert!(rows.iter().all(|r| r.kind == Some(JobKind::Metadata)));
         let bad = parse(
             "https://a/1,{\"a\":1,\"b\":2},x\n,{},x\n",
             &EnqueueRow::default(),

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
+use crate::importly::JobKind;
 use crate::store::{ListFilter, Store, StoreError};
 
 #[derive(Parser, Debug)]
@@ -205,6 +206,18 @@ impl State {
             State::Cancelled => "cancelled",
         }
     }
+
+    /// The store's state of the same name.
+    pub fn to_store(self) -> crate::store::State {
+        match self {
+            State::Pending => crate::store::State::Pending,
+            State::Submitting => crate::store::State::Submitting,
+            State::Running => crate::store::State::Running,
+            State::Completed => crate::store::State::Completed,
+            State::Failed => crate::store::State::Failed,
+            State::Cancelled => crate::store::State::Cancelled,
+        }
+    }
 }
 
 /// A row's kind (the `kind_must_be_import_or_metadata` CHECK constraint).
@@ -219,6 +232,13 @@ impl Kind {
         match self {
             Kind::Import => "import",
             Kind::Metadata => "metadata",
+        }
+    }
+
+    pub fn to_job_kind(self) -> JobKind {
+        match self {
+            Kind::Import => JobKind::Import,
+            Kind::Metadata => JobKind::Metadata,
         }
     }
 }
@@ -358,7 +378,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             stall_after,
         } => {
             let store = open(&cfg).await?;
-            let kind = kind.map(Kind::as_str);
+            let kind = kind.map(Kind::to_job_kind);
             let (queued, outcome) = enqueue::enqueue(&store, urls, options, kind, file).await;
             if !wait || outcome.as_ref().is_err_and(|f| f.code == 2) {
                 return outcome;
@@ -390,7 +410,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             json,
         } => {
             let filter = ListFilter {
-                state: state.map(|s| s.as_str().to_owned()),
+                state: state.map(State::to_store),
                 since: since.map(ago),
                 limit,
             };
@@ -422,7 +442,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             since,
         } => {
             let filter = ListFilter {
-                state: state.map(|s| s.as_str().to_owned()),
+                state: state.map(State::to_store),
                 since: since.map(ago),
                 limit: None,
             };
@@ -461,13 +481,11 @@ fn write_all(bytes: &[u8]) -> CmdResult {
     Ok(())
 }
 
-/// The ISO time `d` ago.
-fn ago(d: Duration) -> String {
-    crate::clock::iso(
-        SystemTime::now()
-            .checked_sub(d)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-    )
+/// The time `d` ago.
+fn ago(d: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(d)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -477,9 +495,13 @@ mod tests {
     /// `--state` offers exactly the states the schema allows.
     #[test]
     fn state_values_are_the_schema_states() {
-        let ours: Vec<&str> = State::value_variants().iter().map(|s| s.as_str()).collect();
-        assert_eq!(ours, crate::store::STATES);
+        let ours: Vec<crate::store::State> = State::value_variants()
+            .iter()
+            .map(|s| s.to_store())
+            .collect();
+        assert_eq!(ours, crate::store::State::ALL);
         for s in State::value_variants() {
+            assert_eq!(s.as_str(), s.to_store().as_str());
             let name = s.to_possible_value().map(|v| v.get_name().to_owned());
             assert_eq!(name.as_deref(), Some(s.as_str()));
         }

@@ -10,7 +10,7 @@ use super::{CmdResult, Failure};
 use crate::clock;
 use crate::config::Config;
 use crate::service::{self, ActionReport, ServiceError, Source};
-use crate::store::{ListFilter, Store, StoredDaemon};
+use crate::store::{ListFilter, State, Store, StoredDaemon};
 
 pub use crate::service::{drain_estimate, row_json};
 
@@ -83,8 +83,8 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
             "PAUSED ({}): {} since {}; next probe {} (`importlyd resume` to retry now)",
             p.scope,
             p.reason,
-            p.since,
-            p.next_probe
+            clock::iso(p.since),
+            clock::iso(p.next_probe)
         );
     }
     outln!("estimate:  {}", v.estimate.line(|t| clock_text(t, now)));
@@ -117,9 +117,9 @@ pub async fn list(store: &Store, filter: &ListFilter, as_json: bool) -> CmdResul
     let width = terminal_width();
     let room = width.saturating_sub(47).max(30);
     for r in &rows {
-        let note = match (&r.state[..], &r.last_error, &r.media_url) {
-            ("completed", _, Some(m)) => format!(" -> {m}"),
-            (_, Some(e), _) if r.state != "completed" => format!("  [{e}]"),
+        let note = match (r.state, &r.last_error, &r.media_url) {
+            (State::Completed, _, Some(m)) => format!(" -> {m}"),
+            (_, Some(e), _) if r.state != State::Completed => format!("  [{e}]"),
             _ => String::new(),
         };
         // The URL is what identifies the row: it gets the room first; the note what is left
@@ -216,9 +216,9 @@ pub async fn retry(
     store: &Store,
     ids: Vec<i64>,
     all_failed: bool,
-    since: Option<String>,
+    since: Option<SystemTime>,
 ) -> CmdResult {
-    let r = service::retry(store, &ids, all_failed, since.as_deref(), Source::Cli).await?;
+    let r = service::retry(store, &ids, all_failed, since, Source::Cli).await?;
     outln!("{} rows back to pending", r.done.len());
     left_alone(&r)
 }
@@ -254,8 +254,9 @@ fn left_alone(r: &ActionReport) -> CmdResult {
     })
 }
 
-pub async fn purge(store: &Store, completed_only: bool, before: String) -> CmdResult {
-    let r = service::purge(store, completed_only, &before, Source::Cli).await?;
+pub async fn purge(store: &Store, completed_only: bool, before: SystemTime) -> CmdResult {
+    let r = service::purge(store, completed_only, before, Source::Cli).await?;
+    let before = clock::iso(before);
     outln!("deleted {} rows last changed before {before}", r.rows);
     if r.cache_entries > 0 {
         outln!(

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::config::Config;
 use crate::health::SharedHealth;
-use crate::store::Store;
+use crate::limits::Scope;
+use crate::store::{State, Store};
 
 pub fn notify(state: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
@@ -86,27 +87,25 @@ pub async fn notifier(
 pub async fn status_line(store: &Store, health: &SharedHealth) -> String {
     let mut line = match store.status_counts().await {
         Ok(c) => {
-            let n = |s: &str| c.counts.get(s).copied().unwrap_or(0);
+            let n = |s: State| c.counts.get(&s).copied().unwrap_or(0);
             format!(
                 "{} running, {} pending, {} completed, {} failed",
-                n("running") + n("submitting"),
-                n("pending"),
-                n("completed"),
-                n("failed")
+                n(State::Running) + n(State::Submitting),
+                n(State::Pending),
+                n(State::Completed),
+                n(State::Failed)
             )
         }
         Err(e) => format!("database unreadable: {e}"),
     };
     if let Ok(pauses) = store.pauses().await {
         for p in pauses {
-            let what = if p.scope == "all" {
+            let what = if p.scope == Scope::All {
                 "everything"
             } else {
-                &p.scope
+                p.scope.as_str()
             };
-            let until = clock::parse_iso(&p.next_probe)
-                .map(short_time)
-                .unwrap_or_else(|| p.next_probe.clone());
+            let until = short_time(p.next_probe);
             line.push_str(&format!(
                 "; {what} paused: {} until {until}",
                 p.http_status.map(|s| s.to_string()).unwrap_or_default()

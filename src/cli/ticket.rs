@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{CmdResult, Failure, TicketFormat};
 use crate::config::Config;
 use crate::service::row_json;
-use crate::store::{ListFilter, Row, Store, StoredAttempt};
+use crate::store::{ListFilter, Row, State, Store, StoredAttempt};
 
 pub async fn command(
     store: &Store,
@@ -17,7 +17,7 @@ pub async fn command(
     id: Option<i64>,
     format: TicketFormat,
     failed: bool,
-    since: Option<String>,
+    since: Option<std::time::SystemTime>,
     dir: Option<PathBuf>,
 ) -> CmdResult {
     match (id, failed) {
@@ -38,7 +38,7 @@ pub async fn command(
                 .map_err(|e| Failure::usage(format!("--dir {}: {e}", dir.display())))?;
             let rows = store
                 .list(&ListFilter {
-                    state: Some("failed".into()),
+                    state: Some(State::Failed),
                     since,
                     limit: None,
                 })
@@ -79,8 +79,8 @@ pub fn build(row: &Row, attempts: &[StoredAttempt], cfg: &Config) -> Value {
         .find_map(|a| a.request_body.as_deref())
         .and_then(|b| serde_json::from_str::<Value>(b).ok())
         .or_else(|| crate::importly::submit_body(&row.url, &row.options).ok());
-    let what = match (&row.state[..], row.last_error.as_deref()) {
-        ("failed", Some(e)) => format!("failed: {}", first_line(e)),
+    let what = match (row.state, row.last_error.as_deref()) {
+        (State::Failed, Some(e)) => format!("failed: {}", first_line(e)),
         (state, _) => format!("is {state}"),
     };
     let subject = format!(

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{CmdResult, Failure};
 use crate::config::Config;
-use crate::store::{RowsProgress, Store};
+use crate::store::{RowsProgress, State, Store};
 
 /// How often the rows are read again: each look reads every row of the set, so a large
 /// set is looked at less often.
@@ -38,8 +38,8 @@ const FAILURES_SHOWN: u32 = 10;
 #[derive(Debug, Default)]
 pub struct Selection {
     pub ids: Vec<i64>,
-    /// ISO time: rows created at or after it.
-    pub since: Option<String>,
+    /// Rows created at or after it.
+    pub since: Option<SystemTime>,
     pub external_id_prefix: Option<String>,
 }
 
@@ -50,7 +50,7 @@ pub async fn wait(store: &Store, cfg: &Config, sel: Selection, stall_after: Dura
     let ids = store
         .select_ids(
             named,
-            sel.since.as_deref(),
+            sel.since,
             sel.external_id_prefix.as_deref(),
             nothing_chosen,
         )
@@ -158,7 +158,7 @@ pub async fn follow(
             r.last_error.as_deref().unwrap_or("-")
         );
     }
-    let listed = last.count("failed") + last.count("cancelled");
+    let listed = last.count(State::Failed) + last.count(State::Cancelled);
     if listed > i64::from(FAILURES_SHOWN) {
         outln!(
             "  ... and {} more (`importlyd list --state failed`)",
@@ -194,8 +194,8 @@ impl Snapshot {
         Snapshot { progress, total }
     }
 
-    fn count(&self, state: &str) -> i64 {
-        self.progress.counts.get(state).copied().unwrap_or(0)
+    fn count(&self, state: State) -> i64 {
+        self.progress.counts.get(&state).copied().unwrap_or(0)
     }
 
     /// Rows of the set no longer in the table (deleted by another program).
@@ -206,7 +206,8 @@ impl Snapshot {
     }
 
     fn finished(&self) -> u64 {
-        let terminal = self.count("completed") + self.count("failed") + self.count("cancelled");
+        let terminal =
+            self.count(State::Completed) + self.count(State::Failed) + self.count(State::Cancelled);
         u64::try_from(terminal).unwrap_or(0) + self.missing()
     }
 
@@ -216,23 +217,23 @@ impl Snapshot {
 
     fn unsuccessful(&self) -> u64 {
         self.finished()
-            .saturating_sub(u64::try_from(self.count("completed")).unwrap_or(0))
+            .saturating_sub(u64::try_from(self.count(State::Completed)).unwrap_or(0))
     }
 
     /// "3 completed, 1 failed, 2 running, 4 pending": the states that have rows, in the
     /// order a row travels.
     fn summary(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
-        let by_state: &BTreeMap<String, i64> = &self.progress.counts;
+        let by_state: &BTreeMap<State, i64> = &self.progress.counts;
         for state in [
-            "completed",
-            "failed",
-            "cancelled",
-            "running",
-            "submitting",
-            "pending",
+            State::Completed,
+            State::Failed,
+            State::Cancelled,
+            State::Running,
+            State::Submitting,
+            State::Pending,
         ] {
-            if let Some(n) = by_state.get(state).filter(|n| **n > 0) {
+            if let Some(n) = by_state.get(&state).filter(|n| **n > 0) {
                 parts.push(format!("{n} {state}"));
             }
         }
@@ -360,7 +361,10 @@ mod tests {
     fn snap(pairs: &[(&str, i64)], total: u64) -> Snapshot {
         Snapshot::of(
             RowsProgress {
-                counts: pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+                counts: pairs
+                    .iter()
+                    .map(|(s, n)| (s.parse().unwrap(), *n))
+                    .collect(),
                 last_update: None,
             },
             total,

@@ -22,8 +22,9 @@ pub use headers::RateHeaders;
 
 use scrub::Secrets;
 
-/// Which kind of job a call is about; picks the endpoints and the bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which kind of job a call is about; picks the endpoints and the bucket. (Also a row's
+/// `kind` at the store interface; see `store::state` for its text forms.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JobKind {
     Import,
     Metadata,

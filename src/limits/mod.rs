@@ -258,7 +258,8 @@ impl Budget {
             reset_at: clock::unix_ms(w.reset_at),
             window_ms: w.len.map(|d| d.as_millis() as i64).unwrap_or(0),
             blocked_until: self.blocked_until.map(clock::unix_ms),
-            updated_at: String::new(),
+            // Not saved: `save_buckets` stamps the store's own time.
+            updated_at: UNIX_EPOCH,
         };
         let mut out = vec![row(format!("{}.local", self.name), &self.config)];
         if let Some(s) = &self.server {

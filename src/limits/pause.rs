@@ -6,7 +6,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::clock;
 use crate::store::StoredPause;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +27,7 @@ impl Scope {
         }
     }
 
-    fn parse(s: &str) -> Option<Scope> {
+    pub(crate) fn parse(s: &str) -> Option<Scope> {
         match s {
             "all" => Some(Scope::All),
             "import" => Some(Scope::Import),
@@ -50,22 +49,22 @@ pub struct Pause {
 impl Pause {
     pub fn to_stored(&self) -> StoredPause {
         StoredPause {
-            scope: self.scope.as_str().into(),
+            scope: self.scope,
             reason: self.reason.clone(),
             http_status: self.http_status.map(i64::from),
-            since: clock::iso(self.since),
-            next_probe: clock::iso(self.next_probe),
+            since: self.since,
+            next_probe: self.next_probe,
         }
     }
 
-    fn from_stored(p: &StoredPause) -> Option<Pause> {
-        Some(Pause {
-            scope: Scope::parse(&p.scope)?,
+    fn from_stored(p: &StoredPause) -> Pause {
+        Pause {
+            scope: p.scope,
             reason: p.reason.clone(),
             http_status: p.http_status.and_then(|s| u16::try_from(s).ok()),
-            since: clock::parse_iso(&p.since)?,
-            next_probe: clock::parse_iso(&p.next_probe)?,
-        })
+            since: p.since,
+            next_probe: p.next_probe,
+        }
     }
 }
 
@@ -89,7 +88,7 @@ impl Pauses {
     /// Replaces the in-memory view with what the database holds (the truth: `resume`
     /// deletes rows there).
     pub fn load(&mut self, stored: &[StoredPause]) {
-        self.list = stored.iter().filter_map(Pause::from_stored).collect();
+        self.list = stored.iter().map(Pause::from_stored).collect();
     }
 
     pub fn get(&self, scope: Scope) -> Option<&Pause> {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{Job, Scheduler, submit_path};
-use crate::importly::{Exchange, JobKind};
+use crate::importly::Exchange;
 use crate::store::{BudgetGuess, BudgetSeen, DaemonInfo, Grant, Lease, Running};
 
 /// Corrections of a shared budget from answers' headers go at most this often per scope,
@@ -222,7 +222,7 @@ impl Scheduler {
 
     /// A running row (ours after a restart, or adopted): polled from `at`, never resubmitted.
     pub(super) fn resume_job(&mut self, r: Running, at: Instant) {
-        let kind = JobKind::parse(&r.kind).unwrap_or(JobKind::Import);
+        let kind = r.kind;
         self.jobs.insert(
             r.id,
             Job {

@@ -26,7 +26,6 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock;
 use crate::config::Config;
 use crate::health::{Health, SharedHealth};
 use crate::importly::{Client, Exchange, JobKind};
@@ -237,11 +236,9 @@ fn log_field(text: &str) -> String {
     crate::importly::bounded(text, crate::importly::MAX_LOG_FIELD)
 }
 
-/// Where a row of `kind` (as stored) is submitted, for the record of an interrupted submit.
-fn submit_path(kind: &str) -> &'static str {
-    JobKind::parse(kind)
-        .unwrap_or(JobKind::Import)
-        .submit_path()
+/// Where a row of `kind` is submitted, for the record of an interrupted submit.
+fn submit_path(kind: JobKind) -> &'static str {
+    kind.submit_path()
 }
 
 fn lane_index(kind: JobKind) -> usize {
@@ -436,7 +433,7 @@ impl Scheduler {
                 self.early_hints.remove(&row.id);
                 self.spend_webhook(row.id);
                 let keep = self.cfg.log.keep_attempts;
-                let endpoint = submit_path(&row.kind);
+                let endpoint = submit_path(row.kind);
                 let id = row.id;
                 let written = self
                     .persist("release a row whose submit died", |s| async move {
@@ -633,10 +630,9 @@ impl Scheduler {
         }
         // A read first: an idle tick must not take the write lock that other processes'
         // INSERTs wait for. Not needed while claims come back full (a busy queue).
-        let now_iso = clock::iso(now);
         if !lane.more_due {
-            match self.store.next_due(kind.as_str()).await {
-                Ok(Some(due)) if due <= now_iso => {}
+            match self.store.next_due(kind).await {
+                Ok(Some(due)) if due <= now => {}
                 Ok(_) => {
                     lane.maybe_due = false;
                     return;
@@ -650,13 +646,7 @@ impl Scheduler {
             full,
         } = match self
             .store
-            .claim_budgeted(
-                kind.as_str(),
-                n as u32,
-                &now_iso,
-                held.saturating_add(free_slots),
-                &guess,
-            )
+            .claim_budgeted(kind, n as u32, now, held.saturating_add(free_slots), &guess)
             .await
         {
             Ok(claim) => {
@@ -1159,7 +1149,7 @@ mod tests {
             .await
             .unwrap();
         let row = store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap()
             .remove(0);
@@ -1221,15 +1211,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, store) = scheduler_in(dir.path(), |_| {}).await;
         let now = SystemTime::now();
-        let due = clock::iso(now - Duration::from_secs(1));
-        let stored = |scope: &str, status| crate::store::StoredPause {
-            scope: scope.into(),
+        let due = now - Duration::from_secs(1);
+        let stored = |scope: Scope, status| crate::store::StoredPause {
+            scope,
             reason: "x".into(),
             http_status: Some(status),
-            since: due.clone(),
-            next_probe: due.clone(),
+            since: due,
+            next_probe: due,
         };
-        s.pauses.load(&[stored("all", 401), stored("import", 402)]);
+        s.pauses
+            .load(&[stored(Scope::All, 401), stored(Scope::Import, 402)]);
         assert!(matches!(
             s.pauses.submit_gate(Scope::Import, now),
             Gate::Probe(_)
@@ -1242,7 +1233,7 @@ mod tests {
         assert!(matches!(s.pauses.poll_gate(now), Gate::Closed { .. }));
         // And the database says so too (the queue tick reloads pauses from there).
         for p in store.pauses().await.unwrap() {
-            assert!(p.next_probe > clock::iso(now), "{p:?}");
+            assert!(p.next_probe > now, "{p:?}");
         }
         store.close().await;
     }

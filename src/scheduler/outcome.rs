@@ -119,10 +119,8 @@ impl Scheduler {
                 scope = scope.as_str(),
                 "pause lifted: Importly accepts us again"
             );
-            self.persist("lift pause", |s| async move {
-                s.clear_pause(scope.as_str()).await
-            })
-            .await;
+            self.persist("lift pause", |s| async move { s.clear_pause(scope).await })
+                .await;
             self.look_for_due_rows();
         }
     }
@@ -263,9 +261,9 @@ impl Scheduler {
                 let max = self.cfg.retry.max_attempts;
                 let fate = self
                     .persist("reschedule row", |s| {
-                        let (why, record, due) = (why.clone(), record.clone(), clock::iso(due));
+                        let (why, record) = (why.clone(), record.clone());
                         async move {
-                            s.reschedule(id, Some(&due), true, max, &why, Some(&record), keep)
+                            s.reschedule(id, Some(due), true, max, &why, Some(&record), keep)
                                 .await
                         }
                     })
@@ -526,9 +524,9 @@ impl Scheduler {
         let max = self.cfg.retry.max_attempts;
         let fate = self
             .persist("snooze row", |s| {
-                let (why, record, due) = (why.clone(), record.clone(), due.map(clock::iso));
+                let (why, record) = (why.clone(), record.clone());
                 async move {
-                    s.reschedule(id, due.as_deref(), false, max, &why, Some(&record), keep)
+                    s.reschedule(id, due, false, max, &why, Some(&record), keep)
                         .await
                 }
             })

@@ -30,13 +30,12 @@ impl Scheduler {
     pub(super) async fn preflight(&mut self, kind: JobKind, row: &Claimed) -> Verdict {
         let now = SystemTime::now();
         // A TTL longer than the time since 1970 ("100y" meant as forever) keeps everything.
-        let fresh_since = clock::iso(
-            now.checked_sub(self.cfg.metadata.cache_ttl)
-                .unwrap_or(std::time::UNIX_EPOCH),
-        );
+        let fresh_since = now
+            .checked_sub(self.cfg.metadata.cache_ttl)
+            .unwrap_or(std::time::UNIX_EPOCH);
         match kind {
             JobKind::Metadata => {
-                let cached = self.store.cached_metadata(&row.url, &fresh_since).await;
+                let cached = self.store.cached_metadata(&row.url, fresh_since).await;
                 let Ok(Some(cached)) = cached else {
                     return Verdict::Submit;
                 };
@@ -48,7 +47,7 @@ impl Scheduler {
                     })
                     .await;
                 if done.is_some() {
-                    tracing::info!(id, url = %log_field(&row.url), fetched_at = %cached.fetched_at, "metadata completed from the cache, no API call");
+                    tracing::info!(id, url = %log_field(&row.url), fetched_at = %clock::iso(cached.fetched_at), "metadata completed from the cache, no API call");
                     self.lanes[super::lane_index(kind)].maybe_due = true;
                 }
                 Verdict::Done
@@ -58,14 +57,14 @@ impl Scheduler {
                     (self.cfg.metadata.max_credits > 0).then_some(self.cfg.metadata.max_credits);
                 match Guard::from_options(&row.options, self.cfg.metadata.preflight, default_max) {
                     Ok(g) if !g.preflight => Verdict::Submit,
-                    Ok(g) => self.guard_import(row, &g, &fresh_since).await,
+                    Ok(g) => self.guard_import(row, &g, fresh_since).await,
                     Err(reason) => self.fail_guarded(row, reason).await,
                 }
             }
         }
     }
 
-    async fn guard_import(&mut self, row: &Claimed, g: &Guard, fresh_since: &str) -> Verdict {
+    async fn guard_import(&mut self, row: &Claimed, g: &Guard, fresh_since: SystemTime) -> Verdict {
         let id = row.id;
         match self.store.cached_metadata(&row.url, fresh_since).await {
             Ok(Some(cached)) => self.judge(row, g, &cached).await,
@@ -101,22 +100,18 @@ impl Scheduler {
                             + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
                         let max = self.cfg.retry.max_attempts;
                         let keep = self.cfg.log.keep_attempts;
-                        let due = clock::iso(due);
                         let fate = self
-                            .persist("wait for preflight metadata", |s| {
-                                let due = due.clone();
-                                async move {
-                                    s.reschedule(
-                                        id,
-                                        Some(&due),
-                                        false,
-                                        max,
-                                        MetadataRow::WAITING,
-                                        None,
-                                        keep,
-                                    )
-                                    .await
-                                }
+                            .persist("wait for preflight metadata", |s| async move {
+                                s.reschedule(
+                                    id,
+                                    Some(due),
+                                    false,
+                                    max,
+                                    MetadataRow::WAITING,
+                                    None,
+                                    keep,
+                                )
+                                .await
                             })
                             .await;
                         if fate == Some(crate::store::Fate::Gone) {
@@ -179,16 +174,12 @@ impl Scheduler {
     pub(super) async fn wait_for_metadata(&mut self, row: &Claimed) {
         let id = row.id;
         tracing::info!(id, url = %log_field(&row.url), "metadata for this URL is already being fetched; waiting for it");
-        let due =
-            clock::iso(SystemTime::now() + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS);
+        let due = SystemTime::now() + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
         let (max, keep) = (self.cfg.retry.max_attempts, self.cfg.log.keep_attempts);
         let fate = self
-            .persist("wait for metadata in flight", |s| {
-                let due = due.clone();
-                async move {
-                    s.reschedule(id, Some(&due), false, max, MetadataRow::WAITING, None, keep)
-                        .await
-                }
+            .persist("wait for metadata in flight", |s| async move {
+                s.reschedule(id, Some(due), false, max, MetadataRow::WAITING, None, keep)
+                    .await
             })
             .await;
         if fate == Some(crate::store::Fate::Gone) {

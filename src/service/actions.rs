@@ -4,7 +4,10 @@
 use serde::Serialize;
 
 use super::{Result, ServiceError, Source};
-use crate::store::Store;
+use std::time::SystemTime;
+
+use crate::clock;
+use crate::store::{State, Store};
 
 /// The most rows one bulk retry touches: a bigger group is retried in several calls, so no
 /// call holds the write lock or the caller for long.
@@ -15,7 +18,7 @@ pub const BULK_RETRY_CAP: u32 = 10_000;
 pub struct Skipped {
     pub id: i64,
     /// Its state, `None` when it does not exist.
-    pub state: Option<String>,
+    pub state: Option<State>,
     /// Why, in a sentence.
     pub reason: String,
 }
@@ -41,7 +44,7 @@ pub async fn retry(
     store: &Store,
     ids: &[i64],
     all_failed: bool,
-    since: Option<&str>,
+    since: Option<SystemTime>,
     source: Source,
 ) -> Result<ActionReport> {
     if ids.is_empty() && !all_failed {
@@ -51,7 +54,7 @@ pub async fn retry(
     let report = report(store, ids, done, Verb::Retry).await?;
     let target = if all_failed {
         match since {
-            Some(s) => format!("failed rows updated since {s}"),
+            Some(s) => format!("failed rows updated since {}", clock::iso(s)),
             None => "all failed rows".into(),
         }
     } else {
@@ -147,7 +150,7 @@ pub struct PurgeReport {
 pub async fn purge(
     store: &Store,
     completed_only: bool,
-    before: &str,
+    before: SystemTime,
     source: Source,
 ) -> Result<PurgeReport> {
     let rows = store.purge(before, completed_only).await?;
@@ -162,7 +165,7 @@ pub async fn purge(
     audit(
         store,
         "purge",
-        &format!("{what} rows last changed before {before}"),
+        &format!("{what} rows last changed before {}", clock::iso(before)),
         source,
         true,
         &format!(
@@ -226,7 +229,8 @@ async fn report(store: &Store, named: &[i64], done: Vec<i64>, verb: Verb) -> Res
         let row = store.row(id).await?;
         let reason = match &row {
             Some(r)
-                if verb == Verb::Cancel && (r.state == "running" || r.state == "submitting") =>
+                if verb == Verb::Cancel
+                    && matches!(r.state, State::Running | State::Submitting) =>
             {
                 format!(
                     "row {id} is {} at Importly (job {}): it cannot be cancelled from here and will finish",

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::store::{
-    AuditEntry, FailureGroup, ListFilter, MinuteCount, PageFilter, Row, STATES, Store, StoreError,
+    AuditEntry, FailureGroup, ListFilter, MinuteCount, PageFilter, Row, State, Store, StoreError,
     StoredAttempt,
 };
 
@@ -74,20 +74,17 @@ pub fn row_json(r: &Row) -> Value {
     v
 }
 
-/// `state` checked against the known states.
-pub fn check_state(state: Option<&str>) -> Result<()> {
-    match state {
-        Some(s) if !STATES.contains(&s) => Err(ServiceError::BadRequest(format!(
-            "unknown state {s:?}: one of {}",
-            STATES.join(", ")
-        ))),
-        _ => Ok(()),
-    }
+/// `state` (a caller's text) as a state; an unknown one is a bad request naming the known
+/// ones.
+pub fn parse_state(state: Option<&str>) -> Result<Option<State>> {
+    state
+        .map(|s| s.parse::<State>())
+        .transpose()
+        .map_err(|e| ServiceError::BadRequest(e.to_string()))
 }
 
 /// The rows of `list`, as the command line filters them.
 pub async fn list(store: &Store, filter: &ListFilter) -> Result<Vec<Row>> {
-    check_state(filter.state.as_deref())?;
     Ok(store.list(filter).await?)
 }
 
@@ -107,7 +104,7 @@ pub async fn rows(
     limit: Option<u32>,
     after: Option<i64>,
 ) -> Result<RowPage> {
-    check_state(state.as_deref())?;
+    let state = parse_state(state.as_deref())?;
     let limit = page_limit(limit)?;
     let rows = store
         .page(&PageFilter {
@@ -164,8 +161,17 @@ pub async fn failure_groups(store: &Store, limit: Option<u32>) -> Result<Vec<Fai
 
 /// Rows completed and failed per minute over the last hour, oldest minute first.
 pub async fn throughput(store: &Store, now: SystemTime) -> Result<Vec<MinuteCount>> {
-    let since = crate::clock::iso(now - Duration::from_secs(3600));
-    Ok(store.finished_per_minute(&since[..16]).await?)
+    // From the start of the minute an hour ago, as the per-minute counts are cut.
+    let since = now
+        .checked_sub(Duration::from_secs(3600))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let since = crate::clock::from_unix_secs(
+        since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 60 * 60)
+            .unwrap_or(0),
+    );
+    Ok(store.finished_per_minute(since).await?)
 }
 
 fn page_limit(limit: Option<u32>) -> Result<u32> {

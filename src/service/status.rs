@@ -10,16 +10,16 @@ use super::Result;
 use crate::clock;
 use crate::config::Config;
 use crate::estimate::{self, Estimate};
-use crate::limits::{Budget, BudgetView};
+use crate::limits::{Budget, BudgetView, Scope};
 use crate::store::{
-    LastError, QueueShape, Store, StoreError, StoredBucket, StoredDaemon, StoredPause,
+    LastError, QueueShape, State, Store, StoreError, StoredBucket, StoredDaemon, StoredPause,
 };
 
 /// What `status --json` and `GET /api/v1/status` answer. The skipped fields serve the text
 /// rendering.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusView {
-    pub counts: BTreeMap<String, i64>,
+    pub counts: BTreeMap<State, i64>,
     pub in_flight: i64,
     /// The most severe pause (a 401 stops everything), if any.
     pub paused: Option<Value>,
@@ -105,14 +105,14 @@ pub async fn status(store: &Store, cfg: &Config) -> Result<StatusView> {
     let estimate = estimate_from(&shape, &buckets, &pauses, cfg, now);
     let paused = pauses
         .iter()
-        .find(|p| p.scope == "all")
+        .find(|p| p.scope == Scope::All)
         .or_else(|| pauses.first())
         .map(|p| {
             json!({"reason": p.reason, "scope": p.scope, "http_status": p.http_status,
-                   "since": p.since, "next_probe": p.next_probe})
+                   "since": clock::iso(p.since), "next_probe": clock::iso(p.next_probe)})
         });
-    let in_flight = counts.counts.get("running").copied().unwrap_or(0)
-        + counts.counts.get("submitting").copied().unwrap_or(0);
+    let in_flight = counts.counts.get(&State::Running).copied().unwrap_or(0)
+        + counts.counts.get(&State::Submitting).copied().unwrap_or(0);
     let oldest_pending_age_secs = counts
         .oldest_pending
         .as_deref()

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use super::State;
+
 /// One operator action as recorded.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct AuditEntry {
@@ -36,7 +38,7 @@ pub struct MinuteCount {
 /// What a page of rows is cut by: all filters apply.
 #[derive(Clone, Debug, Default)]
 pub struct PageFilter {
-    pub state: Option<String>,
+    pub state: Option<State>,
     /// Matched, as a substring, against url, external_id and last_error.
     pub q: Option<String>,
     /// Rows with an id above this one (the previous page's last id).

@@ -1,16 +1,25 @@
 //! Persistence for the limiter: pauses (401/402) and request budgets. Stored so that a
 //! restart neither forgets a pause nor grants a second burst.
 
+use std::time::SystemTime;
+
 use serde::Serialize;
+
+use super::state::{self, Iso};
+use crate::limits::Scope;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct StoredPause {
     /// `all` (401: nothing may be sent) or `import` / `metadata` (402: no new jobs).
-    pub scope: String,
+    pub scope: Scope,
     pub reason: String,
     pub http_status: Option<i64>,
-    pub since: String,
-    pub next_probe: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub since: SystemTime,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub next_probe: SystemTime,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -22,5 +31,7 @@ pub struct StoredBucket {
     pub reset_at: i64,
     pub window_ms: i64,
     pub blocked_until: Option<i64>,
-    pub updated_at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub updated_at: SystemTime,
 }

@@ -1,6 +1,10 @@
 //! The metadata cache and the rows the credit guard creates.
 
+use std::time::SystemTime;
+
 use serde::Serialize;
+
+use super::state::{self, Iso};
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct CachedMetadata {
@@ -10,7 +14,9 @@ pub struct CachedMetadata {
     pub formats: String,
     pub data: String,
     pub job_id: Option<String>,
-    pub fetched_at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub fetched_at: SystemTime,
 }
 
 /// Where a URL's preflight metadata stands, for an import row the guard is checking.

@@ -8,7 +8,8 @@
 //!
 //! The types that cross the interface live in the modules named for their part of the
 //! queue (`queue`, `attempts`, `limits`, ...); the SQL lives in `sqlite/` and `postgres/`.
-//! Times cross it as canonical UTC text (`clock::iso`), the form both backends print.
+//! Times cross it as `SystemTime`, kinds as `JobKind`, row states as [`State`] (`state`);
+//! each backend renders them in its own SQL and checks what it reads back.
 
 pub mod attempts;
 pub mod audit;
@@ -22,11 +23,16 @@ pub mod postgres;
 pub mod progress;
 pub mod queue;
 pub mod sqlite;
+pub mod state;
 
 use futures_util::stream::BoxStream;
+use std::time::SystemTime;
+
 use serde::Serialize;
 
 use crate::config::DatabaseConfig;
+use crate::importly::JobKind;
+use crate::limits::Scope;
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use audit::{AuditEntry, FailureGroup, MinuteCount, PageFilter};
@@ -36,12 +42,13 @@ pub use limits::{StoredBucket, StoredPause};
 pub use metadata::{CachedMetadata, MetadataRow};
 pub use ops::{
     ChunkOutcome, EnqueueRow, ExportRow, LastError, ListFilter, MEAN_JOB_SAMPLE, QueueShape,
-    RowsProgress, STATES, StatusCounts,
+    RowsProgress, StatusCounts,
 };
 pub use postgres::PgStore;
 pub use progress::{Finished, Progress, Started};
 pub use queue::{Claim, Claimed, Fate, Running};
 pub use sqlite::{BUSY_TIMEOUT, SqliteStore};
+pub use state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -123,10 +130,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Row {
     pub id: i64,
     pub url: String,
-    pub kind: String,
+    pub kind: JobKind,
     pub options: String,
     pub external_id: Option<String>,
-    pub state: String,
+    pub state: State,
     pub attempts: i64,
     pub next_attempt_at: String,
     pub importly_job_id: Option<String>,
@@ -248,18 +255,19 @@ verbs! {
     /// have at once, as this daemon knows it; where several daemons share the account
     /// (PostgreSQL) the claim leaves the rows already submitting or running, anyone's,
     /// inside it. (SQLite: one daemon, whose own count already is.)
-    fn claim_due(&self, kind: &str, n: u32, now: &str, slots: u32) -> Result<Vec<Claimed>>;
+    fn claim_due(&self, kind: JobKind, n: u32, now: SystemTime, slots: u32) -> Result<Vec<Claimed>>;
     /// As `claim_due`, and in the same call takes one request per row from the shared
     /// budget of scope `kind` (see `take_budget`): only the rows it grants are claimed.
     /// The grant says until when the budget has no more, when it had fewer than the rows
     /// due; `full`, that the account's slots are all taken. (SQLite: granted in full, as
     /// `take_budget`, and never full: its scheduler's own count is the account's.)
-    fn claim_budgeted(&self, kind: &str, n: u32, now: &str, slots: u32, guess: &BudgetGuess)
+    fn claim_budgeted(&self, kind: JobKind, n: u32, now: SystemTime, slots: u32,
+        guess: &BudgetGuess)
         -> Result<Claim>;
     /// When the next pending row of `kind` is due, if any.
-    fn next_due(&self, kind: &str) -> Result<Option<String>>;
+    fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>>;
     /// Back to `pending` (a snooze, or a counted failure that may fail the row).
-    fn reschedule(&self, id: i64, due: Option<&str>, count: bool, max_attempts: u32,
+    fn reschedule(&self, id: i64, due: Option<SystemTime>, count: bool, max_attempts: u32,
         last_error: &str, record: Option<&AttemptRecord>, keep: u32) -> Result<Fate>;
     /// `failed`, with the reason (and the final job data, if any).
     fn fail(&self, id: i64, reason: &str, result: Option<&str>, record: Option<&AttemptRecord>,
@@ -268,7 +276,7 @@ verbs! {
     fn running(&self) -> Result<Vec<Running>>;
     /// Start-up and shutdown: this daemon's `submitting` rows back to `pending`, each with
     /// an `ambiguous_submit` record.
-    fn recover_submitting(&self, keep: u32, endpoint: fn(&str) -> &'static str) -> Result<Vec<i64>>;
+    fn recover_submitting(&self, keep: u32, endpoint: fn(JobKind) -> &'static str) -> Result<Vec<i64>>;
     /// One `submitting` row whose submit's answer was lost, back to `pending`.
     fn release_ambiguous(&self, id: i64, endpoint: &str, why: &str, keep: u32) -> Result<Written>;
     /// `submitting` rows never sent back to `pending`, untouched otherwise.
@@ -283,13 +291,13 @@ verbs! {
     // Limits (`limits`).
     fn pauses(&self) -> Result<Vec<StoredPause>>;
     fn set_pause(&self, p: &StoredPause) -> Result<()>;
-    fn clear_pause(&self, scope: &str) -> Result<()>;
+    fn clear_pause(&self, scope: Scope) -> Result<()>;
     fn clear_pauses(&self) -> Result<u64>;
     fn buckets(&self) -> Result<Vec<StoredBucket>>;
     fn save_buckets(&self, buckets: &[StoredBucket]) -> Result<()>;
 
     // Metadata rows and their cache (`metadata`).
-    fn cached_metadata(&self, url: &str, fresh_since: &str) -> Result<Option<CachedMetadata>>;
+    fn cached_metadata(&self, url: &str, fresh_since: SystemTime) -> Result<Option<CachedMetadata>>;
     fn metadata_running(&self, url: &str) -> Result<bool>;
     fn complete_metadata(&self, id: i64, job_id: &str, title: Option<&str>,
         duration: Option<f64>, formats: &str, data: &str) -> Result<Written>;
@@ -308,7 +316,7 @@ verbs! {
     fn heartbeat(&self, in_flight: u32) -> Result<Lease>;
     /// Takes over the rows of daemons whose lease lapsed: their running jobs to poll,
     /// their submitting rows back to pending with an ambiguous-submit record.
-    fn adopt(&self, keep: u32, endpoint: fn(&str) -> &'static str) -> Result<Adopted>;
+    fn adopt(&self, keep: u32, endpoint: fn(JobKind) -> &'static str) -> Result<Adopted>;
     /// An accepted job for a row this daemon no longer holds (its lease lapsed while the
     /// submit was in flight): the row takes the job and becomes ours, `running`, if it
     /// still waits for one (back in `pending` with no job, or held by a dead daemon).
@@ -322,7 +330,7 @@ verbs! {
     fn enqueue(&self, rows: &[EnqueueRow]) -> Result<Vec<i64>>;
     fn enqueue_chunk(&self, rows: &[EnqueueRow]) -> Result<ChunkOutcome>;
     fn ids_by_external_id(&self, external_ids: &[String]) -> Result<Vec<i64>>;
-    fn select_ids(&self, ids: Option<&[i64]>, since: Option<&str>, prefix: Option<&str>,
+    fn select_ids(&self, ids: Option<&[i64]>, since: Option<SystemTime>, prefix: Option<&str>,
         unfinished: bool) -> Result<Vec<i64>>;
     fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress>;
     fn unsuccessful_among(&self, ids: &[i64], limit: u32) -> Result<Vec<Row>>;
@@ -331,16 +339,16 @@ verbs! {
     fn status_counts(&self) -> Result<StatusCounts>;
     fn recount(&self) -> Result<()>;
     fn queue_shape(&self) -> Result<QueueShape>;
-    fn retry(&self, ids: &[i64], all_failed: bool, since: Option<&str>) -> Result<Vec<i64>>;
+    fn retry(&self, ids: &[i64], all_failed: bool, since: Option<SystemTime>) -> Result<Vec<i64>>;
     fn cancel(&self, ids: &[i64]) -> Result<Vec<i64>>;
-    fn purge(&self, before: &str, completed_only: bool) -> Result<u64>;
-    fn purge_audit(&self, before: &str) -> Result<u64>;
-    fn purge_metadata_cache(&self, before: &str) -> Result<u64>;
+    fn purge(&self, before: SystemTime, completed_only: bool) -> Result<u64>;
+    fn purge_audit(&self, before: SystemTime) -> Result<u64>;
+    fn purge_metadata_cache(&self, before: SystemTime) -> Result<u64>;
     fn audit(&self, action: &str, target: &str, source: &str, ok: bool, detail: &str) -> Result<()>;
     fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>>;
     fn page(&self, f: &PageFilter) -> Result<Vec<Row>>;
     fn failure_groups(&self, limit: u32) -> Result<Vec<FailureGroup>>;
-    fn finished_per_minute(&self, since: &str) -> Result<Vec<MinuteCount>>;
+    fn finished_per_minute(&self, since: SystemTime) -> Result<Vec<MinuteCount>>;
     fn failed_ids(&self, q: Option<&str>, cap: u32) -> Result<Vec<i64>>;
     fn latest_failed(&self, limit: u32) -> Result<Vec<Row>>;
 }

@@ -4,13 +4,18 @@
 
 use std::collections::BTreeMap;
 
+use std::time::SystemTime;
+
 use serde::Serialize;
+
+use super::State;
+use crate::importly::JobKind;
 
 /// One row to insert.
 #[derive(Clone, Debug, Default)]
 pub struct EnqueueRow {
     pub url: String,
-    pub kind: Option<String>,
+    pub kind: Option<JobKind>,
     pub options: Option<String>,
     pub external_id: Option<String>,
 }
@@ -32,8 +37,8 @@ pub struct ExportRow {
     pub id: i64,
     pub external_id: Option<String>,
     pub url: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: JobKind,
+    pub state: State,
     pub importly_job_id: Option<String>,
     pub media_url: Option<String>,
     pub credits_used: Option<i64>,
@@ -45,21 +50,21 @@ pub struct ExportRow {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RowsProgress {
     /// state -> rows (states without rows absent)
-    pub counts: BTreeMap<String, i64>,
+    pub counts: BTreeMap<State, i64>,
     pub last_update: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
-    pub state: Option<String>,
-    /// ISO time: rows updated at or after it.
-    pub since: Option<String>,
+    pub state: Option<State>,
+    /// Rows updated at or after it.
+    pub since: Option<SystemTime>,
     pub limit: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StatusCounts {
-    pub counts: BTreeMap<String, i64>,
+    pub counts: BTreeMap<State, i64>,
     pub oldest_pending: Option<String>,
     pub last_error: Option<LastError>,
     pub credits_used: i64,
@@ -69,12 +74,12 @@ pub struct StatusCounts {
 #[derive(Clone, Debug, Default)]
 pub struct QueueShape {
     /// Rows not yet submitted: `pending` and `submitting`.
-    pub ahead: BTreeMap<String, u64>,
+    pub ahead: BTreeMap<JobKind, u64>,
     /// Jobs in progress at Importly.
-    pub running: BTreeMap<String, u64>,
+    pub running: BTreeMap<JobKind, u64>,
     /// Mean milliseconds from the accepted submit to completion, over the latest completed
     /// rows ([`MEAN_JOB_SAMPLE`]); absent while none has completed.
-    pub mean_job_ms: BTreeMap<String, f64>,
+    pub mean_job_ms: BTreeMap<JobKind, f64>,
 }
 
 /// How many of the latest completed rows of each kind the mean job duration is taken over.
@@ -86,13 +91,3 @@ pub struct LastError {
     pub updated_at: String,
     pub last_error: String,
 }
-
-/// Every state a row can be in (the `state_must_be_known` CHECK constraint).
-pub const STATES: [&str; 6] = [
-    "pending",
-    "submitting",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
-];

@@ -3,13 +3,14 @@
 //! Each change is one statement or one short `BEGIN IMMEDIATE` transaction.
 
 use super::attempts::AttemptRecord;
+use crate::importly::JobKind;
 
 /// A row the scheduler now owns (state `submitting`).
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Claimed {
     pub id: i64,
     pub url: String,
-    pub kind: String,
+    pub kind: JobKind,
     pub options: String,
     pub attempts: i64,
 }
@@ -42,7 +43,7 @@ pub enum Fate {
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Running {
     pub id: i64,
-    pub kind: String,
+    pub kind: JobKind,
     pub importly_job_id: String,
     pub attempts: i64,
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use importlyd::importly::JobKind;
 use importlyd::store::{BudgetGuess, BudgetSeen, DaemonInfo, Lease, Store};
 
 use crate::{Backend, LEASE};
@@ -16,11 +17,10 @@ crate::conformance!(
     pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full,
 );
 
-fn endpoint(kind: &str) -> &'static str {
-    if kind == "metadata" {
-        "/metadata"
-    } else {
-        "/import"
+fn endpoint(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Metadata => "/metadata",
+        JobKind::Import => "/import",
     }
 }
 
@@ -142,7 +142,7 @@ async fn pg_a_lapsed_lease_is_lost_and_its_rows_adopted(b: Backend) {
         .await;
     }
     let claimed = dead
-        .claim_due("import", 3, &importlyd::clock::now_iso(), u32::MAX)
+        .claim_due(JobKind::Import, 3, SystemTime::now(), u32::MAX)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);
@@ -217,9 +217,9 @@ async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
     let s = b.as_daemon().await;
     due_imports(&b, 6).await;
     let g = guess(4, Duration::from_secs(3600));
-    let now = importlyd::clock::now_iso();
+    let now = SystemTime::now();
     let claim = s
-        .claim_budgeted("import", 5, &now, u32::MAX, &g)
+        .claim_budgeted(JobKind::Import, 5, now, u32::MAX, &g)
         .await
         .unwrap();
     assert!(!claim.full, "no slots given, none full");
@@ -244,7 +244,7 @@ async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
         let other = b.open_again().await;
         assert_eq!(other.take_budget("import", 1, &g).await.unwrap().granted, 0);
         let none = s
-            .claim_budgeted("import", 5, &now, u32::MAX, &g)
+            .claim_budgeted(JobKind::Import, 5, now, u32::MAX, &g)
             .await
             .unwrap();
         assert!(none.rows.is_empty() && none.grant.until.is_some(), "{none:?}");
@@ -257,7 +257,7 @@ async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
     // Oldest due first, as `claim_due`.
     let urls: Vec<&str> = claim.rows.iter().map(|r| r.url.as_str()).collect();
     assert_eq!(urls[0], "https://e.com/budgeted0");
-    assert!(claim.rows.iter().all(|r| r.kind == "import"));
+    assert!(claim.rows.iter().all(|r| r.kind == JobKind::Import));
 }
 
 async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Backend) {
@@ -272,17 +272,17 @@ async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Ba
         .unwrap();
     due_imports(&b, 5).await;
     let g = guess(100, Duration::from_secs(3600));
-    let now = importlyd::clock::now_iso();
+    let now = SystemTime::now();
     // 3 slots: the claim that takes the last one says so.
-    let first = s.claim_budgeted("import", 3, &now, 3, &g).await.unwrap();
+    let first = s.claim_budgeted(JobKind::Import, 3, now, 3, &g).await.unwrap();
     assert_eq!(first.rows.len(), 3);
     assert!(first.full, "every slot taken now");
-    let partial = other.claim_budgeted("import", 1, &now, 5, &g).await.unwrap();
+    let partial = other.claim_budgeted(JobKind::Import, 1, now, 5, &g).await.unwrap();
     assert_eq!(partial.rows.len(), 1);
     assert!(!partial.full, "4 of 5 slots taken");
     // Full: nothing claimed, nothing taken from the budget, the rows stay pending.
     let used_before = b.scalar("SELECT used::bigint FROM budgets WHERE scope = 'import'").await;
-    let none = other.claim_budgeted("import", 5, &now, 4, &g).await.unwrap();
+    let none = other.claim_budgeted(JobKind::Import, 5, now, 4, &g).await.unwrap();
     assert!(none.rows.is_empty() && none.full, "{none:?}");
     assert_eq!(none.grant.until, None, "not the budget's doing");
     assert_eq!(
@@ -295,8 +295,8 @@ async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Ba
     );
     // Racing claims for the last slot: one row between them.
     let (x, y) = tokio::join!(
-        s.claim_budgeted("import", 5, &now, 5, &g),
-        other.claim_budgeted("import", 5, &now, 5, &g)
+        s.claim_budgeted(JobKind::Import, 5, now, 5, &g),
+        other.claim_budgeted(JobKind::Import, 5, now, 5, &g)
     );
     let (x, y) = (x.unwrap(), y.unwrap());
     assert_eq!(x.rows.len() + y.rows.len(), 1, "{x:?} {y:?}");

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use importlyd::clock;
 use importlyd::config::BucketLimit;
-use importlyd::limits::Budget;
+use importlyd::limits::{Budget, Scope};
 use importlyd::store::{StoredBucket, StoredPause};
 
 use crate::metadata::register;
@@ -26,12 +26,17 @@ conformance!(
 
 fn pause(scope: &str, reason: &str, status: Option<i64>, since: &str) -> StoredPause {
     StoredPause {
-        scope: scope.into(),
+        scope: scope.parse().expect("a scope"),
         reason: reason.into(),
         http_status: status,
-        since: since.into(),
-        next_probe: "2026-01-01T10:05:00.250Z".into(),
+        since: instant(since),
+        next_probe: instant("2026-01-01T10:05:00.250Z"),
     }
+}
+
+/// The instant canonical text `t` names.
+fn instant(t: &str) -> SystemTime {
+    clock::parse_iso(t).unwrap_or_else(|| panic!("not a time: {t}"))
 }
 
 async fn pauses_are_set_refreshed_and_cleared(b: Backend) {
@@ -64,28 +69,33 @@ async fn pauses_are_set_refreshed_and_cleared(b: Backend) {
         None,
         "2026-01-01T11:00:00.000Z",
     );
-    again.next_probe = "2026-01-01T11:30:00.000Z".into();
+    again.next_probe = instant("2026-01-01T11:30:00.000Z");
     s.set_pause(&again).await.expect("refresh");
     let got = s.pauses().await.expect("read");
     assert_eq!(
         got[1],
         StoredPause {
-            since: import.since.clone(),
+            since: import.since,
             ..again.clone()
         }
     );
     // Seen through another handle (another daemon, `importlyd status`).
     assert_eq!(b.open_again().await.pauses().await.expect("read"), got);
 
-    s.clear_pause("import").await.expect("clear");
+    s.clear_pause(Scope::Import).await.expect("clear");
     assert_eq!(s.pauses().await.expect("read"), vec![all.clone()]);
-    s.clear_pause("import")
+    s.clear_pause(Scope::Import)
         .await
         .expect("clearing nothing is fine");
 
-    s.set_pause(&pause("metadata", "HTTP 402", Some(402), &import.since))
-        .await
-        .expect("set");
+    s.set_pause(&pause(
+        "metadata",
+        "HTTP 402",
+        Some(402),
+        &clock::iso(import.since),
+    ))
+    .await
+    .expect("set");
     assert_eq!(s.clear_pauses().await.expect("resume"), 2);
     assert_eq!(s.pauses().await.expect("read"), vec![]);
     assert_eq!(s.clear_pauses().await.expect("resume"), 0);
@@ -105,7 +115,7 @@ fn bucket(
         reset_at,
         window_ms: HOUR_MS,
         blocked_until: blocked,
-        updated_at: String::new(),
+        updated_at: SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -125,7 +135,7 @@ fn by_name(rows: &[StoredBucket]) -> Vec<StoredBucket> {
     let mut out: Vec<StoredBucket> = rows
         .iter()
         .map(|r| StoredBucket {
-            updated_at: String::new(),
+            updated_at: SystemTime::UNIX_EPOCH,
             ..r.clone()
         })
         .collect();
@@ -152,8 +162,7 @@ async fn a_budget_snapshot_round_trips(b: Backend) {
     s.save_buckets(&first).await.expect("save");
     let got = s.buckets().await.expect("read");
     for r in &got {
-        let at = clock::parse_iso(&r.updated_at).expect("an ISO time");
-        assert!(at >= before, "{r:?}");
+        assert!(r.updated_at >= before, "{r:?}");
     }
     let expected = if b.is_postgres() {
         // One row per scope: the server's window where known, else the config's.
@@ -297,7 +306,7 @@ async fn the_shared_budget_row_reads_back_by_its_source(b: Backend) {
                 reset_at: ms("2026-12-07T10:00:00.123Z"),
                 window_ms: HOUR_MS,
                 blocked_until: Some(ms("2026-12-07T09:30:00.456Z")),
-                updated_at: String::new(),
+                updated_at: SystemTime::UNIX_EPOCH,
             },
             StoredBucket {
                 name: "metadata.local".into(),
@@ -306,7 +315,7 @@ async fn the_shared_budget_row_reads_back_by_its_source(b: Backend) {
                 reset_at: ms("2026-12-07T10:00:00.000Z"),
                 window_ms: HOUR_MS,
                 blocked_until: None,
-                updated_at: String::new(),
+                updated_at: SystemTime::UNIX_EPOCH,
             },
         ]
     );

@@ -112,7 +112,7 @@ async fn the_cache_answers_only_while_fresh(b: Backend) {
     let s = &b.store;
     cache(&b, URL, "2026-01-01T10:00:00.000Z").await;
     let hit = s
-        .cached_metadata(URL, "2026-01-01T09:00:00.000Z")
+        .cached_metadata(URL, instant("2026-01-01T09:00:00.000Z"))
         .await
         .expect("read")
         .expect("fresh since an hour before it was fetched");
@@ -120,7 +120,7 @@ async fn the_cache_answers_only_while_fresh(b: Backend) {
     assert_eq!(hit.title.as_deref(), Some("Cached title"));
     assert_eq!(hit.duration, Some(12.5));
     assert_eq!(hit.job_id.as_deref(), Some("meta-job-1"));
-    assert_eq!(hit.fetched_at, "2026-01-01T10:00:00.000Z");
+    assert_eq!(clock::iso(hit.fetched_at), "2026-01-01T10:00:00.000Z");
     assert_eq!(
         json_of(&hit.formats),
         json!([{"quality": "720p", "costInCredits": 2}])
@@ -131,20 +131,20 @@ async fn the_cache_answers_only_while_fresh(b: Backend) {
     );
     // Fetched exactly at the limit is still fresh.
     assert!(
-        s.cached_metadata(URL, "2026-01-01T10:00:00.000Z")
+        s.cached_metadata(URL, instant("2026-01-01T10:00:00.000Z"))
             .await
             .expect("read")
             .is_some()
     );
     assert!(
-        s.cached_metadata(URL, "2026-01-01T10:00:00.001Z")
+        s.cached_metadata(URL, instant("2026-01-01T10:00:00.001Z"))
             .await
             .expect("read")
             .is_none(),
         "stale"
     );
     assert!(
-        s.cached_metadata(&format!("{URL}?other"), "2000-01-01T00:00:00.000Z")
+        s.cached_metadata(&format!("{URL}?other"), instant("2000-01-01T00:00:00.000Z"))
             .await
             .expect("read")
             .is_none(),
@@ -233,7 +233,7 @@ async fn complete_metadata_fills_the_cache_and_wakes_the_waiters(b: Backend) {
     }
 
     let hit = s
-        .cached_metadata(URL, &clock::iso(before))
+        .cached_metadata(URL, before)
         .await
         .expect("read")
         .expect("cached just now");
@@ -242,7 +242,7 @@ async fn complete_metadata_fills_the_cache_and_wakes_the_waiters(b: Backend) {
     assert_eq!(hit.job_id.as_deref(), Some("meta-job-9"));
     assert_eq!(json_of(&hit.formats), json_of(formats));
     assert_eq!(json_of(&hit.data), json_of(data));
-    let fetched = clock::parse_iso(&hit.fetched_at).expect("an ISO time");
+    let fetched = hit.fetched_at;
     assert!(fetched >= before && fetched <= SystemTime::now() + Duration::from_secs(60));
 
     assert!(woken(&b, waiting).await, "the waiting import is due now");
@@ -264,7 +264,7 @@ async fn complete_metadata_fills_the_cache_and_wakes_the_waiters(b: Backend) {
         .expect("complete");
     assert_eq!(w, Written::Row);
     let hit = s
-        .cached_metadata(URL, &clock::iso(before))
+        .cached_metadata(URL, before)
         .await
         .expect("read")
         .expect("cached");
@@ -298,7 +298,7 @@ async fn complete_from_cache_completes_a_submitting_row(b: Backend) {
     let me = register(&b, s).await;
     cache(&b, URL, "2026-01-01T10:00:00.000Z").await;
     let cached = s
-        .cached_metadata(URL, "2026-01-01T00:00:00.000Z")
+        .cached_metadata(URL, instant("2026-01-01T00:00:00.000Z"))
         .await
         .expect("read")
         .expect("cached");
@@ -438,7 +438,7 @@ async fn a_waiting_import_gets_the_outcome_of_its_metadata_row(b: Backend) {
         MetadataRow::Ready(c) => {
             assert_eq!(c.url, done);
             assert_eq!(c.title.as_deref(), Some("Cached title"));
-            assert_eq!(c.fetched_at, "2020-01-01T00:00:00.000Z");
+            assert_eq!(clock::iso(c.fetched_at), "2020-01-01T00:00:00.000Z");
         }
         other => panic!("expected the cache entry, got {other:?}"),
     }
@@ -560,7 +560,7 @@ async fn complete_from_cache_writes_only_a_submitting_row_of_mine(b: Backend) {
     let second = register(&b, &two).await;
     cache(&b, URL, "2026-01-01T10:00:00.000Z").await;
     let cached = one
-        .cached_metadata(URL, "2026-01-01T00:00:00.000Z")
+        .cached_metadata(URL, instant("2026-01-01T00:00:00.000Z"))
         .await
         .expect("read")
         .expect("cached");
@@ -653,4 +653,9 @@ async fn two_daemons_guarding_one_url_at_once_queue_one_metadata_row(b: Backend)
         "one metadata row for the URL"
     );
     blocker.close().await.expect("close");
+}
+
+/// The instant canonical text `t` names.
+fn instant(t: &str) -> SystemTime {
+    clock::parse_iso(t).unwrap_or_else(|| panic!("not a time: {t}"))
 }

@@ -1,7 +1,7 @@
 //! PostgreSQL: audit. The audit log and the admin API's row pages, failure groups and
 //! throughput, with the behaviour of `store/sqlite/audit.rs`.
 
-use super::ops::{Params, utc};
+use super::ops::Params;
 use super::{PgStore, ROW_COLUMNS, iso};
 use crate::store::audit::like_pattern;
 use crate::store::*;
@@ -93,18 +93,21 @@ impl PgStore {
         .await?)
     }
 
-    /// Rows completed and failed per minute since `since` (ISO, or its minute), oldest
+    /// Rows completed and failed per minute since `since`, oldest
     /// first; minutes without any are absent. The minute is the canonical text's first 16
     /// characters (`2026-12-07T01:52`), in UTC whatever the session's time zone. A range of
     /// `imports_by_state` per state.
-    pub async fn finished_per_minute(&self, since: &str) -> Result<Vec<MinuteCount>> {
+    pub async fn finished_per_minute(
+        &self,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<MinuteCount>> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI'), state, \
                     count(*) \
              FROM imports WHERE state IN ('completed', 'failed') AND updated_at >= $1::timestamptz \
              GROUP BY 1, 2 ORDER BY 1",
         )
-        .bind(utc(since))
+        .bind(crate::clock::iso(since))
         .fetch_all(&self.pool)
         .await?;
         let mut out: Vec<MinuteCount> = Vec::new();

@@ -61,7 +61,11 @@ impl PgStore {
     /// daemon that was frozen, not dead, may still read its submit's answer when it thaws
     /// and hand the job over (`attach_job`) instead of the row being posted twice. One transaction; `SKIP LOCKED`, so two live daemons adopting
     /// at once split the rows instead of waiting on each other, and each row gets one owner.
-    pub async fn adopt(&self, keep: u32, endpoint: fn(&str) -> &'static str) -> Result<Adopted> {
+    pub async fn adopt(
+        &self,
+        keep: u32,
+        endpoint: fn(crate::importly::JobKind) -> &'static str,
+    ) -> Result<Adopted> {
         let me = self.me();
         if me == 0 {
             return Ok(Adopted::default());
@@ -93,7 +97,7 @@ impl PgStore {
         .bind("running")
         .fetch_all(&mut *tx)
         .await?;
-        let released: Vec<(i64, String, i64, String)> =
+        let released: Vec<(i64, crate::importly::JobKind, i64, String)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE imports i SET state = 'pending', owner = NULL, claimed_at = NULL, \
                      updated_at = now(), last_error = '{ORPHANED}', \
@@ -110,7 +114,7 @@ impl PgStore {
             .await?;
         // The same record (and log trimming) as a daemon's own recovery at start-up.
         for (id, kind, attempts, now) in &released {
-            let record = ambiguous_submit(attempts + 1, endpoint(kind), now, ORPHANED);
+            let record = ambiguous_submit(attempts + 1, endpoint(*kind), now, ORPHANED);
             attempts::insert(&mut tx, *id, &record, keep).await?;
         }
         tx.commit().await?;

@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 
 use super::{PgStore, iso};
+use crate::clock;
+use crate::limits::Scope;
 use crate::store::*;
 
 /// The suffix `Budget::snapshot` gives its config window's row.
@@ -49,17 +51,17 @@ impl PgStore {
              ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason, \
                http_status = excluded.http_status, next_probe = excluded.next_probe",
         )
-        .bind(&p.scope)
+        .bind(p.scope)
         .bind(&p.reason)
         .bind(status)
-        .bind(&p.since)
-        .bind(&p.next_probe)
+        .bind(clock::iso(p.since))
+        .bind(clock::iso(p.next_probe))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn clear_pause(&self, scope: &str) -> Result<()> {
+    pub async fn clear_pause(&self, scope: Scope) -> Result<()> {
         sqlx::query("DELETE FROM pauses WHERE scope = $1")
             .bind(scope)
             .execute(&self.pool)

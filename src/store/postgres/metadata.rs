@@ -37,17 +37,17 @@ const WAKE_WAITERS: &str = concat!(
 const METADATA_ROW_LOCK: i32 = 0x696d_646d;
 
 impl PgStore {
-    /// Cached metadata fetched at or after `fresh_since` (ISO time).
+    /// Cached metadata fetched at or after `fresh_since`.
     pub async fn cached_metadata(
         &self,
         url: &str,
-        fresh_since: &str,
+        fresh_since: std::time::SystemTime,
     ) -> Result<Option<CachedMetadata>> {
         Ok(sqlx::query_as::<_, CachedMetadata>(select_cached!(
             "WHERE url = $1 AND fetched_at >= $2::timestamptz"
         ))
         .bind(url)
-        .bind(fresh_since)
+        .bind(crate::clock::iso(fresh_since))
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -127,7 +127,10 @@ impl PgStore {
             serde_json::from_str(&cached.data).unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(m) = &mut data {
             m.insert("fromCache".into(), true.into());
-            m.insert("cachedAt".into(), cached.fetched_at.clone().into());
+            m.insert(
+                "cachedAt".into(),
+                crate::clock::iso(cached.fetched_at).into(),
+            );
         }
         let mut tx = self.pool.begin().await?;
         let url: Option<String> = sqlx::query_scalar(

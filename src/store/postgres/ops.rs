@@ -13,7 +13,11 @@ use std::collections::BTreeMap;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use sqlx::PgConnection;
 
+use std::time::SystemTime;
+
 use super::{PgStore, ROW_COLUMNS, iso};
+use crate::clock;
+use crate::importly::JobKind;
 use crate::store::*;
 
 /// Delta rows (`imports_counts_delta`, see migrations_pg) `status_counts` lets pile up before
@@ -51,19 +55,6 @@ const RECOUNT: &str = "INSERT INTO imports_counts_delta (state, kind, n, credits
          UNION ALL SELECT state, kind, -n, -credits FROM imports_counts_delta) AS t \
      GROUP BY state, kind HAVING sum(n) <> 0 OR sum(credits) <> 0";
 
-/// `t`, a time as the interface carries it (canonical UTC text, or a prefix of it such as
-/// the minute `2026-12-07T01:52`), as text PostgreSQL reads as that UTC instant whatever the
-/// session's time zone: a time without a zone is UTC, as the SQLite store's text comparisons
-/// take it.
-pub(super) fn utc(t: &str) -> String {
-    let t = t.trim();
-    match t.split_once(['T', 't', ' ']) {
-        Some((_, time)) if time.contains(['Z', 'z', '+', '-']) => t.to_owned(),
-        Some(_) => format!("{t}Z"),
-        None => format!("{t}T00:00:00Z"),
-    }
-}
-
 /// Numbers the parameters of a statement assembled from optional parts.
 #[derive(Default)]
 pub(super) struct Params(usize);
@@ -97,7 +88,7 @@ const INSERT_ONE: &str = "INSERT INTO imports (url, kind, options, external_id) 
 async fn insert_one(conn: &mut PgConnection, r: &EnqueueRow) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(INSERT_ONE)
         .bind(&r.url)
-        .bind(&r.kind)
+        .bind(r.kind)
         .bind(&r.options)
         .bind(&r.external_id)
         .fetch_optional(conn)
@@ -157,7 +148,7 @@ impl PgStore {
     /// row, each in a savepoint of its own, to name the rows at fault and keep the others.
     pub async fn enqueue_chunk(&self, rows: &[EnqueueRow]) -> Result<ChunkOutcome> {
         let urls: Vec<&str> = rows.iter().map(|r| r.url.as_str()).collect();
-        let kinds: Vec<Option<&str>> = rows.iter().map(|r| r.kind.as_deref()).collect();
+        let kinds: Vec<Option<&str>> = rows.iter().map(|r| r.kind.map(JobKind::as_str)).collect();
         let options: Vec<Option<&str>> = rows.iter().map(|r| r.options.as_deref()).collect();
         let external: Vec<Option<&str>> = rows.iter().map(|r| r.external_id.as_deref()).collect();
         let mut out = ChunkOutcome::default();
@@ -235,11 +226,11 @@ impl PgStore {
             p.next()
         );
         let mut q = sqlx::query_as::<_, ExportRow>(sqlx::AssertSqlSafe(sql));
-        if let Some(state) = &f.state {
-            q = q.bind(state.clone());
+        if let Some(state) = f.state {
+            q = q.bind(state);
         }
-        if let Some(since) = &f.since {
-            q = q.bind(utc(since));
+        if let Some(since) = f.since {
+            q = q.bind(clock::iso(since));
         }
         q.bind(f.limit.map(i64::from))
             .fetch(&self.pool)
@@ -253,7 +244,7 @@ impl PgStore {
     pub async fn select_ids(
         &self,
         ids: Option<&[i64]>,
-        since: Option<&str>,
+        since: Option<SystemTime>,
         prefix: Option<&str>,
         unfinished: bool,
     ) -> Result<Vec<i64>> {
@@ -280,7 +271,7 @@ impl PgStore {
             q = q.bind(ids);
         }
         if let Some(since) = since {
-            q = q.bind(utc(since));
+            q = q.bind(clock::iso(since));
         }
         if let Some(prefix) = prefix {
             q = q.bind(prefix.to_owned());
@@ -291,7 +282,7 @@ impl PgStore {
     /// How far the rows `ids` are: the number per state and the latest `updated_at` among
     /// them (so a change that keeps every state, a retry's new attempt, still shows).
     pub async fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress> {
-        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(concat!(
+        let rows: Vec<(State, i64, Option<String>)> = sqlx::query_as(concat!(
             "SELECT state, count(*), ",
             iso!("max(updated_at)"),
             " FROM imports WHERE id = ANY($1) GROUP BY state"
@@ -336,11 +327,11 @@ impl PgStore {
             p.next()
         );
         let mut q = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
-        if let Some(state) = &f.state {
-            q = q.bind(state.clone());
+        if let Some(state) = f.state {
+            q = q.bind(state);
         }
-        if let Some(since) = &f.since {
-            q = q.bind(utc(since));
+        if let Some(since) = f.since {
+            q = q.bind(clock::iso(since));
         }
         Ok(q.bind(f.limit.map(i64::from)).fetch_all(&self.pool).await?)
     }
@@ -349,8 +340,8 @@ impl PgStore {
     /// folded yet, in one statement, so a fold committing meanwhile is seen wholly or not
     /// at all. Folds the delta afterwards once it has grown past [`FOLD_AFTER`] rows, which
     /// keeps this read a few thousand rows at most. A few rows at any table size.
-    async fn totals(&self) -> Result<Vec<(String, String, i64, i64)>> {
-        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+    async fn totals(&self) -> Result<Vec<(State, JobKind, i64, i64)>> {
+        let rows: Vec<(State, JobKind, i64, i64, i64)> = sqlx::query_as(
             "SELECT state, kind, sum(n)::bigint, sum(credits)::bigint, sum(delta)::bigint \
              FROM (SELECT state, kind, n, credits, 0 AS delta FROM imports_counts \
                    UNION ALL \
@@ -388,10 +379,10 @@ impl PgStore {
     }
 
     pub async fn status_counts(&self) -> Result<StatusCounts> {
-        let mut counts: BTreeMap<String, i64> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut counts: BTreeMap<State, i64> = State::ALL.iter().map(|s| (*s, 0)).collect();
         let mut credits_used = 0;
         for (state, _kind, n, credits) in self.totals().await? {
-            if state == "completed" {
+            if state == State::Completed {
                 credits_used += credits;
             }
             *counts.entry(state).or_default() += n;
@@ -437,9 +428,9 @@ impl PgStore {
     pub async fn queue_shape(&self) -> Result<QueueShape> {
         let mut shape = QueueShape::default();
         for (state, kind, n, _) in self.totals().await? {
-            let into = match state.as_str() {
-                "running" => &mut shape.running,
-                "pending" | "submitting" => &mut shape.ahead,
+            let into = match state {
+                State::Running => &mut shape.running,
+                State::Pending | State::Submitting => &mut shape.ahead,
                 _ => continue,
             };
             let Ok(n) = u64::try_from(n) else { continue };
@@ -447,7 +438,7 @@ impl PgStore {
                 *into.entry(kind).or_default() += n;
             }
         }
-        for kind in ["import", "metadata"] {
+        for kind in [JobKind::Import, JobKind::Metadata] {
             let mean: Option<f64> = sqlx::query_scalar(
                 "SELECT avg(extract(epoch FROM i.completed_at - a.finished_at) * 1000)::float8 \
                  FROM (SELECT id, completed_at FROM imports \
@@ -461,7 +452,7 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?;
             if let Some(m) = mean.filter(|m| m.is_finite() && *m >= 0.0) {
-                shape.mean_job_ms.insert(kind.to_owned(), m);
+                shape.mean_job_ms.insert(kind, m);
             }
         }
         Ok(shape)
@@ -476,7 +467,7 @@ impl PgStore {
         &self,
         ids: &[i64],
         all_failed: bool,
-        since: Option<&str>,
+        since: Option<SystemTime>,
     ) -> Result<Vec<i64>> {
         let mut p = Params::default();
         let by_id = format!("id = ANY({})", p.next());
@@ -495,7 +486,7 @@ impl PgStore {
             q = q.bind(ids);
         }
         if let (true, Some(since)) = (all_failed, since) {
-            q = q.bind(utc(since));
+            q = q.bind(clock::iso(since));
         }
         let mut done = q.fetch_all(&self.pool).await?;
         done.sort_unstable();
@@ -526,7 +517,7 @@ impl PgStore {
     /// The external_ids of the rows deleted go to `purged_external_ids` in the same
     /// statement, where a trigger makes a later INSERT with one of them a no-op: feeding the
     /// same file again must not import (and pay for) them twice.
-    pub async fn purge(&self, before: &str, completed_only: bool) -> Result<u64> {
+    pub async fn purge(&self, before: SystemTime, completed_only: bool) -> Result<u64> {
         const BATCH: i64 = 1000;
         let states = if completed_only {
             "state = 'completed'"
@@ -545,7 +536,7 @@ impl PgStore {
              gone AS (DELETE FROM imports WHERE id IN (SELECT id FROM doomed) RETURNING id) \
              SELECT count(*) FROM gone"
         );
-        let before = utc(before);
+        let before = clock::iso(before);
         let mut total = 0;
         loop {
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
@@ -562,9 +553,9 @@ impl PgStore {
 
     /// Deletes audit entries older than `before`, so the audit log does not grow for ever
     /// (`purge --older-than` keeps the same span of history for both).
-    pub async fn purge_audit(&self, before: &str) -> Result<u64> {
+    pub async fn purge_audit(&self, before: SystemTime) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM audit WHERE at < $1::timestamptz")
-            .bind(utc(before))
+            .bind(clock::iso(before))
             .execute(&self.pool)
             .await?
             .rows_affected())
@@ -572,30 +563,13 @@ impl PgStore {
 
     /// Deletes metadata cache entries fetched before `before`: `purge` keeps the cache from
     /// growing without bound (entries past `metadata.cache_ttl` are never reused anyway).
-    pub async fn purge_metadata_cache(&self, before: &str) -> Result<u64> {
+    pub async fn purge_metadata_cache(&self, before: SystemTime) -> Result<u64> {
         Ok(
             sqlx::query("DELETE FROM metadata_cache WHERE fetched_at < $1::timestamptz")
-                .bind(utc(before))
+                .bind(clock::iso(before))
                 .execute(&self.pool)
                 .await?
                 .rows_affected(),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-
-    #[test]
-    fn times_without_a_zone_are_utc() {
-        assert_eq!(utc("2026-12-07T01:52"), "2026-12-07T01:52Z");
-        assert_eq!(utc("2026-12-07T01:52:00.123Z"), "2026-12-07T01:52:00.123Z");
-        assert_eq!(
-            utc("2026-12-07 01:52:00+02:00"),
-            "2026-12-07 01:52:00+02:00"
-        );
-        assert_eq!(utc("2026-12-07T01:52:00-05"), "2026-12-07T01:52:00-05");
-        assert_eq!(utc("2026-12-07"), "2026-12-07T00:00:00Z");
     }
 }

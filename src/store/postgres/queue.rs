@@ -8,11 +8,15 @@
 //! leaving `submitting`/`running` gets `owner = NULL`. "Now" is the database's `now()`
 //! throughout, so the hosts' clocks never need to agree.
 
+use std::time::SystemTime;
+
 use super::attempts::{self, json, owned, text};
 use super::cluster::{clamp_i32, from_unix_ms, window_ms};
 use super::{PgStore, iso};
 use crate::clock;
+use crate::importly::JobKind;
 use crate::store::queue::ambiguous_submit;
+use crate::store::state::Iso;
 use crate::store::*;
 
 /// Makes the imports waiting on metadata row `$1`'s URL due now: run in the transaction
@@ -29,15 +33,6 @@ pub(super) const WAKE_WAITERS: &str = concat!(
 // apart from the metadata preflight's class and sqlx's migration lock) is 0x1d_c1a1, in
 // `importlyd_claim` (migrations_pg/0003_claim_function.sql).
 
-/// The job kinds a claim may name; anything else is the caller's bug, refused as SQLite
-/// refuses it.
-fn known_kind(kind: &str) -> Result<()> {
-    match kind {
-        "import" | "metadata" => Ok(()),
-        other => Err(StoreError::Invalid(format!("unknown job kind {other:?}"))),
-    }
-}
-
 impl PgStore {
     /// Claims up to `n` due pending rows of `kind`, oldest due first, for this daemon. Rows
     /// another daemon is claiming at this moment are skipped, not waited for (`SKIP
@@ -51,9 +46,9 @@ impl PgStore {
     /// (`importlyd_claim`, migrations_pg/0003).
     pub async fn claim_due(
         &self,
-        kind: &str,
+        kind: JobKind,
         n: u32,
-        _now: &str,
+        _now: SystemTime,
         slots: u32,
     ) -> Result<Vec<Claimed>> {
         Ok(self.claim(kind, n, slots, None).await?.rows)
@@ -64,9 +59,9 @@ impl PgStore {
     /// has to be given back; the grant says until when the budget has no more.
     pub async fn claim_budgeted(
         &self,
-        kind: &str,
+        kind: JobKind,
         n: u32,
-        _now: &str,
+        _now: SystemTime,
         slots: u32,
         guess: &BudgetGuess,
     ) -> Result<Claim> {
@@ -75,7 +70,7 @@ impl PgStore {
 
     async fn claim(
         &self,
-        kind: &str,
+        kind: JobKind,
         n: u32,
         slots: u32,
         guess: Option<&BudgetGuess>,
@@ -87,11 +82,10 @@ impl PgStore {
                 full: false,
             });
         }
-        known_kind(kind)?;
         type Out = (
             Option<i64>,
             Option<String>,
-            Option<String>,
+            Option<JobKind>,
             Option<String>,
             Option<i64>,
             i32,
@@ -136,13 +130,12 @@ impl PgStore {
         })
     }
 
-    /// When the next pending row of `kind` is due, if any, as canonical text. Due is
+    /// When the next pending row of `kind` is due, if any. Due is
     /// decided by the database's clock: a row due by it but not yet by this host's clock
     /// (running behind) is reported as due now, so the caller's "is it due?" agrees with
     /// the claim's.
-    pub async fn next_due(&self, kind: &str) -> Result<Option<String>> {
-        known_kind(kind)?;
-        let next: Option<(String, bool)> = sqlx::query_as(concat!(
+    pub async fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>> {
+        let next: Option<(Iso, bool)> = sqlx::query_as(concat!(
             "SELECT ",
             iso!("next_attempt_at"),
             ", next_attempt_at <= now() \
@@ -152,8 +145,8 @@ impl PgStore {
         .bind(kind)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(next.map(|(at, due)| {
-            let here = clock::now_iso();
+        Ok(next.map(|(Iso(at), due)| {
+            let here = SystemTime::now();
             if due && at > here { here } else { at }
         }))
     }
@@ -165,7 +158,7 @@ impl PgStore {
     pub async fn reschedule(
         &self,
         id: i64,
-        due: Option<&str>,
+        due: Option<SystemTime>,
         count: bool,
         max_attempts: u32,
         last_error: &str,
@@ -188,7 +181,7 @@ impl PgStore {
         .bind(id)
         .bind(i32::from(count))
         .bind(i64::from(max_attempts))
-        .bind(due)
+        .bind(due.map(clock::iso))
         .bind(text(last_error))
         .bind(me)
         .fetch_optional(&mut *tx)
@@ -262,10 +255,10 @@ impl PgStore {
     pub async fn recover_submitting(
         &self,
         keep: u32,
-        endpoint: fn(&str) -> &'static str,
+        endpoint: fn(JobKind) -> &'static str,
     ) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(concat!(
+        let rows: Vec<(i64, i64, JobKind, String)> = sqlx::query_as(concat!(
             "UPDATE imports SET state = 'pending', next_attempt_at = now(), updated_at = now(), \
                last_error = 'daemon stopped during submit; the POST may have reached Importly', \
                owner = NULL \
@@ -279,7 +272,7 @@ impl PgStore {
         for (id, attempts, kind, now) in &rows {
             let record = ambiguous_submit(
                 attempts + 1,
-                endpoint(kind),
+                endpoint(*kind),
                 now,
                 "daemon stopped while this row was being submitted; \
                  a job may exist at Importly without our record of it",

@@ -59,7 +59,7 @@ impl SqliteStore {
                     OR last_error LIKE ?3 ESCAPE '\\') \
              ORDER BY id LIMIT ?4"
         )))
-        .bind(&f.state)
+        .bind(f.state)
         .bind(f.after.unwrap_or(0))
         .bind(pattern)
         .bind(i64::from(f.limit))
@@ -81,15 +81,18 @@ impl SqliteStore {
         .await?)
     }
 
-    /// Rows completed and failed per minute since `since` (ISO), oldest first; minutes
+    /// Rows completed and failed per minute since `since`, oldest first; minutes
     /// without any are absent. A range of `imports_by_state` per state.
-    pub async fn finished_per_minute(&self, since: &str) -> Result<Vec<MinuteCount>> {
+    pub async fn finished_per_minute(
+        &self,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<MinuteCount>> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT substr(updated_at, 1, 16), state, count(*) FROM imports \
              WHERE state IN ('completed', 'failed') AND updated_at >= ? \
              GROUP BY 1, 2 ORDER BY 1",
         )
-        .bind(since)
+        .bind(crate::clock::iso(since))
         .fetch_all(&self.reader)
         .await?;
         let mut out: Vec<MinuteCount> = Vec::new();

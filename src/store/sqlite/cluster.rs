@@ -3,6 +3,7 @@
 //! budgets (saved by `save_buckets`) are the whole truth.
 
 use super::SqliteStore;
+use crate::importly::JobKind;
 use crate::store::{Adopted, BudgetGuess, BudgetSeen, Grant, Lease, Result};
 
 impl SqliteStore {
@@ -10,7 +11,11 @@ impl SqliteStore {
         Ok(Lease::Held { valid_for: None })
     }
 
-    pub async fn adopt(&self, _keep: u32, _endpoint: fn(&str) -> &'static str) -> Result<Adopted> {
+    pub async fn adopt(
+        &self,
+        _keep: u32,
+        _endpoint: fn(JobKind) -> &'static str,
+    ) -> Result<Adopted> {
         Ok(Adopted::default())
     }
 

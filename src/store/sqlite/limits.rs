@@ -2,6 +2,7 @@
 
 use super::SqliteStore;
 use crate::clock;
+use crate::limits::Scope;
 use crate::store::Result;
 use crate::store::limits::*;
 
@@ -22,17 +23,17 @@ impl SqliteStore {
              ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason, \
                http_status = excluded.http_status, next_probe = excluded.next_probe",
         )
-        .bind(&p.scope)
+        .bind(p.scope)
         .bind(&p.reason)
         .bind(p.http_status)
-        .bind(&p.since)
-        .bind(&p.next_probe)
+        .bind(clock::iso(p.since))
+        .bind(clock::iso(p.next_probe))
         .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
 
-    pub async fn clear_pause(&self, scope: &str) -> Result<()> {
+    pub async fn clear_pause(&self, scope: Scope) -> Result<()> {
         sqlx::query("DELETE FROM pauses WHERE scope = ?")
             .bind(scope)
             .execute(&mut *self.writer().await?)
@@ -92,5 +93,31 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A time an outside writer garbled comes back as an error naming the column and the
+    /// text, never as a panic or a silently dropped pause.
+    #[tokio::test]
+    async fn a_garbled_time_is_a_store_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
+        sqlx::query(
+            "INSERT INTO pauses (scope, reason, http_status, since, next_probe) \
+             VALUES ('all', 'x', 401, 'yesterday', '2026-01-01T00:00:00.000Z')",
+        )
+        .execute(&mut *store.writer().await.unwrap())
+        .await
+        .unwrap();
+        let e = store.pauses().await.unwrap_err().to_string();
+        assert!(
+            e.contains("since") && e.contains("not a time: \"yesterday\""),
+            "{e}"
+        );
+        store.close().await;
     }
 }

@@ -1,5 +1,7 @@
 //! SQLite: metadata.
 
+use std::time::SystemTime;
+
 use super::SqliteStore;
 use crate::clock;
 use crate::store::Result;
@@ -21,14 +23,14 @@ impl SqliteStore {
     pub async fn cached_metadata(
         &self,
         url: &str,
-        fresh_since: &str,
+        fresh_since: SystemTime,
     ) -> Result<Option<CachedMetadata>> {
         Ok(sqlx::query_as::<_, CachedMetadata>(
             "SELECT url, title, duration, formats, data, job_id, fetched_at FROM metadata_cache \
              WHERE url = ? AND fetched_at >= ?",
         )
         .bind(url)
-        .bind(fresh_since)
+        .bind(clock::iso(fresh_since))
         .fetch_optional(&self.reader)
         .await?)
     }
@@ -104,7 +106,7 @@ impl SqliteStore {
             serde_json::from_str(&cached.data).unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(m) = &mut data {
             m.insert("fromCache".into(), true.into());
-            m.insert("cachedAt".into(), cached.fetched_at.clone().into());
+            m.insert("cachedAt".into(), clock::iso(cached.fetched_at).into());
         }
         let now = clock::now_iso();
         let mut writer = self.writer().await?;

@@ -2,10 +2,12 @@
 
 use super::SqliteStore;
 use crate::clock;
+use crate::importly::JobKind;
 use crate::store::ops::*;
-use crate::store::{ROW_COLUMNS, Result, Row, StoreError};
+use crate::store::{ROW_COLUMNS, Result, Row, State, StoreError};
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 /// One row in, `None` when its `external_id` was already queued.
 async fn insert_one(
@@ -18,7 +20,7 @@ async fn insert_one(
          ON CONFLICT (external_id) DO NOTHING RETURNING id",
     )
     .bind(&r.url)
-    .bind(&r.kind)
+    .bind(r.kind)
     .bind(&r.options)
     .bind(&r.external_id)
     .fetch_optional(&mut **tx)
@@ -126,8 +128,8 @@ impl SqliteStore {
              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR updated_at >= ?2) \
              ORDER BY id LIMIT ?3",
         )
-        .bind(f.state.clone())
-        .bind(f.since.clone())
+        .bind(f.state)
+        .bind(f.since.map(clock::iso))
         .bind(f.limit.map(i64::from).unwrap_or(-1))
         .fetch(&self.reader)
         .map_err(StoreError::from)
@@ -140,7 +142,7 @@ impl SqliteStore {
     pub async fn select_ids(
         &self,
         ids: Option<&[i64]>,
-        since: Option<&str>,
+        since: Option<SystemTime>,
         prefix: Option<&str>,
         unfinished: bool,
     ) -> Result<Vec<i64>> {
@@ -157,7 +159,7 @@ impl SqliteStore {
              ORDER BY id",
         )
         .bind(list)
-        .bind(since)
+        .bind(since.map(clock::iso))
         .bind(prefix)
         .bind(unfinished)
         .fetch_all(&self.reader)
@@ -168,7 +170,7 @@ impl SqliteStore {
     /// them (so a change that keeps every state, a retry's new attempt, still shows).
     pub async fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress> {
         let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        let rows: Vec<(State, i64, Option<String>)> = sqlx::query_as(
             "SELECT state, count(*), max(updated_at) FROM imports \
              WHERE id IN (SELECT value FROM json_each(?)) GROUP BY state",
         )
@@ -212,23 +214,23 @@ impl SqliteStore {
              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR updated_at >= ?2) \
              ORDER BY id LIMIT ?3"
         )))
-        .bind(&f.state)
-        .bind(&f.since)
+        .bind(f.state)
+        .bind(f.since.map(clock::iso))
         .bind(f.limit.map(i64::from).unwrap_or(-1))
         .fetch_all(&self.reader)
         .await?)
     }
 
     pub async fn status_counts(&self) -> Result<StatusCounts> {
-        let mut counts: BTreeMap<String, i64> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut counts: BTreeMap<State, i64> = State::ALL.iter().map(|s| (*s, 0)).collect();
         // From the totals the triggers of migration 0006 keep: a few rows, at any table size.
-        let rows: Vec<(String, i64, i64)> =
+        let rows: Vec<(State, i64, i64)> =
             sqlx::query_as("SELECT state, sum(n), sum(credits) FROM imports_counts GROUP BY state")
                 .fetch_all(&self.reader)
                 .await?;
         let mut credits_used = 0;
         for (state, n, credits) in rows {
-            if state == "completed" {
+            if state == State::Completed {
                 credits_used = credits;
             }
             counts.insert(state, n);
@@ -281,7 +283,7 @@ impl SqliteStore {
     /// table size.
     pub async fn queue_shape(&self) -> Result<QueueShape> {
         let mut shape = QueueShape::default();
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        let rows: Vec<(JobKind, State, i64)> = sqlx::query_as(
             "SELECT kind, state, n FROM imports_counts \
              WHERE state IN ('pending', 'submitting', 'running') AND n > 0",
         )
@@ -289,14 +291,14 @@ impl SqliteStore {
         .await?;
         for (kind, state, n) in rows {
             let n = u64::try_from(n).unwrap_or(0);
-            let into = if state == "running" {
+            let into = if state == State::Running {
                 &mut shape.running
             } else {
                 &mut shape.ahead
             };
             *into.entry(kind).or_default() += n;
         }
-        for kind in ["import", "metadata"] {
+        for kind in [JobKind::Import, JobKind::Metadata] {
             let mean: Option<f64> = sqlx::query_scalar(
                 "SELECT avg((julianday(i.completed_at) - julianday(a.finished_at)) * 86400000.0) \
                  FROM (SELECT id, completed_at FROM imports \
@@ -310,7 +312,7 @@ impl SqliteStore {
             .fetch_one(&self.reader)
             .await?;
             if let Some(m) = mean.filter(|m| m.is_finite() && *m >= 0.0) {
-                shape.mean_job_ms.insert(kind.to_owned(), m);
+                shape.mean_job_ms.insert(kind, m);
             }
         }
         Ok(shape)
@@ -324,7 +326,7 @@ impl SqliteStore {
         &self,
         ids: &[i64],
         all_failed: bool,
-        since: Option<&str>,
+        since: Option<SystemTime>,
     ) -> Result<Vec<i64>> {
         let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let now = clock::now_iso();
@@ -340,7 +342,7 @@ impl SqliteStore {
         .bind(list)
         .bind(all_failed)
         .bind(&now)
-        .bind(since)
+        .bind(since.map(clock::iso))
         .fetch_all(&mut *self.writer().await?)
         .await?;
         done.sort_unstable();
@@ -371,7 +373,8 @@ impl SqliteStore {
     /// The external_ids of the rows deleted go to `purged_external_ids` in the same
     /// transaction, where a trigger makes a later INSERT with one of them a no-op: feeding
     /// the same file again must not import (and pay for) them twice.
-    pub async fn purge(&self, before: &str, completed_only: bool) -> Result<u64> {
+    pub async fn purge(&self, before: SystemTime, completed_only: bool) -> Result<u64> {
+        let before = clock::iso(before);
         const BATCH: usize = 1000;
         let mut total = 0;
         loop {
@@ -382,7 +385,7 @@ impl SqliteStore {
                  WHERE updated_at < ?1 AND (state = 'completed' OR (NOT ?2 AND \
                        state IN ('failed', 'cancelled'))) LIMIT ?3",
             )
-            .bind(before)
+            .bind(&before)
             .bind(completed_only)
             .bind(BATCH as i64)
             .fetch_all(&mut *tx)
@@ -417,18 +420,18 @@ impl SqliteStore {
     /// growing without bound (entries past `metadata.cache_ttl` are never reused anyway).
     /// Deletes audit entries older than `before`, so the audit log does not grow for ever
     /// (`purge --older-than` keeps the same span of history for both).
-    pub async fn purge_audit(&self, before: &str) -> Result<u64> {
+    pub async fn purge_audit(&self, before: SystemTime) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM audit WHERE at < ?")
-            .bind(before)
+            .bind(clock::iso(before))
             .execute(&mut *self.writer().await?)
             .await?
             .rows_affected())
     }
 
-    pub async fn purge_metadata_cache(&self, before: &str) -> Result<u64> {
+    pub async fn purge_metadata_cache(&self, before: SystemTime) -> Result<u64> {
         Ok(
             sqlx::query("DELETE FROM metadata_cache WHERE fetched_at < ?")
-                .bind(before)
+                .bind(clock::iso(before))
                 .execute(&mut *self.writer().await?)
                 .await?
                 .rows_affected(),

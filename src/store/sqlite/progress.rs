@@ -74,6 +74,7 @@ const RECORD_PROGRESS: &str = "\
 mod tests {
     use super::*;
     #[allow(unused_imports)]
+    use crate::importly::JobKind;
     use crate::store::*;
     #[allow(unused_imports)]
     use std::time::{Duration, SystemTime};
@@ -119,7 +120,7 @@ mod tests {
             row(&store, "https://e.com/gone").await,
         );
         let claimed = store
-            .claim_due("import", 3, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 3, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
@@ -196,7 +197,7 @@ mod tests {
             row(&store, "https://e.com/cancelled").await,
         );
         let claimed = store
-            .claim_due("import", 3, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 3, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
@@ -239,7 +240,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let a = row(&store, "https://e.com/a").await;
         store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         let fate = store
@@ -248,7 +249,7 @@ mod tests {
             .unwrap();
         assert_eq!(fate, crate::store::Fate::Pending);
         store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         let started = Progress {
@@ -273,13 +274,13 @@ mod tests {
         let m = store
             .enqueue(&[crate::store::EnqueueRow {
                 url: "https://e.com/m".into(),
-                kind: Some("metadata".into()),
+                kind: Some(JobKind::Metadata),
                 ..Default::default()
             }])
             .await
             .unwrap()[0];
         store
-            .claim_due("metadata", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Metadata, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         let fate = store
@@ -288,7 +289,7 @@ mod tests {
             .unwrap();
         assert_eq!(fate, crate::store::Fate::Pending);
         store
-            .claim_due("metadata", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Metadata, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         store

@@ -1,10 +1,14 @@
 //! SQLite: queue.
 
+use std::time::SystemTime;
+
 use super::SqliteStore;
 use crate::clock;
+use crate::importly::JobKind;
 use crate::store::Result;
 use crate::store::attempts::{self, AttemptRecord, Written};
 use crate::store::queue::*;
+use crate::store::state::Iso;
 
 /// The claim statement for one kind. `?1` is the batch size, `?2` the time. The CAST keeps
 /// `LIMIT` from being a bare parameter: SQLite plans a bare one by its bound value and so
@@ -37,13 +41,10 @@ macro_rules! next_due_sql {
 /// the statement on every run: the partial index `imports_metadata_by_url` (`WHERE kind =
 /// 'metadata'`) makes the plan depend on the bound value, so each new binding expires the
 /// prepared statement (profiling showed a tenth of the daemon's CPU in re-parsing).
-fn by_kind(kind: &str, import: &'static str, metadata: &'static str) -> Result<&'static str> {
+fn by_kind(kind: JobKind, import: &'static str, metadata: &'static str) -> &'static str {
     match kind {
-        "import" => Ok(import),
-        "metadata" => Ok(metadata),
-        other => Err(crate::store::StoreError::Invalid(format!(
-            "unknown job kind {other:?}"
-        ))),
+        JobKind::Import => import,
+        JobKind::Metadata => metadata,
     }
 }
 
@@ -52,9 +53,9 @@ impl SqliteStore {
     /// every row (as `take_budget`).
     pub async fn claim_budgeted(
         &self,
-        kind: &str,
+        kind: JobKind,
         n: u32,
-        now: &str,
+        now: SystemTime,
         slots: u32,
         _guess: &crate::store::BudgetGuess,
     ) -> Result<Claim> {
@@ -71,19 +72,19 @@ impl SqliteStore {
     /// no row can be claimed twice.
     pub async fn claim_due(
         &self,
-        kind: &str,
+        kind: JobKind,
         n: u32,
-        now: &str,
+        now: SystemTime,
         _slots: u32,
     ) -> Result<Vec<Claimed>> {
         if n == 0 {
             return Ok(Vec::new());
         }
         // The kind is written into the SQL, not bound (see `by_kind`).
-        let sql = by_kind(kind, claim_sql!("import"), claim_sql!("metadata"))?;
+        let sql = by_kind(kind, claim_sql!("import"), claim_sql!("metadata"));
         let mut rows = sqlx::query_as::<_, Claimed>(sql)
             .bind(i64::from(n))
-            .bind(now)
+            .bind(clock::iso(now))
             .fetch_all(&mut *self.writer().await?)
             .await?;
         // RETURNING order is unspecified; keep oldest-due-first for the caller.
@@ -92,11 +93,12 @@ impl SqliteStore {
     }
 
     /// When the next pending row of `kind` is due, if any.
-    pub async fn next_due(&self, kind: &str) -> Result<Option<String>> {
-        let sql = by_kind(kind, next_due_sql!("import"), next_due_sql!("metadata"))?;
-        Ok(sqlx::query_scalar::<_, String>(sql)
+    pub async fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>> {
+        let sql = by_kind(kind, next_due_sql!("import"), next_due_sql!("metadata"));
+        Ok(sqlx::query_scalar::<_, Iso>(sql)
             .fetch_optional(&self.reader)
-            .await?)
+            .await?
+            .map(SystemTime::from))
     }
 
     /// Back to `pending`, due at `due`. With `count` the failure is the row's own and
@@ -108,7 +110,7 @@ impl SqliteStore {
     pub async fn reschedule(
         &self,
         id: i64,
-        due: Option<&str>,
+        due: Option<SystemTime>,
         count: bool,
         max_attempts: u32,
         last_error: &str,
@@ -138,7 +140,7 @@ impl SqliteStore {
         .bind(id)
         .bind(i64::from(count))
         .bind(i64::from(max_attempts))
-        .bind(due)
+        .bind(due.map(clock::iso))
         .bind(&now)
         .bind(last_error)
         .fetch_optional(&mut *tx)
@@ -207,12 +209,12 @@ impl SqliteStore {
     pub async fn recover_submitting(
         &self,
         keep: u32,
-        endpoint: fn(&str) -> &'static str,
+        endpoint: fn(JobKind) -> &'static str,
     ) -> Result<Vec<i64>> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
         let now = clock::now_iso();
-        let ids: Vec<(i64, i64, String)> = sqlx::query_as(
+        let ids: Vec<(i64, i64, JobKind)> = sqlx::query_as(
             "UPDATE imports SET state = 'pending', next_attempt_at = ?1, updated_at = ?1, \
                last_error = 'daemon stopped during submit; the POST may have reached Importly' \
              WHERE state = 'submitting' RETURNING id, attempts, kind",
@@ -223,7 +225,7 @@ impl SqliteStore {
         for (id, attempts, kind) in &ids {
             let record = ambiguous_submit(
                 attempts + 1,
-                endpoint(kind),
+                endpoint(*kind),
                 &now,
                 "daemon stopped while this row was being submitted; \
                  a job may exist at Importly without our record of it",
@@ -329,7 +331,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let id = rows(&store, 1).await[0];
         store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         sqlx::query("DELETE FROM imports WHERE id = ?")
@@ -338,10 +340,10 @@ mod tests {
             .await
             .unwrap();
         let r = record();
-        let due = clock::now_iso();
+        let due = SystemTime::now();
         for count in [true, false] {
             let fate = store
-                .reschedule(id, Some(&due), count, 8, "x", Some(&r), 50)
+                .reschedule(id, Some(due), count, 8, "x", Some(&r), 50)
                 .await
                 .unwrap();
             assert_eq!(fate, Fate::Gone);
@@ -376,7 +378,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let ids = rows(&store, 3).await;
         let first = store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(first[0].id, ids[0]);
@@ -386,7 +388,7 @@ mod tests {
             .unwrap();
         assert_eq!(fate, Fate::Pending);
         let again = store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         assert_eq!(again[0].id, ids[0]);
@@ -401,7 +403,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
         let id = rows(&store, 1).await[0];
         store
-            .claim_due("import", 1, &clock::now_iso(), u32::MAX)
+            .claim_due(JobKind::Import, 1, SystemTime::now(), u32::MAX)
             .await
             .unwrap();
         let released = store

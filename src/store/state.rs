@@ -1,0 +1,282 @@
+//! The typed values that cross the store interface in place of text: a row's [`State`], its
+//! kind ([`JobKind`]) and times ([`SystemTime`]). Each backend renders them in its own SQL;
+//! what is read back is checked here, so a value an outside writer garbled becomes a
+//! `StoreError` (a column decode error naming the column), never a panic.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+
+use crate::clock;
+use crate::importly::JobKind;
+use crate::limits::Scope;
+
+/// Where a row stands (the `state_must_be_known` CHECK constraint of both schemas).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Pending,
+    Submitting,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    /// Every state, in the lifecycle's order (the CHECK constraint's).
+    pub const ALL: [State; 6] = [
+        State::Pending,
+        State::Submitting,
+        State::Running,
+        State::Completed,
+        State::Failed,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Submitting => "submitting",
+            State::Running => "running",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Ordered by name, not by the lifecycle: maps keyed by state (`status --json`'s counts)
+/// printed their keys alphabetically while they were text, and must go on doing so.
+impl Ord for State {
+    fn cmp(&self, other: &State) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for State {
+    fn partial_cmp(&self, other: &State) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Text that names no state (or kind, or scope).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {text:?}: one of {known}")]
+pub struct UnknownName {
+    what: &'static str,
+    text: String,
+    known: String,
+}
+
+impl UnknownName {
+    fn new(what: &'static str, text: &str, known: &[&str]) -> UnknownName {
+        UnknownName {
+            what,
+            text: text.to_owned(),
+            known: known.join(", "),
+        }
+    }
+}
+
+impl FromStr for State {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<State, UnknownName> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownName::new("state", s, &State::ALL.map(State::as_str)))
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<JobKind, UnknownName> {
+        JobKind::parse(s).ok_or_else(|| UnknownName::new("job kind", s, &["import", "metadata"]))
+    }
+}
+
+impl FromStr for Scope {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Scope, UnknownName> {
+        Scope::parse(s)
+            .ok_or_else(|| UnknownName::new("pause scope", s, &["all", "import", "metadata"]))
+    }
+}
+
+/// The lowercase name everywhere: `Display`, serde, and the SQL text of both backends.
+macro_rules! named {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+        where
+            String: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $t
+        where
+            &'static str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(&self, buf: &mut DB::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                <&'static str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $t
+        where
+            String: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<$t, BoxDynError> {
+                let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
+                Ok(s.parse::<$t>()?)
+            }
+        }
+    };
+}
+
+named!(State);
+named!(JobKind);
+named!(Scope);
+
+/// Compares with the name, as in `assert_eq!(row.state, "failed")`.
+macro_rules! eq_name {
+    ($t:ty) => {
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+eq_name!(State);
+eq_name!(JobKind);
+eq_name!(Scope);
+
+/// A time as both backends read it back: the canonical text (`clock::iso`; PostgreSQL's
+/// `iso!`), checked. Only for decoding: a field holds the [`SystemTime`] (`#[sqlx(try_from
+/// = "Iso")]`).
+pub struct Iso(pub SystemTime);
+
+impl From<Iso> for SystemTime {
+    fn from(t: Iso) -> SystemTime {
+        t.0
+    }
+}
+
+/// Text that is no time.
+#[derive(Debug, thiserror::Error)]
+#[error("not a time: {0:?}")]
+pub struct NotATime(String);
+
+/// `s` as a time, or an error naming the text (for values read back from the database).
+pub fn parse_time(s: &str) -> Result<SystemTime, NotATime> {
+    clock::parse_iso(s).ok_or_else(|| NotATime(s.to_owned()))
+}
+
+impl<DB: sqlx::Database> sqlx::Type<DB> for Iso
+where
+    String: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <String as sqlx::Type<DB>>::type_info()
+    }
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <String as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Iso
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<Iso, BoxDynError> {
+        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
+        Ok(Iso(parse_time(&s)?))
+    }
+}
+
+/// Serializes a time as the canonical text, so JSON that carried the stored text before it
+/// was typed prints the same bytes (`#[serde(serialize_with = "iso")]`).
+pub fn iso<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&clock::iso(*t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_say_what_is_known() {
+        for st in State::ALL {
+            assert_eq!(st.as_str().parse::<State>(), Ok(st));
+            assert_eq!(
+                serde_json::to_string(&st).unwrap(),
+                format!("\"{}\"", st.as_str())
+            );
+            assert_eq!(
+                serde_json::from_str::<State>(&format!("\"{st}\"")).unwrap(),
+                st
+            );
+        }
+        let e = "done".parse::<State>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unknown state \"done\": one of pending, submitting, running, completed, failed, \
+             cancelled"
+        );
+        assert!("Import".parse::<JobKind>().is_err());
+        assert_eq!("metadata".parse::<JobKind>(), Ok(JobKind::Metadata));
+        assert_eq!("all".parse::<Scope>(), Ok(Scope::All));
+    }
+
+    #[test]
+    fn maps_keyed_by_state_keep_their_alphabetical_order() {
+        let mut sorted = State::ALL;
+        sorted.sort();
+        let names: Vec<&str> = sorted.iter().map(|s| s.as_str()).collect();
+        let mut alpha = names.clone();
+        alpha.sort();
+        assert_eq!(names, alpha);
+    }
+
+    #[test]
+    fn garbled_times_are_errors() {
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2026-12-07T10:00:00.123Z").is_ok());
+    }
+}
