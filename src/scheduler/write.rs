@@ -335,3 +335,299 @@ impl Applied {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::EnqueueRow;
+
+    /// Which variant `w` is. Exhaustive: a new variant does not compile until it is added
+    /// here, and then `one_of_each` must build it for the tests below to pass.
+    fn variant(w: &Write) -> usize {
+        match w {
+            Write::GiveBackUnbudgeted { .. } => 0,
+            Write::GiveBackUnsent { .. } => 1,
+            Write::Release { .. } => 2,
+            Write::ReleaseDeadSubmit { .. } => 3,
+            Write::Retry { .. } => 4,
+            Write::Snooze { .. } => 5,
+            Write::WaitForPreflight { .. } => 6,
+            Write::WaitForMetadata { .. } => 7,
+            Write::Fail { .. } => 8,
+            Write::FailBadOptions { .. } => 9,
+            Write::FailGuarded { .. } => 10,
+            Write::LogFailedPoll { .. } => 11,
+            Write::RecordProgress(_) => 12,
+            Write::SetPause(_) => 13,
+            Write::ClearPause(_) => 14,
+            Write::CompleteMetadata { .. } => 15,
+            Write::CompleteFromCache { .. } => 16,
+            Write::QueuePreflight { .. } => 17,
+        }
+    }
+    const VARIANTS: usize = 18;
+
+    fn record(attempt: i64, outcome: &str) -> AttemptRecord {
+        AttemptRecord {
+            attempt,
+            method: "POST".into(),
+            endpoint: "/import".into(),
+            started_at: clock::now_iso(),
+            finished_at: clock::now_iso(),
+            http_status: Some(503),
+            outcome: outcome.into(),
+            ..AttemptRecord::default()
+        }
+    }
+
+    /// Every kind of write, each aimed at row `id`.
+    fn one_of_each(id: i64) -> Vec<Write> {
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        vec![
+            Write::GiveBackUnbudgeted { ids: vec![id] },
+            Write::GiveBackUnsent { id },
+            Write::Release { id },
+            Write::ReleaseDeadSubmit {
+                id,
+                endpoint: "/import",
+                keep: 10,
+            },
+            Write::Retry {
+                id,
+                due: soon,
+                max_attempts: 5,
+                why: "HTTP 503".into(),
+                record: record(1, "server_error"),
+                keep: 10,
+            },
+            Write::Snooze {
+                id,
+                due: None,
+                max_attempts: 5,
+                why: "rate limited".into(),
+                record: record(1, "rate_limited"),
+                keep: 10,
+            },
+            Write::WaitForPreflight {
+                id,
+                due: soon,
+                max_attempts: 5,
+                keep: 10,
+            },
+            Write::WaitForMetadata {
+                id,
+                due: soon,
+                max_attempts: 5,
+                keep: 10,
+            },
+            Write::Fail {
+                id,
+                reason: "rejected".into(),
+                result: None,
+                record: record(1, "bad_request"),
+                keep: 10,
+            },
+            Write::FailBadOptions {
+                id,
+                reason: "bad options".into(),
+                keep: 10,
+            },
+            Write::FailGuarded {
+                id,
+                reason: "too dear".into(),
+                keep: 10,
+            },
+            Write::LogFailedPoll {
+                id,
+                record: record(2, "server_error"),
+                keep: 10,
+            },
+            Write::RecordProgress(Progress::default()),
+            Write::SetPause(StoredPause {
+                scope: "import".into(),
+                reason: "out of credits".into(),
+                http_status: Some(402),
+                since: clock::now_iso(),
+                next_probe: clock::now_iso(),
+            }),
+            Write::ClearPause(Scope::Import),
+            Write::CompleteMetadata {
+                id,
+                job_id: "job-1".into(),
+                title: Some("a title".into()),
+                duration: Some(1.5),
+                formats: "[]".into(),
+                result: "{}".into(),
+            },
+            Write::CompleteFromCache {
+                id,
+                cached: CachedMetadata {
+                    url: "https://e.example/a".into(),
+                    title: None,
+                    duration: None,
+                    formats: "[]".into(),
+                    data: "{}".into(),
+                    job_id: None,
+                    fetched_at: clock::now_iso(),
+                },
+            },
+            Write::QueuePreflight {
+                id,
+                url: "https://e.example/a".into(),
+            },
+        ]
+    }
+
+    async fn store_in(dir: &tempfile::TempDir) -> Store {
+        Store::open_sqlite(&dir.path().join("q.db")).await.unwrap()
+    }
+
+    /// Claims every due row of `kind` (as the scheduler does before it writes about them).
+    async fn claim(store: &Store, kind: &str) -> Vec<i64> {
+        let rows = store
+            .claim_due(kind, 64, &clock::now_iso(), u32::MAX)
+            .await
+            .unwrap();
+        rows.into_iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn each_kind_of_write_has_its_own_text() {
+        let writes = one_of_each(1);
+        let kinds: HashSet<usize> = writes.iter().map(variant).collect();
+        assert_eq!(kinds.len(), VARIANTS, "one_of_each builds every variant");
+        assert_eq!(writes.len(), VARIANTS, "and each once");
+        let texts: HashSet<&str> = writes.iter().map(Write::what).collect();
+        assert_eq!(texts.len(), VARIANTS, "{texts:?}");
+        assert!(texts.iter().all(|t| !t.is_empty()));
+    }
+
+    /// Every variant, applied for a row its owner deleted: each gives its documented output
+    /// shape, and the single-row writes say the row is gone instead of failing.
+    #[tokio::test]
+    async fn every_write_has_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let missing = 4242;
+        for w in one_of_each(missing) {
+            let out = w.apply(&store).await.unwrap();
+            let shape_ok = match variant(&w) {
+                0..=2 | 13 | 14 | 16 => matches!(out, Applied::Done),
+                3 | 8..=11 | 15 => matches!(out, Applied::Row(Written::Gone)),
+                4..=7 => matches!(out, Applied::Fate(Fate::Gone)),
+                12 => matches!(&out, Applied::Started(ids) if ids.is_empty()),
+                17 => matches!(out, Applied::Metadata(MetadataRow::Queued(_))),
+                _ => false,
+            };
+            assert!(shape_ok, "{}: {out:?}", w.what());
+            assert_eq!(
+                out.gone(),
+                matches!(variant(&w), 3..=11 | 15),
+                "{}",
+                w.what()
+            );
+        }
+        store.close().await;
+    }
+
+    /// Writes on real rows, read back: give-backs leave the row untouched, a dead submit
+    /// leaves an ambiguous-submit record, a snooze counts no attempt, a retry out of
+    /// attempts fails the row, and a pause is stored and lifted.
+    #[tokio::test]
+    async fn writes_change_the_rows_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let rows: Vec<EnqueueRow> = ["a", "b", "c"]
+            .iter()
+            .map(|n| EnqueueRow {
+                url: format!("https://e.example/{n}"),
+                ..Default::default()
+            })
+            .collect();
+        let ids = store.enqueue(&rows).await.unwrap();
+        let (a, b, c) = (ids[0], ids[1], ids[2]);
+        assert_eq!(claim(&store, "import").await, ids);
+
+        let out = Write::GiveBackUnbudgeted { ids: vec![a, b] }
+            .apply(&store)
+            .await
+            .unwrap();
+        assert!(matches!(out, Applied::Done));
+        let dead = Write::ReleaseDeadSubmit {
+            id: c,
+            endpoint: "/import",
+            keep: 10,
+        };
+        assert!(matches!(
+            dead.apply(&store).await.unwrap(),
+            Applied::Row(Written::Row)
+        ));
+        for id in [a, b] {
+            let r = store.row(id).await.unwrap().unwrap();
+            assert_eq!((r.state.as_str(), r.attempts), ("pending", 0), "{r:?}");
+            assert!(store.attempts(id).await.unwrap().is_empty());
+        }
+        let r = store.row(c).await.unwrap().unwrap();
+        assert_eq!(r.state, "pending");
+        // (The store adds that the POST may have reached Importly.)
+        let why = r.last_error.unwrap_or_default();
+        assert!(why.starts_with(DEAD_SUBMIT), "{why}");
+        let log = store.attempts(c).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].outcome, "ambiguous_submit");
+
+        // A snooze keeps the attempt count; a counted retry at the last attempt fails.
+        assert_eq!(claim(&store, "import").await, ids);
+        let snooze = Write::Snooze {
+            id: a,
+            due: None,
+            max_attempts: 1,
+            why: "rate limited".into(),
+            record: record(1, "rate_limited"),
+            keep: 10,
+        };
+        assert!(matches!(
+            snooze.apply(&store).await.unwrap(),
+            Applied::Fate(Fate::Pending)
+        ));
+        let r = store.row(a).await.unwrap().unwrap();
+        assert_eq!(r.state, "pending");
+        assert_eq!(r.attempts, 0);
+        assert_eq!(r.last_error.as_deref(), Some("rate limited"));
+        assert_eq!(store.attempts(a).await.unwrap()[0].outcome, "rate_limited");
+        let retry = Write::Retry {
+            id: b,
+            due: SystemTime::now() + Duration::from_secs(3600),
+            max_attempts: 1,
+            why: "HTTP 503".into(),
+            record: record(1, "server_error"),
+            keep: 10,
+        };
+        assert!(matches!(
+            retry.apply(&store).await.unwrap(),
+            Applied::Fate(Fate::Failed)
+        ));
+        let r = store.row(b).await.unwrap().unwrap();
+        assert_eq!((r.state.as_str(), r.attempts), ("failed", 1), "{r:?}");
+
+        // A pause, stored and lifted.
+        let pause = StoredPause {
+            scope: "import".into(),
+            reason: "out of credits".into(),
+            http_status: Some(402),
+            since: clock::now_iso(),
+            next_probe: clock::now_iso(),
+        };
+        Write::SetPause(pause.clone()).apply(&store).await.unwrap();
+        assert_eq!(store.pauses().await.unwrap(), vec![pause]);
+        Write::ClearPause(Scope::Import)
+            .apply(&store)
+            .await
+            .unwrap();
+        assert!(store.pauses().await.unwrap().is_empty());
+        store.close().await;
+    }
+}
