@@ -182,8 +182,8 @@ impl Write {
         }
     }
 
-    /// Makes the write once. Safe to repeat after an error: each is one statement or one
-    /// transaction, so a failed attempt left nothing behind.
+    /// Makes the write once; `Scheduler::persist` calls it again after an error, with the
+    /// same data each time.
     pub(super) async fn apply(&self, store: &Store) -> crate::store::Result<Applied> {
         Ok(match self {
             Write::GiveBackUnbudgeted { ids } => {
