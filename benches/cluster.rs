@@ -558,7 +558,9 @@ async fn throughput() -> R<()> {
         Ok(list) => list
             .split(',')
             .map(|r| {
-                let (d, h) = r.split_once(':').ok_or("BENCH_THROUGHPUT: DAEMONS:HISTORY")?;
+                let (d, h) = r
+                    .split_once(':')
+                    .ok_or("BENCH_THROUGHPUT: DAEMONS:HISTORY")?;
                 Ok((d.trim().parse()?, h.trim().parse()?))
             })
             .collect::<R<Vec<(usize, i64)>>>()?,

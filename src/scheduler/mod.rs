@@ -15,6 +15,7 @@ mod cluster;
 mod outcome;
 mod preflight;
 mod record;
+mod write;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::store::{Claim, Claimed, Progress, Store};
 use crate::webhook::Hooks;
 
 pub use record::attempt_record;
+use write::{Applied, Write};
 
 /// How long in-flight HTTP calls may run on after SIGTERM before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -432,21 +434,15 @@ impl Scheduler {
                 self.lanes[li].submitting.remove(&row.id);
                 self.early_hints.remove(&row.id);
                 self.spend_webhook(row.id);
-                let keep = self.cfg.log.keep_attempts;
-                let endpoint = submit_path(row.kind);
                 let id = row.id;
                 let written = self
-                    .persist("release a row whose submit died", |s| async move {
-                        s.release_ambiguous(
-                            id,
-                            endpoint,
-                            "the submit task ended without an answer",
-                            keep,
-                        )
-                        .await
+                    .persist(Write::ReleaseDeadSubmit {
+                        id,
+                        endpoint: submit_path(row.kind),
+                        keep: self.cfg.log.keep_attempts,
                     })
                     .await;
-                if written == Some(crate::store::Written::Gone) {
+                if written.is_some_and(|w| w.gone()) {
                     self.row_gone(id, "the release of its dead submit");
                 }
                 self.look_for_due_rows();
@@ -698,15 +694,15 @@ impl Scheduler {
             Err(reason) => {
                 // CHECK constraints make this unreachable for rows inserted normally; a row
                 // edited around them still fails cleanly rather than loop.
-                let keep = self.cfg.log.keep_attempts;
                 let id = row.id;
                 let written = self
-                    .persist("fail a row with bad options", |s| {
-                        let reason = reason.clone();
-                        async move { s.fail(id, &reason, None, None, keep).await }
+                    .persist(Write::FailBadOptions {
+                        id,
+                        reason,
+                        keep: self.cfg.log.keep_attempts,
                     })
                     .await;
-                if written == Some(crate::store::Written::Gone) {
+                if written.is_some_and(|w| w.gone()) {
                     self.row_gone(id, "its failure");
                 }
                 return;
@@ -879,12 +875,7 @@ impl Scheduler {
             "paused: sending one request as a probe"
         );
         for p in probed {
-            let stored = p.to_stored();
-            self.persist("store pause", |s| {
-                let stored = stored.clone();
-                async move { s.set_pause(&stored).await }
-            })
-            .await;
+            self.persist(Write::SetPause(p.to_stored())).await;
         }
     }
 
@@ -995,12 +986,7 @@ impl Scheduler {
                 self.status.reconfigure(&config.limits.status, now);
                 self.cfg = Arc::new(*config);
                 for p in self.pauses.probe_now(now) {
-                    let stored = p.to_stored();
-                    self.persist("store pause", |s| {
-                        let stored = stored.clone();
-                        async move { s.set_pause(&stored).await }
-                    })
-                    .await;
+                    self.persist(Write::SetPause(p.to_stored())).await;
                 }
                 // The outcome line of the reload is the signal handler's (one per SIGHUP).
                 tracing::debug!("new configuration and API key in force");
@@ -1046,14 +1032,11 @@ impl Scheduler {
     /// Runs a store write until it succeeds (a full disk or a locked file is retried, not
     /// dropped: a row must never be reported done that we could not record). Gives up only
     /// at shutdown, leaving the row as it was for start-up recovery.
-    async fn persist<F, Fut, T>(&self, what: &str, mut f: F) -> Option<T>
-    where
-        F: FnMut(Store) -> Fut,
-        Fut: std::future::Future<Output = crate::store::Result<T>>,
-    {
+    async fn persist(&self, w: Write) -> Option<Applied> {
+        let what = w.what();
         let mut delay = Duration::from_millis(100);
         loop {
-            match f(self.store.clone()).await {
+            match w.apply(&self.store).await {
                 Ok(v) => {
                     self.health.write_ok();
                     return Some(v);

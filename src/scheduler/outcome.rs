@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{Done, Job, Scheduler, attempt_record, lane_index, log_field, poll_backoff, scope_of};
+use super::{
+    Applied, Done, Job, Scheduler, Write, attempt_record, lane_index, log_field, poll_backoff,
+    scope_of,
+};
 use crate::backoff;
 use crate::clock;
 use crate::importly::{Exchange, JobKind, JobState, Outcome};
@@ -63,11 +66,7 @@ impl Scheduler {
                 self.lanes[li].submitting.remove(&row.id);
                 self.early_hints.remove(&row.id);
                 self.spend_webhook(row.id);
-                let id = row.id;
-                self.persist("give back a row never sent", |s| async move {
-                    s.release(&[id]).await
-                })
-                .await;
+                self.persist(Write::GiveBackUnsent { id: row.id }).await;
                 self.look_for_due_rows();
             }
             Done::PollUnsent { id } => {
@@ -119,8 +118,7 @@ impl Scheduler {
                 scope = scope.as_str(),
                 "pause lifted: Importly accepts us again"
             );
-            self.persist("lift pause", |s| async move { s.clear_pause(scope).await })
-                .await;
+            self.persist(Write::ClearPause(scope)).await;
             self.look_for_due_rows();
         }
     }
@@ -146,12 +144,7 @@ impl Scheduler {
                 "still paused"
             );
         }
-        let stored = p.to_stored();
-        self.persist("store pause", |s| {
-            let stored = stored.clone();
-            async move { s.set_pause(&stored).await }
-        })
-        .await;
+        self.persist(Write::SetPause(p.to_stored())).await;
     }
 
     async fn on_submit(&mut self, row: Claimed, kind: JobKind, ex: Exchange, slot_probe: bool) {
@@ -257,26 +250,25 @@ impl Scheduler {
                 } else {
                     reason.clone()
                 };
-                let record = attempt_record(&ex, attempt, None);
-                let max = self.cfg.retry.max_attempts;
                 let fate = self
-                    .persist("reschedule row", |s| {
-                        let (why, record) = (why.clone(), record.clone());
-                        async move {
-                            s.reschedule(id, Some(due), true, max, &why, Some(&record), keep)
-                                .await
-                        }
+                    .persist(Write::Retry {
+                        id,
+                        due,
+                        max_attempts: self.cfg.retry.max_attempts,
+                        why: why.clone(),
+                        record: attempt_record(&ex, attempt, None),
+                        keep,
                     })
                     .await;
                 match fate {
-                    Some(Fate::Failed) => {
+                    Some(Applied::Fate(Fate::Failed)) => {
                         tracing::error!(id, attempts = attempt, reason = %why, "failed: out of attempts")
                     }
-                    Some(Fate::Pending) => {
+                    Some(Applied::Fate(Fate::Pending)) => {
                         tracing::warn!(id, attempt, retry_in = ?delay, reason = %why, "submit failed; will retry")
                     }
-                    Some(Fate::Gone) => self.row_gone(id, "its failed submit"),
-                    None => {}
+                    Some(Applied::Fate(Fate::Gone)) => self.row_gone(id, "its failed submit"),
+                    _ => {}
                 }
             }
             Outcome::Job { .. } => {
@@ -385,17 +377,21 @@ impl Scheduler {
         if self.group.progress.is_empty() {
             return;
         }
-        let group = std::mem::take(&mut self.group);
-        let progress = &group.progress;
-        let stored = self
-            .persist("record progress", |s| async move {
-                s.record_progress(progress).await
+        let super::Group { progress, jobs } = std::mem::take(&mut self.group);
+        // The write takes the group's data; the log lines of the completed jobs, after it.
+        let completed: Vec<(i64, String, Option<i64>)> = progress
+            .finished
+            .iter()
+            .map(|f| {
+                let media_url = log_field(f.media_url.as_deref().unwrap_or(""));
+                (f.id, media_url, f.credits_used)
             })
-            .await;
-        let Some(started) = stored else {
+            .collect();
+        let stored = self.persist(Write::RecordProgress(progress)).await;
+        let Some(Applied::Started(started)) = stored else {
             // Shutdown came first: the rows stay `submitting`/`running` on disk, and start-up
             // recovery resolves them. What only we know goes to the log for the tickets.
-            for (id, url, job) in &group.jobs {
+            for (id, url, job) in &jobs {
                 tracing::error!(id, job_id = %job.job_id, url = %log_field(url), "accepted by Importly but not recorded; the row will be submitted again");
             }
             return;
@@ -408,7 +404,7 @@ impl Scheduler {
         // back together to be recorded as one group. Counted from each answer's arrival,
         // they fell due one by one, each poll a take and a FINISH of its own.
         let first_poll = Instant::now() + self.cfg.poll.status_interval;
-        for (id, url, mut job) in group.jobs {
+        for (id, url, mut job) in jobs {
             if !job.urgent {
                 job.next_poll = first_poll;
             }
@@ -425,45 +421,32 @@ impl Scheduler {
                 self.lanes[lane_index(job.kind)].maybe_due = true;
             }
         }
-        for f in &group.progress.finished {
-            tracing::info!(
-                id = f.id,
-                media_url = %log_field(f.media_url.as_deref().unwrap_or("")),
-                credits = f.credits_used,
-                "completed"
-            );
-            self.finish_job(f.id);
+        for (id, media_url, credits) in completed {
+            tracing::info!(id, media_url = %media_url, credits, "completed");
+            self.finish_job(id);
         }
     }
 
     /// A completed metadata job: the row and the cache, together.
     async fn record_metadata(&mut self, id: i64, job_id: &str, data: &Value) -> bool {
         let info = crate::guard::meta_info(data);
-        let (formats, result) = (info.formats.to_string(), data.to_string());
+        let title = log_field(info.title.as_deref().unwrap_or(""));
         let stored = self
-            .persist("record metadata", |s| {
-                let (info, formats, result) = (info.clone(), formats.clone(), result.clone());
-                async move {
-                    s.complete_metadata(
-                        id,
-                        job_id,
-                        info.title.as_deref(),
-                        info.duration,
-                        &formats,
-                        &result,
-                    )
-                    .await
-                }
+            .persist(Write::CompleteMetadata {
+                id,
+                job_id: job_id.to_owned(),
+                title: info.title,
+                duration: info.duration,
+                formats: info.formats.to_string(),
+                result: data.to_string(),
             })
             .await;
         match stored {
-            Some(Written::Row) => tracing::info!(
-                id,
-                title = %log_field(info.title.as_deref().unwrap_or("")),
-                "metadata completed and cached"
-            ),
-            Some(Written::Gone) => self.row_gone(id, "its completed metadata"),
-            None => {}
+            Some(Applied::Row(Written::Row)) => {
+                tracing::info!(id, title = %title, "metadata completed and cached")
+            }
+            Some(Applied::Row(Written::Gone)) => self.row_gone(id, "its completed metadata"),
+            _ => {}
         }
         stored.is_some()
     }
@@ -497,15 +480,14 @@ impl Scheduler {
     }
 
     async fn log_poll_failure(&mut self, id: i64, ex: &Exchange, attempt: i64, job_id: &str) {
-        let keep = self.cfg.log.keep_attempts;
-        let record = attempt_record(ex, attempt, Some(job_id));
         let written = self
-            .persist("log a failed poll", |s| {
-                let record = record.clone();
-                async move { s.record_attempt(id, &record, keep).await }
+            .persist(Write::LogFailedPoll {
+                id,
+                record: attempt_record(ex, attempt, Some(job_id)),
+                keep: self.cfg.log.keep_attempts,
             })
             .await;
-        if written == Some(Written::Gone) {
+        if written.is_some_and(|w| w.gone()) {
             self.row_gone(id, "its failed poll");
         }
     }
@@ -520,18 +502,17 @@ impl Scheduler {
         why: String,
         record: AttemptRecord,
     ) {
-        let keep = self.cfg.log.keep_attempts;
-        let max = self.cfg.retry.max_attempts;
         let fate = self
-            .persist("snooze row", |s| {
-                let (why, record) = (why.clone(), record.clone());
-                async move {
-                    s.reschedule(id, due, false, max, &why, Some(&record), keep)
-                        .await
-                }
+            .persist(Write::Snooze {
+                id,
+                due,
+                max_attempts: self.cfg.retry.max_attempts,
+                why,
+                record,
+                keep: self.cfg.log.keep_attempts,
             })
             .await;
-        if fate == Some(Fate::Gone) {
+        if fate.is_some_and(|f| f.gone()) {
             self.row_gone(id, "its snooze");
         }
         if due.is_none_or(|d| d <= SystemTime::now() + Duration::from_millis(10)) {
@@ -548,18 +529,17 @@ impl Scheduler {
         result: Option<String>,
         record: AttemptRecord,
     ) {
-        let keep = self.cfg.log.keep_attempts;
         tracing::error!(id, reason = %reason, "failed");
         let written = self
-            .persist("fail row", |s| {
-                let (reason, result, record) = (reason.clone(), result.clone(), record.clone());
-                async move {
-                    s.fail(id, &reason, result.as_deref(), Some(&record), keep)
-                        .await
-                }
+            .persist(Write::Fail {
+                id,
+                reason,
+                result,
+                record,
+                keep: self.cfg.log.keep_attempts,
             })
             .await;
-        if written == Some(Written::Gone) {
+        if written.is_some_and(|w| w.gone()) {
             self.row_gone(id, "its failure");
         }
     }

@@ -8,7 +8,7 @@
 
 use std::time::SystemTime;
 
-use super::{Scheduler, log_field};
+use super::{Applied, Scheduler, Write, log_field};
 use crate::clock;
 use crate::guard::{self, Guard};
 use crate::importly::JobKind;
@@ -40,14 +40,10 @@ impl Scheduler {
                     return Verdict::Submit;
                 };
                 let id = row.id;
-                let done = self
-                    .persist("complete from metadata cache", |s| {
-                        let cached = cached.clone();
-                        async move { s.complete_from_cache(id, &cached).await }
-                    })
-                    .await;
+                let fetched_at = cached.fetched_at;
+                let done = self.persist(Write::CompleteFromCache { id, cached }).await;
                 if done.is_some() {
-                    tracing::info!(id, url = %log_field(&row.url), fetched_at = %clock::iso(cached.fetched_at), "metadata completed from the cache, no API call");
+                    tracing::info!(id, url = %log_field(&row.url), fetched_at = %clock::iso(fetched_at), "metadata completed from the cache, no API call");
                     self.lanes[super::lane_index(kind)].maybe_due = true;
                 }
                 Verdict::Done
@@ -69,20 +65,21 @@ impl Scheduler {
         match self.store.cached_metadata(&row.url, fresh_since).await {
             Ok(Some(cached)) => self.judge(row, g, &cached).await,
             Ok(None) => {
-                let url = row.url.clone();
                 let state = self
-                    .persist("queue preflight metadata", |s| {
-                        let url = url.clone();
-                        async move { s.ensure_metadata_row(id, &url).await }
+                    .persist(Write::QueuePreflight {
+                        id,
+                        url: row.url.clone(),
                     })
                     .await;
                 match state {
-                    Some(MetadataRow::Ready(cached)) => self.judge(row, g, &cached).await,
-                    Some(MetadataRow::Failed(reason)) => {
+                    Some(Applied::Metadata(MetadataRow::Ready(cached))) => {
+                        self.judge(row, g, &cached).await
+                    }
+                    Some(Applied::Metadata(MetadataRow::Failed(reason))) => {
                         let reason = format!("preflight metadata failed: {reason}");
                         self.fail_guarded(row, reason).await
                     }
-                    Some(m) => {
+                    Some(Applied::Metadata(m)) => {
                         if let MetadataRow::Queued(mid) = m {
                             tracing::info!(
                                 id,
@@ -98,28 +95,20 @@ impl Scheduler {
                         // row), long enough that many waiting rows do not churn the writer.
                         let due = SystemTime::now()
                             + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
-                        let max = self.cfg.retry.max_attempts;
-                        let keep = self.cfg.log.keep_attempts;
                         let fate = self
-                            .persist("wait for preflight metadata", |s| async move {
-                                s.reschedule(
-                                    id,
-                                    Some(due),
-                                    false,
-                                    max,
-                                    MetadataRow::WAITING,
-                                    None,
-                                    keep,
-                                )
-                                .await
+                            .persist(Write::WaitForPreflight {
+                                id,
+                                due,
+                                max_attempts: self.cfg.retry.max_attempts,
+                                keep: self.cfg.log.keep_attempts,
                             })
                             .await;
-                        if fate == Some(crate::store::Fate::Gone) {
+                        if fate.is_some_and(|f| f.gone()) {
                             self.row_gone(id, "its wait for metadata");
                         }
                         Verdict::Done
                     }
-                    None => Verdict::Done,
+                    _ => Verdict::Done,
                 }
             }
             Err(e) => {
@@ -144,15 +133,16 @@ impl Scheduler {
 
     /// Fails a row before anything was sent for it.
     async fn fail_guarded(&mut self, row: &Claimed, reason: String) -> Verdict {
-        let (id, keep) = (row.id, self.cfg.log.keep_attempts);
+        let id = row.id;
         tracing::warn!(id, url = %log_field(&row.url), reason = %log_field(&reason), "failed by the credit guard");
         let written = self
-            .persist("fail row (credit guard)", |s| {
-                let reason = reason.clone();
-                async move { s.fail(id, &reason, None, None, keep).await }
+            .persist(Write::FailGuarded {
+                id,
+                reason,
+                keep: self.cfg.log.keep_attempts,
             })
             .await;
-        if written == Some(crate::store::Written::Gone) {
+        if written.is_some_and(|w| w.gone()) {
             self.row_gone(id, "its failure");
         }
         Verdict::Done
@@ -175,20 +165,20 @@ impl Scheduler {
         let id = row.id;
         tracing::info!(id, url = %log_field(&row.url), "metadata for this URL is already being fetched; waiting for it");
         let due = SystemTime::now() + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
-        let (max, keep) = (self.cfg.retry.max_attempts, self.cfg.log.keep_attempts);
         let fate = self
-            .persist("wait for metadata in flight", |s| async move {
-                s.reschedule(id, Some(due), false, max, MetadataRow::WAITING, None, keep)
-                    .await
+            .persist(Write::WaitForMetadata {
+                id,
+                due,
+                max_attempts: self.cfg.retry.max_attempts,
+                keep: self.cfg.log.keep_attempts,
             })
             .await;
-        if fate == Some(crate::store::Fate::Gone) {
+        if fate.is_some_and(|f| f.gone()) {
             self.row_gone(id, "its wait for metadata");
         }
     }
 
     async fn release_row(&mut self, id: i64) {
-        self.persist("release row", |s| async move { s.release(&[id]).await })
-            .await;
+        self.persist(Write::Release { id }).await;
     }
 }

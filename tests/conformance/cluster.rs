@@ -234,7 +234,10 @@ async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
             until > SystemTime::now() + Duration::from_secs(3000),
             "{until:?}"
         );
-        assert_eq!(submitting, 4, "the rows not granted stay pending, untouched");
+        assert_eq!(
+            submitting, 4,
+            "the rows not granted stay pending, untouched"
+        );
         assert_eq!(
             b.scalar("SELECT count(*) FROM imports WHERE state = 'pending' AND owner IS NULL")
                 .await,
@@ -247,9 +250,16 @@ async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
             .claim_budgeted(JobKind::Import, 5, now, u32::MAX, &g)
             .await
             .unwrap();
-        assert!(none.rows.is_empty() && none.grant.until.is_some(), "{none:?}");
+        assert!(
+            none.rows.is_empty() && none.grant.until.is_some(),
+            "{none:?}"
+        );
     } else {
-        assert_eq!(claim.rows.len(), 5, "SQLite: the daemon's own budget decides");
+        assert_eq!(
+            claim.rows.len(),
+            5,
+            "SQLite: the daemon's own budget decides"
+        );
         assert_eq!(claim.grant.granted, 5);
         assert_eq!(claim.grant.until, None);
         assert_eq!(submitting, 5);
@@ -274,23 +284,36 @@ async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Ba
     let g = guess(100, Duration::from_secs(3600));
     let now = SystemTime::now();
     // 3 slots: the claim that takes the last one says so.
-    let first = s.claim_budgeted(JobKind::Import, 3, now, 3, &g).await.unwrap();
+    let first = s
+        .claim_budgeted(JobKind::Import, 3, now, 3, &g)
+        .await
+        .unwrap();
     assert_eq!(first.rows.len(), 3);
     assert!(first.full, "every slot taken now");
-    let partial = other.claim_budgeted(JobKind::Import, 1, now, 5, &g).await.unwrap();
+    let partial = other
+        .claim_budgeted(JobKind::Import, 1, now, 5, &g)
+        .await
+        .unwrap();
     assert_eq!(partial.rows.len(), 1);
     assert!(!partial.full, "4 of 5 slots taken");
     // Full: nothing claimed, nothing taken from the budget, the rows stay pending.
-    let used_before = b.scalar("SELECT used::bigint FROM budgets WHERE scope = 'import'").await;
-    let none = other.claim_budgeted(JobKind::Import, 5, now, 4, &g).await.unwrap();
+    let used_before = b
+        .scalar("SELECT used::bigint FROM budgets WHERE scope = 'import'")
+        .await;
+    let none = other
+        .claim_budgeted(JobKind::Import, 5, now, 4, &g)
+        .await
+        .unwrap();
     assert!(none.rows.is_empty() && none.full, "{none:?}");
     assert_eq!(none.grant.until, None, "not the budget's doing");
     assert_eq!(
-        b.scalar("SELECT used::bigint FROM budgets WHERE scope = 'import'").await,
+        b.scalar("SELECT used::bigint FROM budgets WHERE scope = 'import'")
+            .await,
         used_before
     );
     assert_eq!(
-        b.scalar("SELECT count(*) FROM imports WHERE state = 'pending'").await,
+        b.scalar("SELECT count(*) FROM imports WHERE state = 'pending'")
+            .await,
         1
     );
     // Racing claims for the last slot: one row between them.
