@@ -765,10 +765,17 @@ impl Scheduler {
         if due.is_empty() || !self.may_send(turn.mono) {
             return;
         }
-        // One take from the shared budget for what the local one allows now.
-        let urgent = usize::from(due.iter().any(|(paced, _, _)| !paced));
-        let want =
-            (usize::try_from(self.status.burst(now)).unwrap_or(usize::MAX) + urgent).min(due.len());
+        // One take from the shared budget for what the local one lets go now, and no more:
+        // what is taken and not sent is lost to every daemon until the window ends. A pause
+        // sends nothing, or one probe; an urgent poll's jump uses the pacing turn that a
+        // paced one would have had (see `Budget::may_jump`).
+        let urgent = u64::from(due.iter().any(|(paced, _, _)| !paced));
+        let want = match self.pauses.poll_gate(now) {
+            Gate::Closed { .. } => return,
+            Gate::Probe(_) => 1,
+            Gate::Open => self.status.burst(now).max(urgent),
+        };
+        let want = usize::try_from(want).unwrap_or(usize::MAX).min(due.len());
         let grant = self
             .take_shared("status", u32::try_from(want).unwrap_or(u32::MAX))
             .await;
