@@ -176,6 +176,88 @@ async fn three_daemons_share_a_tight_account_and_import_each_url_once() {
     }
 }
 
+/// A 401 pauses everything: while it holds, the daemon's due polls take nothing from the
+/// shared status budget (what is taken and not sent is lost to every daemon until the
+/// window ends). Before the fix each loop turn took its polls' worth and sent none.
+#[tokio::test]
+async fn a_paused_daemon_takes_nothing_from_the_shared_budget() {
+    let Some(db) = common::pg::database("paused_budget").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Jobs that outlast the test: their polls stay due all along.
+    let sim = start_sim(tight_sim(1000, secs(60), 2, secs(600))).await;
+    let cfg = cluster_config(
+        dir.path(),
+        &sim,
+        BucketLimit {
+            requests: 1000,
+            window: secs(60),
+            concurrent: 2,
+            reserve: 0,
+        },
+    );
+    migrated(&db, dir.path(), &cfg).await;
+    let pool = db.pool().await;
+    insert_urls(&pool, &urls("paused", 2)).await;
+    let config = write_cluster_config(dir.path(), "d", &cfg, &db.url);
+    let mut d = Proc::start(&config, Some(KEY), "d");
+    wait_until("both jobs are polled", secs(20), || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM imports WHERE state = 'running'",
+        )
+        .await
+            == 2
+            && sim.stats().status_requests >= 2
+    })
+    .await;
+    // The key is revoked: the next answer is a 401, and the pause is stored.
+    sim.set_api_key("revoked");
+    wait_until("the pause is stored", secs(20), || async {
+        count(&pool, "SELECT count(*) FROM pauses").await == 1
+    })
+    .await;
+    let used = || async {
+        count(
+            &pool,
+            "SELECT coalesce(max(used), 0)::bigint FROM budgets WHERE scope = 'status'",
+        )
+        .await
+    };
+    let at_pause = used().await;
+    let sent_at_pause = sim.stats().status_requests;
+    // Five lease renewals (300 ms apart) while paused, its polls due every 200 ms.
+    let beat = count(
+        &pool,
+        "SELECT (extract(epoch FROM max(heartbeat_at)) * 1000)::bigint FROM daemons",
+    )
+    .await;
+    wait_until("five more heartbeats", secs(20), || async {
+        count(
+            &pool,
+            &format!(
+                "SELECT count(*) FROM daemons \
+                 WHERE heartbeat_at > to_timestamp({beat} / 1000.0) + interval '1.5 s'"
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        sim.stats().status_requests,
+        sent_at_pause,
+        "nothing is sent while paused (the probe is an hour away)"
+    );
+    assert_eq!(
+        used().await,
+        at_pause,
+        "and nothing is taken from the shared status budget"
+    );
+    assert!(d.terminate(secs(10)).await.success());
+}
+
 #[tokio::test]
 async fn a_killed_daemons_running_jobs_are_adopted_and_never_posted_again() {
     let Some(db) = common::pg::database("adopt").await else {
