@@ -1,7 +1,9 @@
 //! Several `importlyd run` processes on one PostgreSQL queue and one simulated account: the
 //! account's limits hold for all of them together, no URL is imported twice, a killed
 //! daemon's jobs are adopted (polled, never re-POSTed), a frozen one rejoins without
-//! overrunning anyone, and a row INSERTed from `psql` wakes an idle daemon at once.
+//! overrunning anyone, a row INSERTed from `psql` wakes an idle daemon at once, a paused
+//! daemon takes nothing from the shared budget, and operator commands, the admin API and
+//! the dashboard answer over PostgreSQL without ever showing the password.
 //!
 //! Real parts: the binary, the in-process simulator over loopback, a private PostgreSQL
 //! cluster (or `IMPORTLYD_TEST_DATABASE_URL`), `psql`. Outside CI a machine without
@@ -536,4 +538,170 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
         "the password is never logged:\n{log}"
     );
     assert!(log.contains("***"), "the URL is shown redacted:\n{log}");
+}
+
+/// The dashboard and `/api/v1` over PostgreSQL, two daemons up: the same answers as the
+/// CLI's `--json`, both daemons listed, a retry from the API reposts the row, and the
+/// database password is in no answer and no log.
+#[tokio::test]
+async fn the_admin_api_and_dashboard_answer_on_postgres() {
+    let Some(db) = common::pg::database("admin").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(sim_config()).await;
+    let mut cfg = cluster_config(
+        dir.path(),
+        &sim,
+        BucketLimit {
+            requests: 1000,
+            window: secs(60),
+            concurrent: 2,
+            reserve: 0,
+        },
+    );
+    // Trusted loopback: the password is only there to be hidden.
+    let url = db.url.replacen("://postgres@", "://postgres:s3cret-pw@", 1);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    cfg.admin.listen = format!("127.0.0.1:{port}");
+    let token = "pg-admin-token-4d1e";
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    cfg.admin.token_file = token_file.display().to_string();
+    let a_config = write_cluster_config(dir.path(), "a", &cfg, &url);
+    cfg.admin.listen = String::new();
+    cfg.admin.token_file = String::new();
+    let b_config = write_cluster_config(dir.path(), "b", &cfg, &url);
+    cli(&a_config, &["migrate"]).await.ok();
+    let pool = db.pool().await;
+    let ok_url = format!("{}/media/ok.mp4", sim.base_url());
+    let fail_url = format!("{}/media/fail.mp4", sim.base_url());
+    insert_urls(&pool, &[ok_url.clone(), fail_url.clone()]).await;
+    let mut a = Proc::start(&a_config, Some(KEY), "a");
+    let mut b = Proc::start(&b_config, Some(KEY), "b");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(secs(10))
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let r = http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert!(!body.contains("s3cret"), "{url} shows the password: {body}");
+            assert!(!body.contains(token), "{url} shows the admin token: {body}");
+            (status, body)
+        }
+    };
+    let json = |(status, body): (reqwest::StatusCode, String)| {
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    wait_until(
+        "one row completed, one failed, both daemons live",
+        secs(30),
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM imports WHERE state = 'completed'",
+            )
+            .await
+                == 1
+                && count(&pool, "SELECT count(*) FROM imports WHERE state = 'failed'").await == 1
+                && count(
+                    &pool,
+                    "SELECT count(*) FROM daemons WHERE stopped_at IS NULL",
+                )
+                .await
+                    == 2
+        },
+    )
+    .await;
+    let bad: i64 = sqlx::query_scalar("SELECT id FROM imports WHERE state = 'failed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    let status = json(get("/api/v1/status").await);
+    let cli_status = cli(&a_config, &["status", "--json"]).await.ok().json();
+    assert_eq!(status["counts"], cli_status["counts"]);
+    assert_eq!(status["counts"]["completed"], 1, "{status}");
+    assert_eq!(status["counts"]["failed"], 1, "{status}");
+    let pids: std::collections::BTreeSet<u64> = status["daemons"]
+        .as_array()
+        .expect("daemons")
+        .iter()
+        .filter_map(|d| d["pid"].as_u64())
+        .collect();
+    assert_eq!(
+        pids,
+        [a.pid as u64, b.pid as u64].into_iter().collect(),
+        "{status}"
+    );
+    let failed = json(get("/api/v1/rows?state=failed").await);
+    let cli_failed = cli(&a_config, &["list", "--state", "failed", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(failed["rows"], cli_failed);
+    assert_eq!(failed["rows"][0]["id"], bad);
+    let found = json(get("/api/v1/rows?q=fail.mp4").await);
+    assert_eq!(found["rows"][0]["id"], bad, "{found}");
+    let row = json(get(&format!("/api/v1/rows/{bad}")).await);
+    let cli_row = cli(&a_config, &["show", &bad.to_string(), "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(row, cli_row);
+    let ticket = json(get(&format!("/api/v1/rows/{bad}/ticket?format=json")).await);
+    assert!(ticket.to_string().contains("fail.mp4"), "{ticket}");
+    let groups = json(get("/api/v1/failures").await);
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    let minutes = json(get("/api/v1/throughput").await);
+    let completed: i64 = minutes
+        .as_array()
+        .expect("minutes")
+        .iter()
+        .filter_map(|m| m["completed"].as_i64())
+        .sum();
+    assert_eq!(completed, 1, "{minutes}");
+    let overview = json(get("/ui/overview.json").await);
+    assert!(overview.to_string().contains("fail.mp4"), "{overview}");
+    let (page, html) = get("/").await;
+    assert_eq!(page, reqwest::StatusCode::OK);
+    assert!(html.contains("<html"), "{html}");
+
+    // A retry from the API: the row is posted again, by whichever daemon claims it.
+    let r = http
+        .post(format!("{base}/api/v1/rows/{bad}/retry"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    wait_until("a second submit of the failed row", secs(20), || async {
+        sim.stats()
+            .import_posts_by_url
+            .get(&fail_url)
+            .copied()
+            .unwrap_or(0)
+            == 2
+    })
+    .await;
+    let audit = json(get("/api/v1/audit").await);
+    assert!(audit.to_string().contains("retry"), "{audit}");
+    for p in [&mut a, &mut b] {
+        assert!(p.terminate(secs(10)).await.success());
+        let log = p.log_text();
+        assert!(!log.contains("s3cret") && !log.contains(token), "{log}");
+    }
 }
