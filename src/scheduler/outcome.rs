@@ -451,12 +451,14 @@ impl Scheduler {
         stored.is_some()
     }
 
-    /// Its owner deleted row `id` while its request was in flight: there is nothing left to
+    /// Row `id` is no longer ours to write (its owner deleted or reset it, or, with several
+    /// daemons, another took it over after our lease lapsed): there is nothing left to
     /// record, which is not an error; its job (if any) is not polled any more.
     pub(super) fn row_gone(&mut self, id: i64, what: &str) {
         tracing::warn!(
             id,
-            "the row was deleted while its request was in flight; {what} is not recorded"
+            "the row was deleted, reset or taken over by another daemon while this one \
+             handled it; {what} is not recorded"
         );
         self.finish_job(id);
     }

@@ -41,10 +41,13 @@ impl Scheduler {
                 };
                 let id = row.id;
                 let fetched_at = cached.fetched_at;
-                let done = self.persist(Write::CompleteFromCache { id, cached }).await;
-                if done.is_some() {
-                    tracing::info!(id, url = %log_field(&row.url), fetched_at = %clock::iso(fetched_at), "metadata completed from the cache, no API call");
-                    self.lanes[super::lane_index(kind)].maybe_due = true;
+                match self.persist(Write::CompleteFromCache { id, cached }).await {
+                    Some(done) if done.gone() => self.row_gone(id, "its completion from the cache"),
+                    Some(_) => {
+                        tracing::info!(id, url = %log_field(&row.url), fetched_at = %clock::iso(fetched_at), "metadata completed from the cache, no API call");
+                        self.lanes[super::lane_index(kind)].maybe_due = true;
+                    }
+                    None => {}
                 }
                 Verdict::Done
             }

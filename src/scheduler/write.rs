@@ -291,8 +291,7 @@ impl Write {
                     .await?,
             ),
             Write::CompleteFromCache { id, cached } => {
-                store.complete_from_cache(*id, cached).await?;
-                Applied::Done
+                Applied::Row(store.complete_from_cache(*id, cached).await?)
             }
             Write::QueuePreflight { id, url } => {
                 Applied::Metadata(store.ensure_metadata_row(*id, url).await?)
@@ -490,8 +489,8 @@ mod tests {
         for w in one_of_each(missing) {
             let out = w.apply(&store).await.unwrap();
             let shape_ok = match variant(&w) {
-                0..=2 | 13 | 14 | 16 => matches!(out, Applied::Done),
-                3 | 8..=11 | 15 => matches!(out, Applied::Row(Written::Gone)),
+                0..=2 | 13 | 14 => matches!(out, Applied::Done),
+                3 | 8..=11 | 15 | 16 => matches!(out, Applied::Row(Written::Gone)),
                 4..=7 => matches!(out, Applied::Fate(Fate::Gone)),
                 12 => matches!(&out, Applied::Started(ids) if ids.is_empty()),
                 17 => matches!(out, Applied::Metadata(MetadataRow::Queued(_))),
@@ -500,7 +499,7 @@ mod tests {
             assert!(shape_ok, "{}: {out:?}", w.what());
             assert_eq!(
                 out.gone(),
-                matches!(variant(&w), 3..=11 | 15),
+                matches!(variant(&w), 3..=11 | 15 | 16),
                 "{}",
                 w.what()
             );

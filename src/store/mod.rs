@@ -301,7 +301,9 @@ verbs! {
     fn metadata_running(&self, url: &str) -> Result<bool>;
     fn complete_metadata(&self, id: i64, job_id: &str, title: Option<&str>,
         duration: Option<f64>, formats: &str, data: &str) -> Result<Written>;
-    fn complete_from_cache(&self, id: i64, cached: &CachedMetadata) -> Result<()>;
+    /// A claimed metadata row completes from the cache: `Gone` when it is no longer this
+    /// daemon's `submitting` row (deleted, reset, or taken by another daemon).
+    fn complete_from_cache(&self, id: i64, cached: &CachedMetadata) -> Result<Written>;
     fn ensure_metadata_row(&self, import_id: i64, url: &str) -> Result<MetadataRow>;
 
     // Daemons (`daemons`).

@@ -310,7 +310,10 @@ async fn complete_from_cache_completes_a_submitting_row(b: Backend) {
     .await;
     let waiting = waiter(&b, URL).await;
 
-    s.complete_from_cache(m, &cached).await.expect("complete");
+    assert_eq!(
+        s.complete_from_cache(m, &cached).await.expect("complete"),
+        Written::Row
+    );
 
     assert_eq!(state_of(&b, m).await, "completed");
     let result = b
@@ -343,10 +346,15 @@ async fn complete_from_cache_completes_a_submitting_row(b: Backend) {
     );
     assert!(woken(&b, waiting).await, "the waiting import is due now");
 
-    // A row that is not submitting (here: pending again) is not completed.
+    // A row that is not submitting (here: pending) is not completed, and says so.
     let p = insert(&b, URL, "metadata").await;
-    s.complete_from_cache(p, &cached).await.expect("no error");
+    let again = waiter(&b, URL).await;
+    assert_eq!(
+        s.complete_from_cache(p, &cached).await.expect("no error"),
+        Written::Gone
+    );
     assert_eq!(state_of(&b, p).await, "pending");
+    assert!(!woken(&b, again).await, "nothing completed, nobody woken");
 }
 
 /// The guard's first look queues one metadata row; later looks wait on it while it is
@@ -568,12 +576,19 @@ async fn complete_from_cache_writes_only_a_submitting_row_of_mine(b: Backend) {
     hold(&b, m, "submitting", second).await;
     let waiting = waiter(&b, URL).await;
 
-    one.complete_from_cache(m, &cached).await.expect("no error");
+    assert_eq!(
+        one.complete_from_cache(m, &cached).await.expect("no error"),
+        Written::Gone,
+        "not mine"
+    );
     assert_eq!(state_of(&b, m).await, "submitting", "not mine");
     assert!(!woken(&b, waiting).await);
 
     hold(&b, m, "submitting", first).await;
-    one.complete_from_cache(m, &cached).await.expect("complete");
+    assert_eq!(
+        one.complete_from_cache(m, &cached).await.expect("complete"),
+        Written::Row
+    );
     assert_eq!(state_of(&b, m).await, "completed");
     assert_eq!(
         b.scalar(&format!(

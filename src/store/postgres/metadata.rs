@@ -122,7 +122,7 @@ impl PgStore {
     /// A claimed metadata row whose URL is cached completes without an API call; its result
     /// is the cached `data` plus `"fromCache": true` and when it was fetched. Only a
     /// `submitting` row of ours: one released or recovered by another daemon is left alone.
-    pub async fn complete_from_cache(&self, id: i64, cached: &CachedMetadata) -> Result<()> {
+    pub async fn complete_from_cache(&self, id: i64, cached: &CachedMetadata) -> Result<Written> {
         let mut data: serde_json::Value =
             serde_json::from_str(&cached.data).unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(m) = &mut data {
@@ -144,15 +144,16 @@ impl PgStore {
         .bind(self.me())
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(url) = url {
-            // Imports whose guard waits on this row's URL may go now.
-            sqlx::query(WAKE_WAITERS)
-                .bind(&url)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let Some(url) = url else {
+            return Ok(Written::Gone);
+        };
+        // Imports whose guard waits on this row's URL may go now.
+        sqlx::query(WAKE_WAITERS)
+            .bind(&url)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Written::Row)
     }
 
     /// Makes sure the guard of import row `import_id` has metadata for `url` to wait on;

@@ -101,7 +101,8 @@ impl SqliteStore {
 
     /// A claimed metadata row whose URL is cached completes without an API call; its result
     /// is the cached `data` plus `"fromCache": true` and when it was fetched.
-    pub async fn complete_from_cache(&self, id: i64, cached: &CachedMetadata) -> Result<()> {
+    /// A row no longer `submitting` (deleted, reset) is [`Written::Gone`], and wakes nobody.
+    pub async fn complete_from_cache(&self, id: i64, cached: &CachedMetadata) -> Result<Written> {
         let mut data: serde_json::Value =
             serde_json::from_str(&cached.data).unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(m) = &mut data {
@@ -111,7 +112,7 @@ impl SqliteStore {
         let now = clock::now_iso();
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
-        sqlx::query(
+        let completed = sqlx::query(
             "UPDATE imports SET state = 'completed', result = ?2, importly_job_id = ?3, \
                last_error = NULL, completed_at = ?4, updated_at = ?4 \
              WHERE id = ?1 AND state = 'submitting'",
@@ -121,7 +122,11 @@ impl SqliteStore {
         .bind(&cached.job_id)
         .bind(&now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if completed == 0 {
+            return Ok(Written::Gone);
+        }
         // Imports whose guard waits on this row's URL may go now.
         sqlx::query(WAKE_WAITERS)
             .bind(id)
@@ -129,7 +134,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Written::Row)
     }
 
     /// Makes sure the guard of import row `import_id` has metadata for `url` to wait on.
