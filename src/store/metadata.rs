@@ -49,3 +49,46 @@ impl MetadataRow {
     /// (Migration 0003's partial index repeats it; a migration cannot change.)
     pub const WAITING: &'static str = waiting!();
 }
+
+/// The newest metadata row of a URL, as `ensure_metadata_row` reads it: its state and its
+/// `last_error`.
+pub(super) type Newest = (String, Option<String>);
+
+/// The credit guard's decision in `ensure_metadata_row`, the same for both backends; the
+/// reads and the insert are each backend's own SQL, in one transaction.
+pub(super) struct Preflight {
+    /// The import row was waiting for its URL's metadata (its `last_error` says so).
+    waiting: bool,
+    newest: Option<Newest>,
+}
+
+impl Preflight {
+    pub(super) fn new(import_error: Option<&str>, newest: Option<Newest>) -> Preflight {
+        Preflight {
+            waiting: import_error == Some(MetadataRow::WAITING),
+            newest,
+        }
+    }
+
+    /// Whether the cache entry is needed to decide: the import waited, and the metadata row
+    /// it waited for completed.
+    pub(super) fn wants_cache(&self) -> bool {
+        self.waiting && matches!(&self.newest, Some((state, _)) if state == "completed")
+    }
+
+    /// The verdict, given the cache entry [`Preflight::wants_cache`] asked for; `None`: no
+    /// metadata row is in progress and none decides, so a new one is to be queued (the
+    /// caller inserts it: [`MetadataRow::Queued`]).
+    pub(super) fn decide(self, cached: Option<CachedMetadata>) -> Option<MetadataRow> {
+        match (self.newest, cached) {
+            (Some((state, _)), _) if matches!(&state[..], "pending" | "submitting" | "running") => {
+                Some(MetadataRow::InProgress)
+            }
+            (Some((state, err)), _) if self.waiting && state == "failed" => Some(
+                MetadataRow::Failed(err.unwrap_or_else(|| "metadata job failed".into())),
+            ),
+            (_, Some(cached)) => Some(MetadataRow::Ready(Box::new(cached))),
+            _ => None,
+        }
+    }
+}

@@ -151,15 +151,15 @@ impl SqliteStore {
                 .bind(import_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let waiting = import_error.flatten().as_deref() == Some(MetadataRow::WAITING);
-        let newest: Option<(String, Option<String>)> = sqlx::query_as(
+        let newest: Option<Newest> = sqlx::query_as(
             "SELECT state, last_error FROM imports WHERE kind = 'metadata' AND url = ? \
              ORDER BY id DESC LIMIT 1",
         )
         .bind(url)
         .fetch_optional(&mut *tx)
         .await?;
-        let cached = if waiting && matches!(&newest, Some((state, _)) if state == "completed") {
+        let preflight = Preflight::new(import_error.flatten().as_deref(), newest);
+        let cached = if preflight.wants_cache() {
             sqlx::query_as::<_, CachedMetadata>(
                 "SELECT url, title, duration, formats, data, job_id, fetched_at \
                  FROM metadata_cache WHERE url = ?",
@@ -170,15 +170,9 @@ impl SqliteStore {
         } else {
             None
         };
-        let verdict = match (newest, cached) {
-            (Some((state, _)), _) if matches!(&state[..], "pending" | "submitting" | "running") => {
-                MetadataRow::InProgress
-            }
-            (Some((state, err)), _) if waiting && state == "failed" => {
-                MetadataRow::Failed(err.unwrap_or_else(|| "metadata job failed".into()))
-            }
-            (_, Some(cached)) => MetadataRow::Ready(Box::new(cached)),
-            _ => {
+        let verdict = match preflight.decide(cached) {
+            Some(verdict) => verdict,
+            None => {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO imports (url, kind) VALUES (?, 'metadata') RETURNING id",
                 )
