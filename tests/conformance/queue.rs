@@ -600,6 +600,12 @@ async fn writes_to_a_deleted_row_report_it_gone(b: Backend) {
         Written::Gone
     );
     assert_eq!(s.record_attempt(id, &r, KEEP).await.unwrap(), Written::Gone);
+    assert_eq!(
+        s.complete_metadata(id, "job", None, None, "[]", "{}")
+            .await
+            .unwrap(),
+        Written::Gone
+    );
     let released = s.release_ambiguous(id, "/import", "x", KEEP).await;
     assert_eq!(released.unwrap(), Written::Gone);
     s.release(&[id]).await.unwrap();
@@ -995,6 +1001,30 @@ async fn a_completed_row_forgets_its_earlier_error(b: Backend) {
         vec![w]
     );
     assert_eq!(column(&b, "last_error", w).await, None);
+
+    // The same for a metadata row, completed by its own statement.
+    let m = insert(&b, "metadata", "https://e.com/m", &due(3)).await;
+    assert_eq!(claim(s, JobKind::Metadata, 1).await, vec![m]);
+    let fate = s
+        .reschedule(m, None, false, 8, "API key rejected (HTTP 401)", None, KEEP)
+        .await
+        .unwrap();
+    assert_eq!(fate, Fate::Pending);
+    assert_eq!(claim(s, JobKind::Metadata, 1).await, vec![m]);
+    assert_eq!(
+        s.record_progress(&started(vec![accepted(m, "job-m")]))
+            .await
+            .unwrap(),
+        vec![m]
+    );
+    assert_eq!(
+        s.complete_metadata(m, "job-m", None, None, "[]", "{}")
+            .await
+            .unwrap(),
+        Written::Row
+    );
+    assert_eq!(state(&b, m).await, "completed");
+    assert_eq!(column(&b, "last_error", m).await, None);
 }
 
 async fn running_lists_the_started_rows(b: Backend) {
