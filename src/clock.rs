@@ -51,6 +51,16 @@ pub fn from_unix_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis((ms.max(0) as u64).min(MAX_UNIX_SECS * 1000))
 }
 
+/// The longest wait a due time is ever given (a year): a retry's delay is bounded by the
+/// config (30 days at most) and a server's wait by [`MAX_SERVER_WAIT`]; this only keeps any
+/// `now + wait` from overflowing.
+pub const MAX_DUE_WAIT: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// `now + wait`, the wait capped at [`MAX_DUE_WAIT`].
+pub fn after(wait: Duration) -> SystemTime {
+    SystemTime::now() + wait.min(MAX_DUE_WAIT)
+}
+
 /// How long until `t`, zero when it has passed.
 pub fn until(t: SystemTime) -> Duration {
     t.duration_since(SystemTime::now())

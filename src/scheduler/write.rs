@@ -14,6 +14,7 @@
 
 use std::time::SystemTime;
 
+use crate::clock::until;
 use crate::limits::Scope;
 use crate::store::{
     AttemptRecord, CachedMetadata, Fate, MetadataRow, Progress, Store, StoredPause, Written,
@@ -178,6 +179,9 @@ impl Write {
 
     /// Makes the write once; `Scheduler::persist` calls it again after an error, with the
     /// same data each time.
+    /// Due times are handed to the store as the wait left until them (`clock::until`, now,
+    /// at each try): the store counts it from the database's clock, so a retry's delay is
+    /// the same whatever the hosts' clocks say.
     pub(super) async fn apply(&self, store: &Store) -> crate::store::Result<Applied> {
         Ok(match self {
             Write::GiveBackUnsent { id } | Write::Release { id } => {
@@ -200,7 +204,7 @@ impl Write {
                 store
                     .reschedule(
                         *id,
-                        Some(*due),
+                        Some(until(*due)),
                         true,
                         *max_attempts,
                         why,
@@ -218,7 +222,15 @@ impl Write {
                 keep,
             } => Applied::Fate(
                 store
-                    .reschedule(*id, *due, false, *max_attempts, why, Some(record), *keep)
+                    .reschedule(
+                        *id,
+                        due.map(until),
+                        false,
+                        *max_attempts,
+                        why,
+                        Some(record),
+                        *keep,
+                    )
                     .await?,
             ),
             Write::WaitForPreflight {
@@ -239,7 +251,7 @@ impl Write {
                     store
                         .reschedule(
                             *id,
-                            Some(*due),
+                            Some(until(*due)),
                             false,
                             *max_attempts,
                             MetadataRow::WAITING,

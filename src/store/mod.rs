@@ -26,7 +26,7 @@ pub mod sqlite;
 pub mod state;
 
 use futures_util::stream::BoxStream;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -266,8 +266,10 @@ verbs! {
         -> Result<Claim>;
     /// When the next pending row of `kind` is due, if any.
     fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>>;
-    /// Back to `pending` (a snooze, or a counted failure that may fail the row).
-    fn reschedule(&self, id: i64, due: Option<SystemTime>, count: bool, max_attempts: u32,
+    /// Back to `pending` (a snooze, or a counted failure that may fail the row), due `after`
+    /// this long from now by the database's clock (PostgreSQL's `now()`: hosts' clocks need
+    /// not agree), or, `None`, at its old due time (it keeps its place in the queue).
+    fn reschedule(&self, id: i64, after: Option<Duration>, count: bool, max_attempts: u32,
         last_error: &str, record: Option<&AttemptRecord>, keep: u32) -> Result<Fate>;
     /// `failed`, with the reason (and the final job data, if any).
     fn fail(&self, id: i64, reason: &str, result: Option<&str>, record: Option<&AttemptRecord>,

@@ -8,7 +8,7 @@
 //! leaving `submitting`/`running` gets `owner = NULL`. "Now" is the database's `now()`
 //! throughout, so the hosts' clocks never need to agree.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::attempts::{self, json, owned, text};
 use super::cluster::{clamp_i32, from_unix_ms, window_ms};
@@ -158,7 +158,7 @@ impl PgStore {
     pub async fn reschedule(
         &self,
         id: i64,
-        due: Option<SystemTime>,
+        after: Option<Duration>,
         count: bool,
         max_attempts: u32,
         last_error: &str,
@@ -173,7 +173,8 @@ impl PgStore {
                attempts = attempts + $2, \
                state = CASE WHEN attempts + $2 >= $3 THEN 'failed' ELSE 'pending' END, \
                completed_at = CASE WHEN attempts + $2 >= $3 THEN now() ELSE NULL END, \
-               next_attempt_at = coalesce($4::timestamptz, next_attempt_at), \
+               next_attempt_at = CASE WHEN $4::bigint IS NULL THEN next_attempt_at \
+                 ELSE now() + $4 * interval '1 millisecond' END, \
                last_error = $5, updated_at = now(), owner = NULL \
              WHERE id = $1 AND state = 'submitting' AND owner = $6 \
              RETURNING state",
@@ -181,7 +182,10 @@ impl PgStore {
         .bind(id)
         .bind(i32::from(count))
         .bind(i64::from(max_attempts))
-        .bind(due.map(clock::iso))
+        .bind(
+            after
+                .map(|a| i64::try_from(a.min(clock::MAX_DUE_WAIT).as_millis()).unwrap_or(i64::MAX)),
+        )
         .bind(text(last_error))
         .bind(me)
         .fetch_optional(&mut *tx)

@@ -1,6 +1,6 @@
 //! SQLite: queue.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::SqliteStore;
 use crate::clock;
@@ -110,7 +110,7 @@ impl SqliteStore {
     pub async fn reschedule(
         &self,
         id: i64,
-        due: Option<SystemTime>,
+        after: Option<Duration>,
         count: bool,
         max_attempts: u32,
         last_error: &str,
@@ -140,7 +140,7 @@ impl SqliteStore {
         .bind(id)
         .bind(i64::from(count))
         .bind(i64::from(max_attempts))
-        .bind(due.map(clock::iso))
+        .bind(after.map(|a| clock::iso(clock::after(a))))
         .bind(&now)
         .bind(last_error)
         .fetch_optional(&mut *tx)
