@@ -310,7 +310,8 @@ async fn the_upgrade_keeps_rows_logs_and_constraints() {
         sqlx::query(
             "INSERT INTO import_attempts (import_id, attempt, method, endpoint, started_at, \
              finished_at, outcome, daemon_version) \
-             VALUES (?, 1, 'POST', '/import', 't', 't', 'server_error', '0')",
+             VALUES (?, 1, 'POST', '/import', '2025-11-25T09:00:00.000Z', \
+                     '2025-11-25T09:00:01.000Z', 'server_error', '0')",
         )
         .bind(id)
         .execute(&pool)
