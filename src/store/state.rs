@@ -417,6 +417,57 @@ mod tests {
     }
 
     #[test]
+    fn times_serialize_as_the_canonical_text_they_were_stored_as() {
+        #[derive(Serialize, Deserialize)]
+        struct T {
+            #[serde(serialize_with = "iso", deserialize_with = "from_iso")]
+            at: SystemTime,
+        }
+        #[derive(Serialize)]
+        struct O {
+            #[serde(serialize_with = "iso_opt")]
+            at: Option<SystemTime>,
+            #[serde(serialize_with = "minute")]
+            m: SystemTime,
+        }
+        let text = "2999-01-01T10:00:00.123Z";
+        let json = format!("{{\"at\":\"{text}\"}}");
+        let t: T = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), json);
+        assert!(serde_json::from_str::<T>(r#"{"at":"soon"}"#).is_err());
+        let o = O { at: None, m: t.at };
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"at":null,"m":"2999-01-01T10:00"}"#
+        );
+        assert_eq!(
+            lax_minute("2999-01-01T10:00"),
+            lax_time("2999-01-01T10:00:00.000Z")
+        );
+
+        // The group commit's SQL reads the records' times from their JSON as this text.
+        let r = crate::store::AttemptRecord {
+            started_at: t.at,
+            finished_at: t.at,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (&v["started_at"], &v["finished_at"]),
+            (&text.into(), &text.into())
+        );
+    }
+
+    #[test]
+    fn times_users_garbled_read_as_the_epoch() {
+        for odd in ["yesterday", "1960-01-01T00:00:00.000Z", ""] {
+            assert_eq!(lax_time(odd), std::time::UNIX_EPOCH, "{odd}");
+        }
+        let t = lax_time("2026-12-07T10:00:00.123Z");
+        assert_eq!(clock::iso(t), "2026-12-07T10:00:00.123Z");
+    }
+
+    #[test]
     fn garbled_times_are_errors() {
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2026-12-07T10:00:00.123Z").is_ok());

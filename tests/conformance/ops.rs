@@ -32,6 +32,7 @@ conformance!(
     finished_per_minute_buckets_by_utc_minute,
     failed_ids_and_latest_failed,
     export_streams_every_row_in_id_order,
+    odd_times_users_write_read_as_the_epoch_and_garbled_logs_are_errors,
     select_ids_progress_of_and_unsuccessful_among,
     counts_fold_and_stay_exact_under_concurrent_writers,
     an_open_insert_blocks_no_claim_and_no_count,
@@ -1560,4 +1561,81 @@ async fn status_counts_and_queue_shape_never_scan_the_table(b: Backend) {
 /// The instant canonical text `t` names.
 fn instant(t: &str) -> std::time::SystemTime {
     importlyd::clock::parse_iso(t).unwrap_or_else(|| panic!("not a time: {t}"))
+}
+
+/// `imports` is the users' table: a time in it that the canonical text cannot show (before
+/// 1970, either backend; text that is no time, SQLite's `created_at` and the like) reads as
+/// the epoch, and every read of rows goes on working. The daemon's own tables are read
+/// strictly: a garbled time in the failure log is an error naming the column.
+async fn odd_times_users_write_read_as_the_epoch_and_garbled_logs_are_errors(b: Backend) {
+    let s = &b.store;
+    let epoch = SystemTime::UNIX_EPOCH;
+    let old = insert(
+        &b,
+        "https://e.com/old",
+        "next_attempt_at",
+        "'1960-01-01 00:00:00'",
+    )
+    .await;
+    assert_eq!(s.row(old).await.unwrap().unwrap().next_attempt_at, epoch);
+    let mut odd = vec![old];
+    if !b.is_postgres() {
+        // SQLite keeps what strftime() cannot parse as written (migration 0004).
+        let garbled = insert(
+            &b,
+            "https://e.com/garbled",
+            "state, created_at, updated_at, completed_at",
+            "'completed', 'yesterday', 'now-ish', 'soon'",
+        )
+        .await;
+        let r = s.row(garbled).await.unwrap().unwrap();
+        assert_eq!(
+            (r.created_at, r.updated_at, r.completed_at),
+            (epoch, epoch, Some(epoch))
+        );
+        assert_eq!(
+            importlyd::service::row_json(&r)["created_at"],
+            json!("1970-01-01T00:00:00.000Z")
+        );
+        odd.push(garbled);
+    }
+    let fine = insert(&b, "https://e.com/fine", "", "").await;
+    odd.push(fine);
+    let listed: Vec<i64> = s
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed.len(), odd.len(), "{listed:?}");
+    let exported: Vec<i64> = s
+        .export(&ListFilter::default())
+        .map(|r| r.unwrap().id)
+        .collect()
+        .await;
+    assert_eq!(exported, odd);
+    s.status_counts().await.unwrap();
+    s.finished_per_minute(epoch).await.unwrap();
+    s.progress_of(&odd).await.unwrap();
+
+    if !b.is_postgres() {
+        // (PostgreSQL's timestamptz holds no such text.)
+        b.exec(&format!(
+            "INSERT INTO import_attempts (import_id, attempt, method, endpoint, started_at, \
+             finished_at, outcome, daemon_version) \
+             VALUES ({fine}, 1, 'POST', '/import', 'garbage', '2026-12-07T10:00:00.000Z', \
+                     'transient', '0')"
+        ))
+        .await;
+        let err = s
+            .attempts(fine)
+            .await
+            .expect_err("a garbled time is an error");
+        let text = err.to_string();
+        assert!(
+            text.contains("started_at") && text.contains("not a time: \"garbage\""),
+            "{text}"
+        );
+    }
 }
