@@ -14,10 +14,16 @@ pub const MAX_UNIX_SECS: u64 = 4_102_444_800;
 /// for centuries.
 pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(31 * 24 * 3600);
 
+/// The last instant [`iso`] shows as itself: 9999-12-31T23:59:59.999Z, the end of what
+/// [`parse_iso`] reads.
+const MAX_ISO_MS: u64 = 253_402_300_799_999;
+
 /// `t` as ISO-8601 text; never panics (humantime refuses times before 1970 or after 9999,
-/// so `t` is clamped into 1970..2100 first).
+/// so `t` is clamped into that range first). Within it the text is exact, so every time
+/// [`parse_iso`] reads from canonical text prints back as that text (a row parked in 2999
+/// shows as 2999); the clamp to [`MAX_UNIX_SECS`] of values taken from servers is theirs.
 pub fn iso(t: SystemTime) -> String {
-    let max = UNIX_EPOCH + Duration::from_secs(MAX_UNIX_SECS);
+    let max = UNIX_EPOCH + Duration::from_millis(MAX_ISO_MS);
     let t = t.clamp(UNIX_EPOCH, max);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -91,6 +97,13 @@ mod tests {
             iso(UNIX_EPOCH - Duration::from_secs(5)),
             "1970-01-01T00:00:00.000Z"
         );
+        assert_eq!(
+            iso(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 1000)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        for text in ["2999-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"] {
+            assert_eq!(parse_iso(text).map(iso).as_deref(), Some(text));
+        }
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         assert_eq!(after_server_wait(now, u64::MAX), now + MAX_SERVER_WAIT);
         assert_eq!(after_server_wait(now, 3), now + Duration::from_secs(3));

@@ -205,12 +205,12 @@ async fn rate_limit_429_pauses_the_bucket_until_the_reset() {
         let body: Value = serde_json::from_str(a.response_body.as_deref().unwrap()).unwrap();
         let reset_ms = body["reset"].as_u64().expect("reset in ms");
         let retry_after = body["retryAfter"].as_u64().expect("retryAfter in s");
-        let (sent, answered) = (iso_ms(&a.started_at), iso_ms(&a.finished_at));
+        let (sent, answered) = (unix_ms(a.started_at), unix_ms(a.finished_at));
         let until = reset_ms.max(sent + retry_after * 1000);
         let in_flight = log
             .iter()
-            .filter(|b| b.endpoint == "/import" && iso_ms(&b.started_at) <= answered)
-            .filter(|b| iso_ms(&b.finished_at) > answered)
+            .filter(|b| b.endpoint == "/import" && unix_ms(b.started_at) <= answered)
+            .filter(|b| unix_ms(b.finished_at) > answered)
             .count();
         let inside: Vec<u64> = stats
             .post_times

@@ -472,7 +472,7 @@ async fn check_ticket(h: &mut Harness, id: i64, url: &str, max_attempts: u64) ->
         assert!(started <= finished, "{ctx}: {started} after {finished}");
         assert!(started >= last_started.as_str(), "{ctx}: not oldest first");
         last_started = started.to_owned();
-        assert_eq!(started, stored.started_at, "{ctx}");
+        assert_eq!(started, importlyd::clock::iso(stored.started_at), "{ctx}");
         assert_eq!(a["id"], json!(stored.id), "{ctx}");
         let endpoint = a["endpoint"].as_str().expect("endpoint");
         assert!(

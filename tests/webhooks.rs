@@ -96,7 +96,7 @@ async fn a_batch_drains_at_the_pace_of_the_slots_with_a_30s_status_interval() {
     for r in db.rows().await {
         let job = r.importly_job_id.clone().unwrap_or_default();
         let end = ends[&job];
-        let done = iso_ms(r.completed_at.as_deref().unwrap_or_default());
+        let done = unix_ms(r.completed_at.expect("completed_at"));
         assert!(
             done >= end && done - end < 10_000,
             "row {} completed {} ms after its job ended (a 30 s poll, not the webhook)",

@@ -115,7 +115,10 @@ async fn overview(State(s): State<AdminState>) -> Response {
         .checked_sub(CHART_SPAN)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let per_minute: Vec<(String, i64)> = match s.store.finished_per_minute(since).await {
-        Ok(v) => v.into_iter().map(|m| (m.minute, m.completed)).collect(),
+        Ok(v) => v
+            .into_iter()
+            .map(|m| (crate::store::state::minute_text(m.minute), m.completed))
+            .collect(),
         Err(e) => return db_error(e),
     };
     let latest = match s.store.latest_failed(LATEST_FAILURES).await {

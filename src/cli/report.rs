@@ -92,7 +92,7 @@ pub async fn status(store: &Store, cfg: &Config, as_json: bool) -> CmdResult {
         outln!(
             "last error: row {} at {}: {}",
             e.id,
-            e.updated_at,
+            clock::iso(e.updated_at),
             e.last_error
         );
     }
@@ -126,7 +126,7 @@ pub async fn list(store: &Store, filter: &ListFilter, as_json: bool) -> CmdResul
         // (at least a 12-character stub, so a failure is always visible).
         let url = shorten(&r.url, room);
         let note_room = room.saturating_sub(url.chars().count()).max(12);
-        let updated: String = r.updated_at.chars().take(19).collect();
+        let updated: String = clock::iso(r.updated_at).chars().take(19).collect();
         outln!(
             "{:>6}  {:<10}  {:>3}  {:<20}  {}{}",
             r.id,
@@ -189,8 +189,8 @@ pub async fn show(store: &Store, id: i64, as_json: bool) -> CmdResult {
             .unwrap_or_default();
         outln!(
             "  {} -> {}  try {} {} {} -> {} ({})",
-            a.started_at,
-            a.finished_at,
+            clock::iso(a.started_at),
+            clock::iso(a.finished_at),
             a.attempt,
             a.method,
             a.endpoint,
@@ -294,13 +294,17 @@ fn daemon_line(all: &[StoredDaemon], now: SystemTime) -> String {
     match &d.stopped_at {
         _ if d.is_live(now) => format!(
             "running since {}, last seen {} ({silent} ago) ({who})",
-            d.started_at, d.heartbeat_at
+            clock::iso(d.started_at),
+            clock::iso(d.heartbeat_at)
         ),
-        Some(at) => format!("not running; the last one ({who}) stopped at {at}, {silent} ago"),
+        Some(at) => format!(
+            "not running; the last one ({who}) stopped at {}, {silent} ago",
+            clock::iso(*at)
+        ),
         None => format!(
             "no daemon seen for {silent} (the last, {who}, was killed or is stuck; \
              last heartbeat {})",
-            d.heartbeat_at
+            clock::iso(d.heartbeat_at)
         ),
     }
 }

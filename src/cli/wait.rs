@@ -266,7 +266,7 @@ impl std::fmt::Display for Rate {
 }
 
 /// The newest daemon heartbeat on this database (the `daemons` table `status` reads).
-async fn latest_heartbeat(store: &Store) -> Result<Option<String>, crate::store::StoreError> {
+async fn latest_heartbeat(store: &Store) -> Result<Option<SystemTime>, crate::store::StoreError> {
     // Ordered newest heartbeat first.
     Ok(store
         .daemons()

@@ -3,7 +3,6 @@
 //! ([`MAX_BODY`]) here, whatever the client already did, so no record can grow the
 //! database by more than that per field.
 
-use crate::clock;
 use crate::importly::{Exchange, MAX_BODY, bounded};
 use crate::store::AttemptRecord;
 
@@ -30,8 +29,8 @@ pub fn attempt_record(ex: &Exchange, attempt: i64, job_id: Option<&str>) -> Atte
         method: ex.method.to_owned(),
         endpoint: cap(&ex.endpoint),
         request_body: ex.request_body.as_deref().map(cap),
-        started_at: clock::iso(ex.started_at),
-        finished_at: clock::iso(ex.finished_at),
+        started_at: ex.started_at,
+        finished_at: ex.finished_at,
         http_status: ex.http_status.map(i64::from),
         error: ex.error.as_deref().map(cap),
         outcome: ex.outcome.name().to_owned(),

@@ -362,8 +362,8 @@ mod tests {
             attempt,
             method: "POST".into(),
             endpoint: "/import".into(),
-            started_at: clock::now_iso(),
-            finished_at: clock::now_iso(),
+            started_at: SystemTime::now(),
+            finished_at: SystemTime::now(),
             http_status: Some(503),
             outcome: outcome.into(),
             ..AttemptRecord::default()

@@ -25,7 +25,8 @@ pub struct StatusView {
     pub paused: Option<Value>,
     pub pauses: Vec<StoredPause>,
     pub buckets: BTreeMap<&'static str, BudgetView>,
-    pub oldest_pending: Option<String>,
+    #[serde(serialize_with = "crate::store::state::iso_opt")]
+    pub oldest_pending: Option<SystemTime>,
     pub oldest_pending_age_secs: Option<u64>,
     pub last_error: Option<LastError>,
     pub credits_used: i64,
@@ -115,8 +116,6 @@ pub async fn status(store: &Store, cfg: &Config) -> Result<StatusView> {
         + counts.counts.get(&State::Submitting).copied().unwrap_or(0);
     let oldest_pending_age_secs = counts
         .oldest_pending
-        .as_deref()
-        .and_then(clock::parse_iso)
         .and_then(|t| now.duration_since(t).ok())
         .map(|d| d.as_secs());
     Ok(StatusView {
@@ -144,7 +143,8 @@ fn live_daemons(all: &[StoredDaemon], now: SystemTime, in_flight: i64) -> Vec<Va
         .filter(|d| d.is_live(now))
         .map(|d| {
             json!({"id": d.id, "host": d.host, "pid": d.pid, "version": d.version,
-                   "started_at": d.started_at, "heartbeat_at": d.heartbeat_at,
+                   "started_at": clock::iso(d.started_at),
+                   "heartbeat_at": clock::iso(d.heartbeat_at),
                    "in_flight": d.in_flight.unwrap_or(in_flight)})
         })
         .collect()

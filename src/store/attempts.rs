@@ -4,19 +4,25 @@
 use serde::Serialize;
 use sqlx::SqliteConnection;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use super::Result;
+use super::state::{self, Iso};
+use crate::clock;
 
 /// One exchange, ready to store. Plain data: the scheduler fills it from the client's
 /// exchange, so the store need not know HTTP. (Serialized for the group commit, whose SQL
 /// reads these field names.)
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct AttemptRecord {
     pub attempt: i64,
     pub method: String,
     pub endpoint: String,
     pub request_body: Option<String>,
-    pub started_at: String,
-    pub finished_at: String,
+    #[serde(serialize_with = "state::iso")]
+    pub started_at: SystemTime,
+    #[serde(serialize_with = "state::iso")]
+    pub finished_at: SystemTime,
     pub http_status: Option<i64>,
     pub error: Option<String>,
     pub outcome: String,
@@ -25,6 +31,28 @@ pub struct AttemptRecord {
     pub response_body: Option<String>,
     pub body_truncated: bool,
     pub job_id: Option<String>,
+}
+
+/// Blank, both times the epoch: for `..AttemptRecord::default()` (`SystemTime` has no
+/// default).
+impl Default for AttemptRecord {
+    fn default() -> AttemptRecord {
+        AttemptRecord {
+            attempt: 0,
+            method: String::new(),
+            endpoint: String::new(),
+            request_body: None,
+            started_at: UNIX_EPOCH,
+            finished_at: UNIX_EPOCH,
+            http_status: None,
+            error: None,
+            outcome: String::new(),
+            rate_limit: None,
+            response_body: None,
+            body_truncated: false,
+            job_id: None,
+        }
+    }
 }
 
 /// A stored attempt, as tickets and `show` read it.
@@ -36,8 +64,12 @@ pub struct StoredAttempt {
     pub method: String,
     pub endpoint: String,
     pub request_body: Option<String>,
-    pub started_at: String,
-    pub finished_at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub started_at: SystemTime,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub finished_at: SystemTime,
     pub http_status: Option<i64>,
     pub error: Option<String>,
     pub outcome: String,
@@ -79,8 +111,8 @@ pub(super) async fn insert(
     .bind(&r.method)
     .bind(&r.endpoint)
     .bind(&r.request_body)
-    .bind(&r.started_at)
-    .bind(&r.finished_at)
+    .bind(clock::iso(r.started_at))
+    .bind(clock::iso(r.finished_at))
     .bind(r.http_status)
     .bind(&r.error)
     .bind(&r.outcome)

@@ -2,13 +2,18 @@
 
 use serde::Serialize;
 
+use std::time::SystemTime;
+
 use super::State;
+use super::state::{self, Iso, LaxIso};
 
 /// One operator action as recorded.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct AuditEntry {
     pub id: i64,
-    pub at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub at: SystemTime,
     pub action: String,
     pub target: String,
     pub source: String,
@@ -24,13 +29,16 @@ pub struct FailureGroup {
     pub rows: i64,
     /// The most recently failed row of the group.
     pub latest_id: i64,
-    pub latest_at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "LaxIso")]
+    pub latest_at: SystemTime,
 }
 
 /// Rows that ended in one minute (UTC, `2026-12-07T01:52`).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MinuteCount {
-    pub minute: String,
+    #[serde(serialize_with = "state::minute")]
+    pub minute: SystemTime,
     pub completed: i64,
     pub failed: i64,
 }

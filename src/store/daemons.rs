@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::state::{self, Iso, OptIso};
 use crate::clock;
 
 /// A heartbeat older than this means the daemon is not running: three missed beats of the
@@ -31,13 +32,15 @@ pub struct DaemonInfo {
     pub host: String,
     pub pid: u32,
     pub version: String,
-    pub started_at: String,
+    #[serde(serialize_with = "state::iso", deserialize_with = "state::from_iso")]
+    pub started_at: SystemTime,
 }
 
 impl DaemonInfo {
     /// This process, starting now.
     pub fn this_process() -> DaemonInfo {
-        let now = SystemTime::now();
+        // To the millisecond, as it is stored: the row read back equals this.
+        let now = clock::from_unix_ms(clock::unix_ms(SystemTime::now()));
         let host = host_name();
         let pid = std::process::id();
         DaemonInfo {
@@ -45,7 +48,7 @@ impl DaemonInfo {
             host,
             pid,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at: clock::iso(now),
+            started_at: now,
         }
     }
 }
@@ -57,10 +60,16 @@ pub struct StoredDaemon {
     pub host: String,
     pub pid: i64,
     pub version: String,
-    pub started_at: String,
-    pub heartbeat_at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub started_at: SystemTime,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "Iso")]
+    pub heartbeat_at: SystemTime,
     /// Set at a clean shutdown.
-    pub stopped_at: Option<String>,
+    #[serde(serialize_with = "state::iso_opt")]
+    #[sqlx(try_from = "OptIso")]
+    pub stopped_at: Option<SystemTime>,
     /// Jobs it holds (submitting or running), when the backend keeps count (PostgreSQL).
     pub in_flight: Option<i64>,
     /// Whether its lease is live by the database's clock (PostgreSQL); SQLite leaves it to
@@ -77,11 +86,9 @@ impl StoredDaemon {
         self.stopped_at.is_none() && self.silent_for(now) <= DAEMON_STALE_AFTER
     }
 
-    /// How long since its last heartbeat (zero if the heartbeat is in the future or
-    /// unreadable, which only an outside writer could cause).
+    /// How long since its last heartbeat (zero if the heartbeat is in the future).
     pub fn silent_for(&self, now: SystemTime) -> Duration {
-        clock::parse_iso(&self.heartbeat_at)
-            .and_then(|t| now.duration_since(t).ok())
+        now.duration_since(self.heartbeat_at)
             .unwrap_or(Duration::ZERO)
     }
 }
@@ -204,7 +211,14 @@ fn holder_of(path: &Path) -> String {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|s| serde_json::from_str::<DaemonInfo>(s.trim()).ok())
-        .map(|d| format!("pid {} on {} since {}", d.pid, d.host, d.started_at))
+        .map(|d| {
+            format!(
+                "pid {} on {} since {}",
+                d.pid,
+                d.host,
+                clock::iso(d.started_at)
+            )
+        })
         .unwrap_or_else(|| "holder unknown".to_owned())
 }
 

@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::config::DatabaseConfig;
 use crate::importly::JobKind;
 use crate::limits::Scope;
+use state::{LaxIso, OptLaxIso};
 
 pub use attempts::{AttemptRecord, StoredAttempt, Written};
 pub use audit::{AuditEntry, FailureGroup, MinuteCount, PageFilter};
@@ -125,7 +126,8 @@ fn pg_transient(code: &str) -> bool {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Every column of `imports`.
+/// Every column of `imports`. Its times are read with `LaxIso`: users write this table (see
+/// `state::LaxIso`).
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct Row {
     pub id: i64,
@@ -135,15 +137,23 @@ pub struct Row {
     pub external_id: Option<String>,
     pub state: State,
     pub attempts: i64,
-    pub next_attempt_at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "LaxIso")]
+    pub next_attempt_at: SystemTime,
     pub importly_job_id: Option<String>,
     pub media_url: Option<String>,
     pub credits_used: Option<i64>,
     pub result: Option<String>,
     pub last_error: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    pub completed_at: Option<String>,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "LaxIso")]
+    pub created_at: SystemTime,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "LaxIso")]
+    pub updated_at: SystemTime,
+    #[serde(serialize_with = "state::iso_opt")]
+    #[sqlx(try_from = "OptLaxIso")]
+    pub completed_at: Option<SystemTime>,
 }
 
 pub(crate) const ROW_COLUMNS: &str = "id, url, kind, options, external_id, state, attempts, \

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::State;
+use super::state::{self, LaxIso, OptLaxIso};
 use crate::importly::JobKind;
 
 /// One row to insert.
@@ -42,7 +43,9 @@ pub struct ExportRow {
     pub importly_job_id: Option<String>,
     pub media_url: Option<String>,
     pub credits_used: Option<i64>,
-    pub completed_at: Option<String>,
+    #[serde(serialize_with = "state::iso_opt")]
+    #[sqlx(try_from = "OptLaxIso")]
+    pub completed_at: Option<SystemTime>,
     pub last_error: Option<String>,
 }
 
@@ -51,7 +54,7 @@ pub struct ExportRow {
 pub struct RowsProgress {
     /// state -> rows (states without rows absent)
     pub counts: BTreeMap<State, i64>,
-    pub last_update: Option<String>,
+    pub last_update: Option<SystemTime>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -65,7 +68,8 @@ pub struct ListFilter {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StatusCounts {
     pub counts: BTreeMap<State, i64>,
-    pub oldest_pending: Option<String>,
+    #[serde(serialize_with = "state::iso_opt")]
+    pub oldest_pending: Option<SystemTime>,
     pub last_error: Option<LastError>,
     pub credits_used: i64,
 }
@@ -88,6 +92,8 @@ pub const MEAN_JOB_SAMPLE: i64 = 50;
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct LastError {
     pub id: i64,
-    pub updated_at: String,
+    #[serde(serialize_with = "state::iso")]
+    #[sqlx(try_from = "LaxIso")]
+    pub updated_at: SystemTime,
     pub last_error: String,
 }

@@ -2,6 +2,8 @@
 //! pending -> submitting -> running -> completed | failed, with pending again on a retry.
 //! Each change is one statement or one short `BEGIN IMMEDIATE` transaction.
 
+use std::time::SystemTime;
+
 use super::attempts::AttemptRecord;
 use crate::importly::JobKind;
 
@@ -52,15 +54,15 @@ pub struct Running {
 pub(crate) fn ambiguous_submit(
     attempt: i64,
     endpoint: &str,
-    now: &str,
+    now: SystemTime,
     why: &str,
 ) -> AttemptRecord {
     AttemptRecord {
         attempt,
         method: "POST".into(),
         endpoint: endpoint.into(),
-        started_at: now.to_owned(),
-        finished_at: now.to_owned(),
+        started_at: now,
+        finished_at: now,
         error: Some(why.to_owned()),
         outcome: "ambiguous_submit".into(),
         ..AttemptRecord::default()

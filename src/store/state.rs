@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sqlx::ValueRef;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 
@@ -230,10 +231,151 @@ where
     }
 }
 
+/// A time that may be absent (a nullable column, or an aggregate over no rows), read back as
+/// [`Iso`] reads one: `NULL` is `None`, garbled text an error
+/// (`#[sqlx(try_from = "OptIso")]`).
+pub struct OptIso(pub Option<SystemTime>);
+
+impl From<OptIso> for Option<SystemTime> {
+    fn from(t: OptIso) -> Option<SystemTime> {
+        t.0
+    }
+}
+
+/// A time of `imports` (or an aggregate of one), read back leniently: text that is no time
+/// reads as the epoch instead of failing.
+///
+/// Why not [`Iso`]'s error: `imports` is the table users write themselves, and on SQLite its
+/// time columns can legitimately hold text `parse_time` refuses. Migration 0004's triggers
+/// rewrite every time `strftime()` parses into the canonical form, but leave what it cannot
+/// parse as written in `created_at`, `updated_at` and `completed_at`, and `next_attempt_at`'s
+/// CHECK (`julianday()`) accepts years before 1970 (as PostgreSQL's `timestamptz` does), which
+/// `SystemTime`'s canonical text cannot show. One such row must not fail `list`, `export` or
+/// the dashboard for every other row: it shows as `1970-01-01T00:00:00.000Z`, the time the
+/// canonical text clamps anything earlier to, and sorts as due long ago.
+/// (`#[sqlx(try_from = "LaxIso")]`; every other table is the daemon's own and is read with
+/// [`Iso`].)
+pub struct LaxIso(pub SystemTime);
+
+impl From<LaxIso> for SystemTime {
+    fn from(t: LaxIso) -> SystemTime {
+        t.0
+    }
+}
+
+/// [`LaxIso`] for a nullable column: `NULL` is `None` (`#[sqlx(try_from = "OptLaxIso")]`).
+pub struct OptLaxIso(pub Option<SystemTime>);
+
+impl From<OptLaxIso> for Option<SystemTime> {
+    fn from(t: OptLaxIso) -> Option<SystemTime> {
+        t.0
+    }
+}
+
+/// `s` as a time, the epoch if it is none (see [`LaxIso`]).
+pub fn lax_time(s: &str) -> SystemTime {
+    clock::parse_iso(s).unwrap_or(std::time::UNIX_EPOCH)
+}
+
+/// The `sqlx::Type` of a type read from the text both backends render times as.
+macro_rules! text_type {
+    ($t:ty) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+        where
+            String: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+    };
+}
+
+text_type!(OptIso);
+text_type!(LaxIso);
+text_type!(OptLaxIso);
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for OptIso
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<OptIso, BoxDynError> {
+        if value.is_null() {
+            return Ok(OptIso(None));
+        }
+        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
+        Ok(OptIso(Some(parse_time(&s)?)))
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for LaxIso
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<LaxIso, BoxDynError> {
+        // NULL only where PostgreSQL's `to_char` met a `timestamptz` of 'infinity', which
+        // is no time either.
+        if value.is_null() {
+            return Ok(LaxIso(std::time::UNIX_EPOCH));
+        }
+        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
+        Ok(LaxIso(lax_time(&s)))
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for OptLaxIso
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<OptLaxIso, BoxDynError> {
+        if value.is_null() {
+            return Ok(OptLaxIso(None));
+        }
+        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
+        Ok(OptLaxIso(Some(lax_time(&s))))
+    }
+}
+
 /// Serializes a time as the canonical text, so JSON that carried the stored text before it
 /// was typed prints the same bytes (`#[serde(serialize_with = "iso")]`).
 pub fn iso<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&clock::iso(*t))
+}
+
+/// [`iso`] for an optional time: `null` when absent.
+pub fn iso_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&clock::iso(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Reads the canonical text [`iso`] writes (`#[serde(deserialize_with = "from_iso")]`).
+pub fn from_iso<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    parse_time(&s).map_err(serde::de::Error::custom)
+}
+
+/// A minute's start as its canonical text's first 16 characters (`2026-12-07T01:52`), the
+/// minute of `finished_per_minute` (`#[serde(serialize_with = "minute")]`).
+pub fn minute<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&minute_text(*t))
+}
+
+/// `t`'s minute as text (`2026-12-07T01:52`).
+pub fn minute_text(t: SystemTime) -> String {
+    let mut text = clock::iso(t);
+    text.truncate(16);
+    text
+}
+
+/// The minute `text` (`2026-12-07T01:52`, the first 16 characters of a stored time) as its
+/// start, read leniently as [`LaxIso`] (it is cut from `imports.updated_at`).
+pub fn lax_minute(text: &str) -> SystemTime {
+    lax_time(&format!("{text}:00.000Z"))
 }
 
 #[cfg(test)]
@@ -272,6 +414,57 @@ mod tests {
         let mut alpha = names.clone();
         alpha.sort();
         assert_eq!(names, alpha);
+    }
+
+    #[test]
+    fn times_serialize_as_the_canonical_text_they_were_stored_as() {
+        #[derive(Serialize, Deserialize)]
+        struct T {
+            #[serde(serialize_with = "iso", deserialize_with = "from_iso")]
+            at: SystemTime,
+        }
+        #[derive(Serialize)]
+        struct O {
+            #[serde(serialize_with = "iso_opt")]
+            at: Option<SystemTime>,
+            #[serde(serialize_with = "minute")]
+            m: SystemTime,
+        }
+        let text = "2999-01-01T10:00:00.123Z";
+        let json = format!("{{\"at\":\"{text}\"}}");
+        let t: T = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), json);
+        assert!(serde_json::from_str::<T>(r#"{"at":"soon"}"#).is_err());
+        let o = O { at: None, m: t.at };
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"at":null,"m":"2999-01-01T10:00"}"#
+        );
+        assert_eq!(
+            lax_minute("2999-01-01T10:00"),
+            lax_time("2999-01-01T10:00:00.000Z")
+        );
+
+        // The group commit's SQL reads the records' times from their JSON as this text.
+        let r = crate::store::AttemptRecord {
+            started_at: t.at,
+            finished_at: t.at,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (&v["started_at"], &v["finished_at"]),
+            (&text.into(), &text.into())
+        );
+    }
+
+    #[test]
+    fn times_users_garbled_read_as_the_epoch() {
+        for odd in ["yesterday", "1960-01-01T00:00:00.000Z", ""] {
+            assert_eq!(lax_time(odd), std::time::UNIX_EPOCH, "{odd}");
+        }
+        let t = lax_time("2026-12-07T10:00:00.123Z");
+        assert_eq!(clock::iso(t), "2026-12-07T10:00:00.123Z");
     }
 
     #[test]

@@ -213,7 +213,7 @@ async fn a_budget_snapshot_round_trips(b: Backend) {
 async fn heartbeat(b: &Backend) -> String {
     let all = b.store.daemons().await.expect("daemons");
     assert_eq!(all.len(), 1, "{all:?}");
-    all[0].heartbeat_at.clone()
+    clock::iso(all[0].heartbeat_at)
 }
 
 async fn saving_budgets_renews_a_live_daemons_heartbeat(b: Backend) {

@@ -4,11 +4,11 @@
 //! as another program would (times as canonical ISO literals, which both databases read).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use importlyd::importly::JobKind;
-use importlyd::store::{EnqueueRow, ListFilter, PageFilter, Row, State, Store};
+use importlyd::store::{EnqueueRow, ListFilter, PageFilter, Row, State, Store, state};
 use serde_json::{Value, json};
 
 use crate::{Backend, conformance};
@@ -32,6 +32,7 @@ conformance!(
     finished_per_minute_buckets_by_utc_minute,
     failed_ids_and_latest_failed,
     export_streams_every_row_in_id_order,
+    odd_times_users_write_read_as_the_epoch_and_garbled_logs_are_errors,
     select_ids_progress_of_and_unsuccessful_among,
     counts_fold_and_stay_exact_under_concurrent_writers,
     an_open_insert_blocks_no_claim_and_no_count,
@@ -91,11 +92,17 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-/// Canonical UTC text: `2026-12-07T10:00:00.123Z`.
-fn assert_canonical(t: &str) {
-    assert_eq!(t.len(), 24, "{t}");
-    assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
-    assert!(importlyd::clock::parse_iso(t).is_some(), "{t}");
+/// A time the store wrote and read back: whole milliseconds (what the canonical text
+/// `2026-12-07T10:00:00.123Z` holds), after 2021 (not the epoch a garbled value reads as).
+fn assert_canonical(t: &SystemTime) {
+    let text = iso(*t);
+    assert_eq!(importlyd::clock::parse_iso(&text), Some(*t), "{text}");
+    assert!(text.as_str() > "2021", "{text}");
+}
+
+/// The canonical text of a time the store read back.
+fn iso(t: SystemTime) -> String {
+    importlyd::clock::iso(t)
 }
 
 /// Rows per state, counted from the table itself.
@@ -343,15 +350,18 @@ async fn row_reads_every_column_in_canonical_form(b: Backend) {
     assert_eq!(r.external_id.as_deref(), Some("x-1"));
     assert_eq!(r.state, "completed");
     assert_eq!(r.attempts, 2);
-    assert_eq!(r.next_attempt_at, "2026-12-07T10:00:00.123Z");
+    assert_eq!(iso(r.next_attempt_at), "2026-12-07T10:00:00.123Z");
     assert_eq!(r.importly_job_id.as_deref(), Some("job-1"));
     assert_eq!(r.media_url.as_deref(), Some("https://cdn.e.com/a.mp4"));
     assert_eq!(r.credits_used, Some(7));
     assert_eq!(r.result.as_deref().map(json), Some(json!({"ok": true})));
     assert_eq!(r.last_error.as_deref(), Some("earlier error"));
-    assert_eq!(r.created_at, "2026-12-07T09:00:00.000Z");
-    assert_eq!(r.updated_at, "2026-12-07T10:05:00.500Z");
-    assert_eq!(r.completed_at.as_deref(), Some("2026-12-07T10:05:00.501Z"));
+    assert_eq!(iso(r.created_at), "2026-12-07T09:00:00.000Z");
+    assert_eq!(iso(r.updated_at), "2026-12-07T10:05:00.500Z");
+    assert_eq!(
+        r.completed_at.map(iso).as_deref(),
+        Some("2026-12-07T10:05:00.501Z")
+    );
     assert!(b.store.row(id + 1000).await.unwrap().is_none());
 }
 
@@ -474,7 +484,7 @@ async fn status_counts_follow_every_change(b: Backend) {
     let first = s.row(ids[0]).await.unwrap().unwrap();
     assert_eq!(
         s.status_counts().await.unwrap().oldest_pending,
-        Some(first.created_at.clone())
+        Some(first.created_at)
     );
 
     // Rows from another program, and their changes, count the same.
@@ -495,12 +505,16 @@ async fn status_counts_follow_every_change(b: Backend) {
     counts_agree(&b, s, "raw inserts").await;
     let c = s.status_counts().await.unwrap();
     assert_eq!(
-        c.oldest_pending.as_deref(),
+        c.oldest_pending.map(iso).as_deref(),
         Some("2020-01-01T00:00:00.000Z")
     );
     let last = c.last_error.expect("a last error");
     assert_eq!(
-        (last.id, last.updated_at.as_str(), last.last_error.as_str()),
+        (
+            last.id,
+            iso(last.updated_at).as_str(),
+            last.last_error.as_str()
+        ),
         (failed, "2020-01-02T00:00:00.000Z", "boom")
     );
 
@@ -521,7 +535,7 @@ async fn status_counts_follow_every_change(b: Backend) {
     }
     let c = s.status_counts().await.unwrap();
     assert_eq!(c.credits_used, 7);
-    assert_eq!(c.oldest_pending, Some(first.created_at.clone()));
+    assert_eq!(c.oldest_pending, Some(first.created_at));
     assert_eq!(c.last_error.expect("last error").id, old);
 
     assert_eq!(s.cancel(&[ids[1]]).await.unwrap(), [ids[1]]);
@@ -714,7 +728,7 @@ async fn retry_resets_failed_rows_only(b: Backend) {
     assert_eq!(r.last_error.as_deref(), Some("boom"));
     // Due now: the same instant it was changed at, after its old times.
     assert_eq!(r.next_attempt_at, r.updated_at);
-    assert!(r.updated_at.as_str() > "2021", "{}", r.updated_at);
+    assert_canonical(&r.updated_at);
     assert_eq!(s.row(p).await.unwrap().unwrap().state, "pending");
     assert_eq!(s.row(c).await.unwrap().unwrap().state, "completed");
 
@@ -767,7 +781,7 @@ async fn cancel_cancels_pending_rows_only(b: Backend) {
     let one = s.row(ids[0]).await.unwrap().unwrap();
     assert_eq!(one.state, "cancelled");
     assert_eq!(one.last_error.as_deref(), Some("cancelled by operator"));
-    assert_eq!(one.completed_at.as_deref(), Some(one.updated_at.as_str()));
+    assert_eq!(one.completed_at, Some(one.updated_at));
     assert_canonical(&one.updated_at);
     let two = s.row(ids[1]).await.unwrap().unwrap();
     assert_eq!(
@@ -956,24 +970,17 @@ async fn failure_groups_biggest_first(b: Backend) {
     in_state(&b, "https://e.com/5", "completed", Some("A"), &t(9)).await;
     in_state(&b, "https://e.com/6", "pending", Some("A"), &t(9)).await;
     let groups = b.store.failure_groups(10).await.unwrap();
-    let got: Vec<(Option<&str>, i64, i64, &str)> = groups
+    let got: Vec<(Option<&str>, i64, i64, String)> = groups
         .iter()
-        .map(|g| {
-            (
-                g.reason.as_deref(),
-                g.rows,
-                g.latest_id,
-                g.latest_at.as_str(),
-            )
-        })
+        .map(|g| (g.reason.as_deref(), g.rows, g.latest_id, iso(g.latest_at)))
         .collect();
     let (ta, tb, tn) = (t(1), t(5), t(2));
     assert_eq!(
         got,
         [
-            (Some("A"), 2, a2, ta.as_str()),
-            (None, 1, none, tn.as_str()),
-            (Some("B"), 1, b1, tb.as_str()),
+            (Some("A"), 2, a2, ta),
+            (None, 1, none, tn),
+            (Some("B"), 1, b1, tb),
         ],
         "{}",
         b.name
@@ -1002,7 +1009,7 @@ async fn finished_per_minute_buckets_by_utc_minute(b: Backend) {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|m| (m.minute, m.completed, m.failed))
+                .map(|m| (state::minute_text(m.minute), m.completed, m.failed))
                 .collect::<Vec<_>>()
         }
     };
@@ -1085,7 +1092,7 @@ async fn failed_ids_and_latest_failed(b: Backend) {
     assert_eq!(ids(&s.latest_failed(10).await.unwrap()), [f3, f2, f1, f4]);
     let latest = s.latest_failed(1).await.unwrap();
     assert_eq!(latest[0].last_error.as_deref(), Some("Timeout again"));
-    assert_eq!(latest[0].updated_at, t(5));
+    assert_eq!(iso(latest[0].updated_at), t(5));
 }
 
 async fn export_streams_every_row_in_id_order(b: Backend) {
@@ -1128,7 +1135,7 @@ async fn export_streams_every_row_in_id_order(b: Backend) {
             seven.importly_job_id.as_deref(),
             seven.media_url.as_deref(),
             seven.credits_used,
-            seven.completed_at.as_deref(),
+            seven.completed_at.map(iso).as_deref(),
             seven.last_error.as_deref()
         ),
         (
@@ -1263,9 +1270,15 @@ async fn select_ids_progress_of_and_unsuccessful_among(b: Backend) {
     ]
     .into();
     assert_eq!(p.counts, counts);
-    assert_eq!(p.last_update.as_deref(), Some("2026-12-07T11:00:00.000Z"));
+    assert_eq!(
+        p.last_update.map(iso).as_deref(),
+        Some("2026-12-07T11:00:00.000Z")
+    );
     let p = s.progress_of(&[a, c]).await.unwrap();
-    assert_eq!(p.last_update.as_deref(), Some("2026-12-07T10:30:00.000Z"));
+    assert_eq!(
+        p.last_update.map(iso).as_deref(),
+        Some("2026-12-07T10:30:00.000Z")
+    );
     assert_eq!(s.progress_of(&[]).await.unwrap(), Default::default());
 
     assert_eq!(
@@ -1548,4 +1561,81 @@ async fn status_counts_and_queue_shape_never_scan_the_table(b: Backend) {
 /// The instant canonical text `t` names.
 fn instant(t: &str) -> std::time::SystemTime {
     importlyd::clock::parse_iso(t).unwrap_or_else(|| panic!("not a time: {t}"))
+}
+
+/// `imports` is the users' table: a time in it that the canonical text cannot show (before
+/// 1970, either backend; text that is no time, SQLite's `created_at` and the like) reads as
+/// the epoch, and every read of rows goes on working. The daemon's own tables are read
+/// strictly: a garbled time in the failure log is an error naming the column.
+async fn odd_times_users_write_read_as_the_epoch_and_garbled_logs_are_errors(b: Backend) {
+    let s = &b.store;
+    let epoch = SystemTime::UNIX_EPOCH;
+    let old = insert(
+        &b,
+        "https://e.com/old",
+        "next_attempt_at",
+        "'1960-01-01 00:00:00'",
+    )
+    .await;
+    assert_eq!(s.row(old).await.unwrap().unwrap().next_attempt_at, epoch);
+    let mut odd = vec![old];
+    if !b.is_postgres() {
+        // SQLite keeps what strftime() cannot parse as written (migration 0004).
+        let garbled = insert(
+            &b,
+            "https://e.com/garbled",
+            "state, created_at, updated_at, completed_at",
+            "'completed', 'yesterday', 'now-ish', 'soon'",
+        )
+        .await;
+        let r = s.row(garbled).await.unwrap().unwrap();
+        assert_eq!(
+            (r.created_at, r.updated_at, r.completed_at),
+            (epoch, epoch, Some(epoch))
+        );
+        assert_eq!(
+            importlyd::service::row_json(&r)["created_at"],
+            json!("1970-01-01T00:00:00.000Z")
+        );
+        odd.push(garbled);
+    }
+    let fine = insert(&b, "https://e.com/fine", "", "").await;
+    odd.push(fine);
+    let listed: Vec<i64> = s
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed.len(), odd.len(), "{listed:?}");
+    let exported: Vec<i64> = s
+        .export(&ListFilter::default())
+        .map(|r| r.unwrap().id)
+        .collect()
+        .await;
+    assert_eq!(exported, odd);
+    s.status_counts().await.unwrap();
+    s.finished_per_minute(epoch).await.unwrap();
+    s.progress_of(&odd).await.unwrap();
+
+    if !b.is_postgres() {
+        // (PostgreSQL's timestamptz holds no such text.)
+        b.exec(&format!(
+            "INSERT INTO import_attempts (import_id, attempt, method, endpoint, started_at, \
+             finished_at, outcome, daemon_version) \
+             VALUES ({fine}, 1, 'POST', '/import', 'garbage', '2026-12-07T10:00:00.000Z', \
+                     'transient', '0')"
+        ))
+        .await;
+        let err = s
+            .attempts(fine)
+            .await
+            .expect_err("a garbled time is an error");
+        let text = err.to_string();
+        assert!(
+            text.contains("started_at") && text.contains("not a time: \"garbage\""),
+            "{text}"
+        );
+    }
 }

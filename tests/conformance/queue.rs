@@ -113,8 +113,8 @@ fn record(attempt: i64, outcome: &str) -> AttemptRecord {
         attempt,
         method: "POST".into(),
         endpoint: "/import".into(),
-        started_at: clock::now_iso(),
-        finished_at: clock::now_iso(),
+        started_at: SystemTime::now(),
+        finished_at: SystemTime::now(),
         http_status: Some(500),
         outcome: outcome.into(),
         ..AttemptRecord::default()
@@ -130,8 +130,8 @@ fn accepted(id: i64, job: &str) -> Started {
             method: "POST".into(),
             endpoint: "/import".into(),
             request_body: Some(r#"{"url":"x"}"#.into()),
-            started_at: "2026-11-25T10:00:00.000Z".into(),
-            finished_at: "2026-11-25T10:00:00.100Z".into(),
+            started_at: instant("2026-11-25T10:00:00.000Z"),
+            finished_at: instant("2026-11-25T10:00:00.100Z"),
             http_status: Some(202),
             outcome: "accepted".into(),
             response_body: Some(r#"{"jobId":"j"}"#.into()),
@@ -641,8 +641,8 @@ async fn record_attempt_trims_the_log_to_keep(b: Backend) {
         method: "GET".into(),
         endpoint: "/import/job-1".into(),
         request_body: None,
-        started_at: "2026-11-25T10:00:01.250Z".into(),
-        finished_at: "2026-11-25T10:00:02.500Z".into(),
+        started_at: instant("2026-11-25T10:00:01.250Z"),
+        finished_at: instant("2026-11-25T10:00:02.500Z"),
         http_status: Some(503),
         error: Some("upstream unavailable".into()),
         outcome: "transient".into(),
@@ -672,8 +672,8 @@ async fn record_attempt_trims_the_log_to_keep(b: Backend) {
     assert_eq!(last.method, "GET");
     assert_eq!(last.endpoint, "/import/job-1");
     assert_eq!(last.request_body, None);
-    assert_eq!(last.started_at, "2026-11-25T10:00:01.250Z");
-    assert_eq!(last.finished_at, "2026-11-25T10:00:02.500Z");
+    assert_eq!(clock::iso(last.started_at), "2026-11-25T10:00:01.250Z");
+    assert_eq!(clock::iso(last.finished_at), "2026-11-25T10:00:02.500Z");
     assert_eq!(last.http_status, Some(503));
     assert_eq!(last.error.as_deref(), Some("upstream unavailable"));
     assert_eq!(
@@ -688,8 +688,8 @@ async fn record_attempt_trims_the_log_to_keep(b: Backend) {
     let first = &log[0];
     assert_eq!(first.http_status, Some(202));
     assert_eq!(first.request_body.as_deref(), Some(r#"{"url":"x"}"#));
-    assert_eq!(first.started_at, "2026-11-25T10:00:00.000Z");
-    assert_eq!(first.finished_at, "2026-11-25T10:00:00.100Z");
+    assert_eq!(clock::iso(first.started_at), "2026-11-25T10:00:00.000Z");
+    assert_eq!(clock::iso(first.finished_at), "2026-11-25T10:00:00.100Z");
     assert_eq!(first.rate_limit, None);
     assert_eq!(first.error, None);
 
@@ -734,8 +734,9 @@ async fn recover_submitting_returns_rows_to_pending_as_ambiguous(b: Backend) {
     assert_eq!(log[0].method, "POST");
     assert_eq!(log[0].endpoint, "/import");
     assert!(log[0].error.as_deref().unwrap().contains("daemon stopped"));
-    let at = clock::parse_iso(&log[0].started_at).unwrap();
-    assert_eq!(clock::iso(at), log[0].started_at);
+    // Stored as the canonical text: whole milliseconds.
+    let at = log[0].started_at;
+    assert_eq!(clock::parse_iso(&clock::iso(at)), Some(at));
     let log = s.attempts(m).await.unwrap();
     assert_eq!(outcomes(&log), ["ambiguous_submit"]);
     assert_eq!(log[0].endpoint, "/metadata");

@@ -4,6 +4,7 @@
 use super::ops::Params;
 use super::{PgStore, ROW_COLUMNS, iso};
 use crate::store::audit::like_pattern;
+use crate::store::state;
 use crate::store::*;
 
 /// Matches `$n` (a [`like_pattern`]) anywhere in the columns a search reads. ILIKE: SQLite's
@@ -101,6 +102,7 @@ impl PgStore {
         &self,
         since: std::time::SystemTime,
     ) -> Result<Vec<MinuteCount>> {
+        // The minute is cut from `imports.updated_at`, read leniently (`state::LaxIso`).
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI'), state, \
                     count(*) \
@@ -112,10 +114,12 @@ impl PgStore {
         .await?;
         let mut out: Vec<MinuteCount> = Vec::new();
         for (minute, state, n) in rows {
+            let minute = state::lax_minute(&minute);
             if out.last().is_none_or(|m| m.minute != minute) {
                 out.push(MinuteCount {
                     minute,
-                    ..MinuteCount::default()
+                    completed: 0,
+                    failed: 0,
                 });
             }
             if let Some(m) = out.last_mut() {

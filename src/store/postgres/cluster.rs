@@ -97,7 +97,7 @@ impl PgStore {
         .bind("running")
         .fetch_all(&mut *tx)
         .await?;
-        let released: Vec<(i64, crate::importly::JobKind, i64, String)> =
+        let released: Vec<(i64, crate::importly::JobKind, i64, crate::store::state::Iso)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE imports i SET state = 'pending', owner = NULL, claimed_at = NULL, \
                      updated_at = now(), last_error = '{ORPHANED}', \
@@ -114,7 +114,7 @@ impl PgStore {
             .await?;
         // The same record (and log trimming) as a daemon's own recovery at start-up.
         for (id, kind, attempts, now) in &released {
-            let record = ambiguous_submit(attempts + 1, endpoint(*kind), now, ORPHANED);
+            let record = ambiguous_submit(attempts + 1, endpoint(*kind), now.0, ORPHANED);
             attempts::insert(&mut tx, *id, &record, keep).await?;
         }
         tx.commit().await?;

@@ -30,9 +30,8 @@ mod queue;
 pub const CHANNEL: &str = "importlyd_imports";
 
 /// `timestamptz` column (or expression) `$col` as the canonical text (`clock::iso`:
-/// `2026-12-07T10:00:00.123Z`): what the row types that keep times as text show, and what
-/// `state::Iso` reads back into a `SystemTime`. Times go in as that text too, cast with
-/// `::timestamptz`.
+/// `2026-12-07T10:00:00.123Z`), what `state::Iso` (or `LaxIso` for `imports`) reads back
+/// into a `SystemTime`. Times go in as that text too, cast with `::timestamptz`.
 macro_rules! iso {
     ($col:literal) => {
         concat!(

@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use super::{PgStore, ROW_COLUMNS, iso};
 use crate::clock;
 use crate::importly::JobKind;
+use crate::store::state::{LaxIso, OptLaxIso};
 use crate::store::*;
 
 /// Delta rows (`imports_counts_delta`, see migrations_pg) `status_counts` lets pile up before
@@ -282,7 +283,8 @@ impl PgStore {
     /// How far the rows `ids` are: the number per state and the latest `updated_at` among
     /// them (so a change that keeps every state, a retry's new attempt, still shows).
     pub async fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress> {
-        let rows: Vec<(State, i64, Option<String>)> = sqlx::query_as(concat!(
+        // The times of `imports` are read leniently (`state::LaxIso`).
+        let rows: Vec<(State, i64, OptLaxIso)> = sqlx::query_as(concat!(
             "SELECT state, count(*), ",
             iso!("max(updated_at)"),
             " FROM imports WHERE id = ANY($1) GROUP BY state"
@@ -293,7 +295,7 @@ impl PgStore {
         let mut p = RowsProgress::default();
         for (state, n, updated) in rows {
             p.counts.insert(state, n);
-            p.last_update = p.last_update.max(updated);
+            p.last_update = p.last_update.max(updated.0);
         }
         Ok(p)
     }
@@ -389,13 +391,14 @@ impl PgStore {
         }
         // Both a seek of a partial index (imports_pending_by_created,
         // imports_errors_by_updated), never a walk of the pending or failed rows.
-        let oldest_pending: Option<String> = sqlx::query_scalar(concat!(
+        let oldest_pending = sqlx::query_scalar::<_, LaxIso>(concat!(
             "SELECT ",
             iso!("created_at"),
             " FROM imports WHERE state = 'pending' ORDER BY created_at LIMIT 1"
         ))
         .fetch_optional(&self.pool)
-        .await?;
+        .await?
+        .map(SystemTime::from);
         let last_error = sqlx::query_as::<_, LastError>(concat!(
             "SELECT id, ",
             iso!("updated_at"),

@@ -262,7 +262,7 @@ impl PgStore {
         endpoint: fn(JobKind) -> &'static str,
     ) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, i64, JobKind, String)> = sqlx::query_as(concat!(
+        let rows: Vec<(i64, i64, JobKind, Iso)> = sqlx::query_as(concat!(
             "UPDATE imports SET state = 'pending', next_attempt_at = now(), updated_at = now(), \
                last_error = 'daemon stopped during submit; the POST may have reached Importly', \
                owner = NULL \
@@ -277,7 +277,7 @@ impl PgStore {
             let record = ambiguous_submit(
                 attempts + 1,
                 endpoint(*kind),
-                now,
+                now.0,
                 "daemon stopped while this row was being submitted; \
                  a job may exist at Importly without our record of it",
             );
@@ -301,7 +301,7 @@ impl PgStore {
     ) -> Result<Written> {
         let me = self.me();
         let mut tx = self.pool.begin().await?;
-        let updated: Option<(i64, String)> = sqlx::query_as(concat!(
+        let updated: Option<(i64, Iso)> = sqlx::query_as(concat!(
             "UPDATE imports SET state = 'pending', next_attempt_at = now(), updated_at = now(), \
                last_error = $2, owner = NULL \
              WHERE id = $1 AND state = 'submitting' AND owner = $3 \
@@ -314,9 +314,9 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let written = match updated {
-            Some((a, now)) => {
+            Some((a, Iso(now))) => {
                 // The record is cleaned by `insert`.
-                let record = ambiguous_submit(a + 1, endpoint, &now, why);
+                let record = ambiguous_submit(a + 1, endpoint, now, why);
                 attempts::insert(&mut tx, id, &record, keep).await?;
                 Written::Row
             }

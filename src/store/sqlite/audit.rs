@@ -3,6 +3,7 @@
 use super::SqliteStore;
 use crate::clock;
 use crate::store::audit::*;
+use crate::store::state;
 use crate::store::{ROW_COLUMNS, Result, Row};
 
 impl SqliteStore {
@@ -87,6 +88,7 @@ impl SqliteStore {
         &self,
         since: std::time::SystemTime,
     ) -> Result<Vec<MinuteCount>> {
+        // The minute is cut from `imports.updated_at`, read leniently (`state::LaxIso`).
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT substr(updated_at, 1, 16), state, count(*) FROM imports \
              WHERE state IN ('completed', 'failed') AND updated_at >= ? \
@@ -97,10 +99,12 @@ impl SqliteStore {
         .await?;
         let mut out: Vec<MinuteCount> = Vec::new();
         for (minute, state, n) in rows {
+            let minute = state::lax_minute(&minute);
             if out.last().is_none_or(|m| m.minute != minute) {
                 out.push(MinuteCount {
                     minute,
-                    ..MinuteCount::default()
+                    completed: 0,
+                    failed: 0,
                 });
             }
             if let Some(m) = out.last_mut() {

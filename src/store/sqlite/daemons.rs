@@ -17,7 +17,7 @@ pub(crate) async fn beat(conn: &mut SqliteConnection, d: &DaemonInfo, now: &str)
     .bind(&d.host)
     .bind(i64::from(d.pid))
     .bind(&d.version)
-    .bind(&d.started_at)
+    .bind(clock::iso(d.started_at))
     .bind(now)
     .execute(conn)
     .await?;
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn a_heartbeat_older_than_the_threshold_is_not_live() {
         let now = SystemTime::now();
-        let at = |ago: Duration| clock::iso(now - ago);
+        let at = |ago: Duration| now - ago;
         let mut d = StoredDaemon {
             id: "h:1:0".into(),
             host: "h".into(),
@@ -136,7 +136,7 @@ mod tests {
         d.heartbeat_at = at(DAEMON_STALE_AFTER + Duration::from_secs(1));
         assert!(!d.is_live(now));
         d.heartbeat_at = at(Duration::from_secs(1));
-        d.stopped_at = Some(d.heartbeat_at.clone());
+        d.stopped_at = Some(d.heartbeat_at);
         assert!(!d.is_live(now));
     }
 }

@@ -4,6 +4,7 @@ use super::SqliteStore;
 use crate::clock;
 use crate::importly::JobKind;
 use crate::store::ops::*;
+use crate::store::state::OptLaxIso;
 use crate::store::{ROW_COLUMNS, Result, Row, State, StoreError};
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
@@ -170,7 +171,8 @@ impl SqliteStore {
     /// them (so a change that keeps every state, a retry's new attempt, still shows).
     pub async fn progress_of(&self, ids: &[i64]) -> Result<RowsProgress> {
         let list = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let rows: Vec<(State, i64, Option<String>)> = sqlx::query_as(
+        // The times of `imports` are read leniently (`state::LaxIso`).
+        let rows: Vec<(State, i64, OptLaxIso)> = sqlx::query_as(
             "SELECT state, count(*), max(updated_at) FROM imports \
              WHERE id IN (SELECT value FROM json_each(?)) GROUP BY state",
         )
@@ -180,7 +182,7 @@ impl SqliteStore {
         let mut p = RowsProgress::default();
         for (state, n, updated) in rows {
             p.counts.insert(state, n);
-            p.last_update = p.last_update.max(updated);
+            p.last_update = p.last_update.max(updated.0);
         }
         Ok(p)
     }
@@ -237,12 +239,13 @@ impl SqliteStore {
         }
         // Partial indexes (0006) make both a seek. INDEXED BY: left to itself the planner
         // takes `imports_by_state_id` and reads every pending row (0.2 s at 200,000).
-        let oldest_pending: Option<String> = sqlx::query_scalar(
+        let oldest_pending = sqlx::query_scalar::<_, OptLaxIso>(
             "SELECT min(created_at) FROM imports INDEXED BY imports_pending_by_created \
              WHERE state = 'pending'",
         )
         .fetch_one(&self.reader)
-        .await?;
+        .await?
+        .into();
         let last_error = sqlx::query_as::<_, LastError>(
             "SELECT id, updated_at, last_error FROM imports WHERE last_error IS NOT NULL \
              ORDER BY updated_at DESC LIMIT 1",

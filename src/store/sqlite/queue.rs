@@ -213,7 +213,8 @@ impl SqliteStore {
     ) -> Result<Vec<i64>> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
-        let now = clock::now_iso();
+        let at = SystemTime::now();
+        let now = clock::iso(at);
         let ids: Vec<(i64, i64, JobKind)> = sqlx::query_as(
             "UPDATE imports SET state = 'pending', next_attempt_at = ?1, updated_at = ?1, \
                last_error = 'daemon stopped during submit; the POST may have reached Importly' \
@@ -226,7 +227,7 @@ impl SqliteStore {
             let record = ambiguous_submit(
                 attempts + 1,
                 endpoint(*kind),
-                &now,
+                at,
                 "daemon stopped while this row was being submitted; \
                  a job may exist at Importly without our record of it",
             );
@@ -249,7 +250,8 @@ impl SqliteStore {
     ) -> Result<Written> {
         let mut writer = self.writer().await?;
         let mut tx = self.begin_immediate(&mut writer).await?;
-        let now = clock::now_iso();
+        let at = SystemTime::now();
+        let now = clock::iso(at);
         let attempts: Option<i64> = sqlx::query_scalar(
             "UPDATE imports SET state = 'pending', next_attempt_at = ?2, updated_at = ?2, \
                last_error = ?3 \
@@ -262,7 +264,7 @@ impl SqliteStore {
         .await?;
         let written = match attempts {
             Some(a) => {
-                let record = ambiguous_submit(a + 1, endpoint, &now, why);
+                let record = ambiguous_submit(a + 1, endpoint, at, why);
                 attempts::insert(&mut tx, id, &record, keep).await?
             }
             None => attempts::exists(&mut tx, id).await?,
