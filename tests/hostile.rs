@@ -218,9 +218,11 @@ async fn a_huge_retry_after_on_a_500_is_retried_within_max_delay_and_the_daemon_
     assert_eq!(first.http_status, Some(500), "{}", short(&first));
     let row = db.row(id).await;
     // Due within retry.max_delay (2 s here), not in 31 days, let alone 584 billion years.
+    // The store counts the wait from its own clock when it writes the row, a little after
+    // the answer came: that write's latency is allowed on top.
     let due_in = unix_ms(row.next_attempt_at).saturating_sub(unix_ms(first.finished_at));
     assert!(
-        due_in <= cfg.retry.max_delay.as_millis() as u64,
+        due_in <= cfg.retry.max_delay.as_millis() as u64 + 250,
         "due {due_in} ms after the answer (at {})",
         importlyd::clock::iso(row.next_attempt_at)
     );
