@@ -166,10 +166,20 @@ struct Lane {
     submitting: HashSet<i64>,
     /// False once a claim came back short; set again on each queue tick and on events.
     maybe_due: bool,
-    /// The last claim came back full, so rows are surely left: claim without reading first.
+    /// The last claim got every row it asked for, so rows are surely left: claim without
+    /// reading first.
     more_due: bool,
     /// The last claim found the account's slots all taken (several daemons share them).
     full: Option<Full>,
+}
+
+impl Lane {
+    /// Whether the lane waits for room in a full account before it claims again (see
+    /// [`Full`]); the next queue tick ends the wait.
+    fn waits_for_room(&self, held: u32) -> bool {
+        self.full
+            .is_some_and(|f| held.saturating_add(f.room) > f.held)
+    }
 }
 
 /// The account's slots were all taken when this daemon held `held` jobs of the kind: it
@@ -560,8 +570,9 @@ impl Scheduler {
         }
     }
 
-    /// Every `poll.queue_interval`: look for new rows, and re-read pauses (an operator's
-    /// `importlyd resume` deletes them in the database).
+    /// Every `poll.queue_interval`: look for new rows, end any wait for room in a full
+    /// account (other daemons' jobs end too), and re-read pauses (an operator's `importlyd
+    /// resume` deletes them in the database).
     async fn tick(&mut self) {
         self.look_for_due_rows();
         for lane in &mut self.lanes {
@@ -609,10 +620,7 @@ impl Scheduler {
         let held = self.held(kind);
         let guess = self.guess(kind.as_str());
         let lane = &mut self.lanes[li];
-        if lane
-            .full
-            .is_some_and(|f| held.saturating_add(f.room) > f.held)
-        {
+        if lane.waits_for_room(held) {
             return;
         }
         let free_slots = lane.slots.free(held, now);
@@ -924,7 +932,8 @@ impl Scheduler {
             if let Some(p) = lane.slots.probe_at().filter(|p| *p > now) {
                 wake = wake.min(turn.at(p));
             }
-            if lane.slots.free(held, now) == 0 {
+            // No room: what frees it (a job of ours ending, the queue tick) wakes the loop.
+            if lane.slots.free(held, now) == 0 || lane.waits_for_room(held) {
                 continue;
             }
             let mut t = lane.budget.next_send_at(now);
@@ -1231,6 +1240,42 @@ mod tests {
     /// A wall clock stepped back an hour: the status budget's pacing, set in the old
     /// timeline, would hold every poll for that hour. The step is noticed and the pacing
     /// re-based; what was spent is kept.
+    /// A lane waiting for room in a full account (several daemons share it) does not wake
+    /// the loop: what ends the wait (a job of ours ending, the queue tick) does. It used to
+    /// ask for a turn at once, every millisecond, until then.
+    #[tokio::test]
+    async fn a_lane_waiting_for_room_does_not_wake_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, store) = scheduler_in(dir.path(), |cfg| {
+            cfg.limits.import = crate::config::BucketLimit {
+                requests: 1_000_000,
+                window: Duration::from_secs(3600),
+                concurrent: 10,
+                reserve: 0,
+            };
+        })
+        .await;
+        let now = Now::read();
+        // The lease renewed, so only the lanes and the budgets' save decide the wake.
+        s.beat_if_due(now.mono).await;
+        let li = lane_index(JobKind::Import);
+        for lane in &mut s.lanes {
+            lane.maybe_due = false;
+        }
+        s.lanes[li].maybe_due = true;
+        assert!(
+            s.next_wake(now) <= now.mono + Duration::from_millis(1),
+            "a due row and a free slot: a turn at once"
+        );
+        s.lanes[li].full = Some(Full { held: 0, room: 1 });
+        assert!(s.lanes[li].waits_for_room(0));
+        assert!(
+            s.next_wake(now) >= now.mono + Duration::from_millis(100),
+            "waiting for room: no turn until something frees it"
+        );
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn a_wall_clock_step_back_rebases_the_budgets() {
         let dir = tempfile::tempdir().unwrap();

@@ -171,11 +171,8 @@ impl Scheduler {
                     kind,
                     job_id: job_id.clone(),
                     attempts: row.attempts,
-                    next_poll: if early {
-                        Instant::now()
-                    } else {
-                        Instant::now() + self.cfg.poll.status_interval
-                    },
+                    // Set when the group is stored (`record_group`).
+                    next_poll: Instant::now(),
                     polling: false,
                     poll_failures: 0,
                     hinted: false,
@@ -244,7 +241,6 @@ impl Scheduler {
                 };
                 let jitter: f64 = rand::random();
                 let delay = backoff::delay(policy, attempt as u32, *retry_after, jitter);
-                let due = now + delay;
                 let why = if *ambiguous {
                     format!("{reason} (the submit may have reached Importly)")
                 } else {
@@ -253,7 +249,7 @@ impl Scheduler {
                 let fate = self
                     .persist(Write::Retry {
                         id,
-                        due,
+                        wait: delay,
                         max_attempts: self.cfg.retry.max_attempts,
                         why: why.clone(),
                         record: attempt_record(&ex, attempt, None),
@@ -275,8 +271,13 @@ impl Scheduler {
                 // The client classifies submit answers as Accepted or an error; this arm
                 // only guards against a future change there.
                 let reason = "unexpected answer to a submit".to_owned();
-                self.snooze(id, Some(now), reason, attempt_record(&ex, attempt, None))
-                    .await;
+                self.snooze(
+                    id,
+                    Some(Duration::ZERO),
+                    reason,
+                    attempt_record(&ex, attempt, None),
+                )
+                .await;
             }
         }
     }
@@ -403,11 +404,11 @@ impl Scheduler {
         // stored: one take from the shared budget for all of them, and their answers come
         // back together to be recorded as one group. Counted from each answer's arrival,
         // they fell due one by one, each poll a take and a FINISH of its own.
-        let first_poll = Instant::now() + self.cfg.poll.status_interval;
+        // An urgent one (a webhook overtook its answer) is polled at once.
+        let stored = Instant::now();
+        let first_poll = stored + self.cfg.poll.status_interval;
         for (id, url, mut job) in jobs {
-            if !job.urgent {
-                job.next_poll = first_poll;
-            }
+            job.next_poll = if job.urgent { stored } else { first_poll };
             if started.contains(&id) {
                 tracing::info!(id, job_id = %job.job_id, url = %log_field(&url), "submitted");
                 self.jobs.insert(id, job);
@@ -494,20 +495,20 @@ impl Scheduler {
         }
     }
 
-    /// Back to pending without counting an attempt (429, 401, 402). `due` `None` keeps the
+    /// Back to pending without counting an attempt (429, 401, 402). `wait` `None` keeps the
     /// row's place in the queue: the reason is the account's, not the row's, and the limits
     /// (a blocked bucket, no free slot, a pause) hold every row back until it passes.
     async fn snooze(
         &mut self,
         id: i64,
-        due: Option<SystemTime>,
+        wait: Option<Duration>,
         why: String,
         record: AttemptRecord,
     ) {
         let fate = self
             .persist(Write::Snooze {
                 id,
-                due,
+                wait,
                 max_attempts: self.cfg.retry.max_attempts,
                 why,
                 record,
@@ -517,7 +518,7 @@ impl Scheduler {
         if fate.is_some_and(|f| f.gone()) {
             self.row_gone(id, "its snooze");
         }
-        if due.is_none_or(|d| d <= SystemTime::now() + Duration::from_millis(10)) {
+        if wait.is_none_or(|w| w <= Duration::from_millis(10)) {
             for lane in &mut self.lanes {
                 lane.maybe_due = true;
             }

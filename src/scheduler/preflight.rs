@@ -96,12 +96,11 @@ impl Scheduler {
                         // The end of the metadata row wakes this one (store::WAKE_WAITERS);
                         // the snooze is only a fallback (a cancelled or purged metadata
                         // row), long enough that many waiting rows do not churn the writer.
-                        let due = SystemTime::now()
-                            + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
+                        let wait = self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
                         let fate = self
                             .persist(Write::WaitForPreflight {
                                 id,
-                                due,
+                                wait,
                                 max_attempts: self.cfg.retry.max_attempts,
                                 keep: self.cfg.log.keep_attempts,
                             })
@@ -167,11 +166,11 @@ impl Scheduler {
     pub(super) async fn wait_for_metadata(&mut self, row: &Claimed) {
         let id = row.id;
         tracing::info!(id, url = %log_field(&row.url), "metadata for this URL is already being fetched; waiting for it");
-        let due = SystemTime::now() + self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
+        let wait = self.cfg.poll.status_interval * WAITING_FALLBACK_POLLS;
         let fate = self
             .persist(Write::WaitForMetadata {
                 id,
-                due,
+                wait,
                 max_attempts: self.cfg.retry.max_attempts,
                 keep: self.cfg.log.keep_attempts,
             })

@@ -9,12 +9,12 @@
 //! below; `tests::every_write_has_its_output` applies every variant and checks it), so a
 //! caller matches the one shape its write gives.
 //!
-//! Times are kept as [`SystemTime`] and turned into the store's form in [`Write::apply`]
-//! only, the same way on each retry: the one place that knows both shapes.
+//! Due times travel as waits ([`Duration`]): the store counts them from its own clock (the
+//! database's `now()` on PostgreSQL), so a retry's delay holds whatever the hosts' clocks
+//! say. A write `persist` repeats after an error counts its wait again from that try.
 
-use std::time::SystemTime;
+use std::time::Duration;
 
-use crate::clock::until;
 use crate::limits::Scope;
 use crate::store::{
     AttemptRecord, CachedMetadata, Fate, MetadataRow, Progress, Store, StoredPause, Written,
@@ -49,17 +49,17 @@ pub(super) enum Write {
     /// A transient failure: counted, so it may fail the row (`max_attempts`).
     Retry {
         id: i64,
-        due: SystemTime,
+        wait: Duration,
         max_attempts: u32,
         why: String,
         record: AttemptRecord,
         keep: u32,
     },
-    /// Back to pending without counting an attempt (429, 401, 402); `due` `None` keeps the
+    /// Back to pending without counting an attempt (429, 401, 402); `wait` `None` keeps the
     /// row's place in the queue.
     Snooze {
         id: i64,
-        due: Option<SystemTime>,
+        wait: Option<Duration>,
         max_attempts: u32,
         why: String,
         record: AttemptRecord,
@@ -68,14 +68,14 @@ pub(super) enum Write {
     /// An import the credit guard holds until its URL's preflight metadata row ends.
     WaitForPreflight {
         id: i64,
-        due: SystemTime,
+        wait: Duration,
         max_attempts: u32,
         keep: u32,
     },
     /// A metadata row whose URL's call is already under way (ours, or another row's job).
     WaitForMetadata {
         id: i64,
-        due: SystemTime,
+        wait: Duration,
         max_attempts: u32,
         keep: u32,
     },
@@ -179,9 +179,6 @@ impl Write {
 
     /// Makes the write once; `Scheduler::persist` calls it again after an error, with the
     /// same data each time.
-    /// Due times are handed to the store as the wait left until them (`clock::until`, now,
-    /// at each try): the store counts it from the database's clock, so a retry's delay is
-    /// the same whatever the hosts' clocks say.
     pub(super) async fn apply(&self, store: &Store) -> crate::store::Result<Applied> {
         Ok(match self {
             Write::GiveBackUnsent { id } | Write::Release { id } => {
@@ -195,7 +192,7 @@ impl Write {
             ),
             Write::Retry {
                 id,
-                due,
+                wait,
                 max_attempts,
                 why,
                 record,
@@ -204,7 +201,7 @@ impl Write {
                 store
                     .reschedule(
                         *id,
-                        Some(until(*due)),
+                        Some(*wait),
                         true,
                         *max_attempts,
                         why,
@@ -215,33 +212,25 @@ impl Write {
             ),
             Write::Snooze {
                 id,
-                due,
+                wait,
                 max_attempts,
                 why,
                 record,
                 keep,
             } => Applied::Fate(
                 store
-                    .reschedule(
-                        *id,
-                        due.map(until),
-                        false,
-                        *max_attempts,
-                        why,
-                        Some(record),
-                        *keep,
-                    )
+                    .reschedule(*id, *wait, false, *max_attempts, why, Some(record), *keep)
                     .await?,
             ),
             Write::WaitForPreflight {
                 id,
-                due,
+                wait,
                 max_attempts,
                 keep,
             }
             | Write::WaitForMetadata {
                 id,
-                due,
+                wait,
                 max_attempts,
                 keep,
             } => {
@@ -251,7 +240,7 @@ impl Write {
                     store
                         .reschedule(
                             *id,
-                            Some(until(*due)),
+                            Some(*wait),
                             false,
                             *max_attempts,
                             MetadataRow::WAITING,
@@ -325,7 +314,7 @@ impl Applied {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::time::Duration;
+    use std::time::SystemTime;
 
     use super::*;
     use crate::clock;
@@ -372,7 +361,7 @@ mod tests {
 
     /// Every kind of write, each aimed at row `id`.
     fn one_of_each(id: i64) -> Vec<Write> {
-        let soon = SystemTime::now() + Duration::from_secs(60);
+        let soon = Duration::from_secs(60);
         vec![
             Write::GiveBackUnsent { id },
             Write::Release { id },
@@ -383,7 +372,7 @@ mod tests {
             },
             Write::Retry {
                 id,
-                due: soon,
+                wait: soon,
                 max_attempts: 5,
                 why: "HTTP 503".into(),
                 record: record(1, "server_error"),
@@ -391,7 +380,7 @@ mod tests {
             },
             Write::Snooze {
                 id,
-                due: None,
+                wait: None,
                 max_attempts: 5,
                 why: "rate limited".into(),
                 record: record(1, "rate_limited"),
@@ -399,13 +388,13 @@ mod tests {
             },
             Write::WaitForPreflight {
                 id,
-                due: soon,
+                wait: soon,
                 max_attempts: 5,
                 keep: 10,
             },
             Write::WaitForMetadata {
                 id,
-                due: soon,
+                wait: soon,
                 max_attempts: 5,
                 keep: 10,
             },
@@ -568,7 +557,7 @@ mod tests {
         assert_eq!(claim(&store, JobKind::Import).await, ids);
         let snooze = Write::Snooze {
             id: a,
-            due: None,
+            wait: None,
             max_attempts: 1,
             why: "rate limited".into(),
             record: record(1, "rate_limited"),
@@ -585,7 +574,7 @@ mod tests {
         assert_eq!(store.attempts(a).await.unwrap()[0].outcome, "rate_limited");
         let retry = Write::Retry {
             id: b,
-            due: SystemTime::now() + Duration::from_secs(3600),
+            wait: Duration::from_secs(3600),
             max_attempts: 1,
             why: "HTTP 503".into(),
             record: record(1, "server_error"),
