@@ -19,11 +19,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use clap::builder::PossibleValue;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
 use crate::importly::JobKind;
-use crate::store::{ListFilter, Store, StoreError};
+use crate::store::{ListFilter, State, Store, StoreError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,7 +60,7 @@ pub enum Command {
         options: Option<String>,
         /// The kind of every row (a file has no kind column).
         #[arg(long, value_enum)]
-        kind: Option<Kind>,
+        kind: Option<JobKind>,
         /// Read rows from this file, or `-` for standard input.
         #[arg(long)]
         file: Option<PathBuf>,
@@ -184,62 +185,23 @@ pub enum Command {
     Man,
 }
 
-/// A row's state (the `state_must_be_known` CHECK constraint).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum State {
-    Pending,
-    Submitting,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Submitting => "submitting",
-            State::Running => "running",
-            State::Completed => "completed",
-            State::Failed => "failed",
-            State::Cancelled => "cancelled",
-        }
+/// `--state` names the store's states (the `state_must_be_known` CHECK constraint).
+impl ValueEnum for State {
+    fn value_variants<'a>() -> &'a [Self] {
+        &State::ALL
     }
-
-    /// The store's state of the same name.
-    pub fn to_store(self) -> crate::store::State {
-        match self {
-            State::Pending => crate::store::State::Pending,
-            State::Submitting => crate::store::State::Submitting,
-            State::Running => crate::store::State::Running,
-            State::Completed => crate::store::State::Completed,
-            State::Failed => crate::store::State::Failed,
-            State::Cancelled => crate::store::State::Cancelled,
-        }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
     }
 }
 
-/// A row's kind (the `kind_must_be_import_or_metadata` CHECK constraint).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Kind {
-    Import,
-    Metadata,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Import => "import",
-            Kind::Metadata => "metadata",
-        }
+/// `--kind` names the job kinds (the `kind_must_be_import_or_metadata` CHECK constraint).
+impl ValueEnum for JobKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[JobKind::Import, JobKind::Metadata]
     }
-
-    pub fn to_job_kind(self) -> JobKind {
-        match self {
-            Kind::Import => JobKind::Import,
-            Kind::Metadata => JobKind::Metadata,
-        }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
     }
 }
 
@@ -378,7 +340,6 @@ async fn dispatch(cli: Cli) -> CmdResult {
             stall_after,
         } => {
             let store = open(&cfg).await?;
-            let kind = kind.map(Kind::to_job_kind);
             let (queued, outcome) = enqueue::enqueue(&store, urls, options, kind, file).await;
             if !wait || outcome.as_ref().is_err_and(|f| f.code == 2) {
                 return outcome;
@@ -410,7 +371,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             json,
         } => {
             let filter = ListFilter {
-                state: state.map(State::to_store),
+                state,
                 since: since.map(ago),
                 limit,
             };
@@ -442,7 +403,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             since,
         } => {
             let filter = ListFilter {
-                state: state.map(State::to_store),
+                state,
                 since: since.map(ago),
                 limit: None,
             };
@@ -492,18 +453,13 @@ fn ago(d: Duration) -> SystemTime {
 mod tests {
     use super::*;
 
-    /// `--state` offers exactly the states the schema allows.
+    /// `--state` offers exactly the states the schema allows, by the names they parse from.
     #[test]
     fn state_values_are_the_schema_states() {
-        let ours: Vec<crate::store::State> = State::value_variants()
-            .iter()
-            .map(|s| s.to_store())
-            .collect();
-        assert_eq!(ours, crate::store::State::ALL);
+        assert_eq!(State::value_variants(), State::ALL);
         for s in State::value_variants() {
-            assert_eq!(s.as_str(), s.to_store().as_str());
             let name = s.to_possible_value().map(|v| v.get_name().to_owned());
-            assert_eq!(name.as_deref(), Some(s.as_str()));
+            assert_eq!(name.as_deref().map(str::parse::<State>), Some(Ok(*s)));
         }
     }
 
