@@ -16,7 +16,8 @@
 //! BENCH_LOG=importlyd=debug BENCH_KEEP=1 keeps each run's dir (configs, daemon logs);
 //! BENCH_VERBOSE=1 prints raw samples; BENCH_PG_STATEMENTS=1, with a server that preloads
 //! pg_stat_statements (IMPORTLYD_TEST_DATABASE_URL), prints the costliest statements of the
-//! claims and throughput runs.
+//! claims and throughput runs; BENCH_THROUGHPUT=DAEMONS:HISTORY[,...] (e.g. `3:100000`)
+//! runs only those throughput runs.
 
 #[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]

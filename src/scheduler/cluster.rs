@@ -1,8 +1,9 @@
 //! The daemon as one member of a cluster (PostgreSQL; on SQLite every call here is granted
 //! at once by the store): renewing its lease, not sending once the lease might lapse before
 //! an answer could come back (fencing), joining again under a new id after it did, adopting
-//! the rows of daemons that died, and taking every request from the shared budgets before
-//! it goes.
+//! the rows of daemons that died, taking every poll from the shared status budget before it
+//! goes (a submit's request is taken with its row, by `store::claim_budgeted`), and
+//! telling the shared budgets what the answers' headers said.
 
 use std::collections::HashMap;
 use std::sync::Arc;

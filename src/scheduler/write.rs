@@ -302,7 +302,8 @@ impl Write {
 }
 
 impl Applied {
-    /// Whether a single-row write found its row gone (deleted by its owner meanwhile).
+    /// Whether a single-row write found its row gone: deleted or reset by its owner, or
+    /// taken over by another daemon after this one's lease lapsed.
     pub(super) fn gone(&self) -> bool {
         matches!(
             self,
