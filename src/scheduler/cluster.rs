@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{Job, Scheduler, submit_path};
-use crate::importly::Exchange;
+use super::{Job, Scheduler};
+use crate::importly::{Exchange, JobKind};
 use crate::store::{BudgetGuess, BudgetSeen, DaemonInfo, Grant, Lease, Running};
 
 /// Corrections of a shared budget from answers' headers go at most this often per scope,
@@ -181,7 +181,7 @@ impl Scheduler {
 
     async fn adopt(&mut self) {
         let keep = self.cfg.log.keep_attempts;
-        let adopted = match self.store.adopt(keep, submit_path).await {
+        let adopted = match self.store.adopt(keep, JobKind::submit_path).await {
             Ok(a) => a,
             Err(e) => {
                 self.health.write_failed("adopt a dead daemon's rows", &e);

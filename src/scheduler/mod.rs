@@ -248,11 +248,6 @@ fn log_field(text: &str) -> String {
     crate::importly::bounded(text, crate::importly::MAX_LOG_FIELD)
 }
 
-/// Where a row of `kind` is submitted, for the record of an interrupted submit.
-fn submit_path(kind: JobKind) -> &'static str {
-    kind.submit_path()
-}
-
 fn lane_index(kind: JobKind) -> usize {
     match kind {
         JobKind::Import => 0,
@@ -441,14 +436,12 @@ impl Scheduler {
         tracing::error!(error = %error, ?row, "HTTP task failed; releasing what it held");
         match held {
             Some(Held::Submit { li, row }) => {
-                self.lanes[li].submitting.remove(&row.id);
-                self.early_hints.remove(&row.id);
-                self.spend_webhook(row.id);
+                self.forget_submit(li, row.id);
                 let id = row.id;
                 let written = self
                     .persist(Write::ReleaseDeadSubmit {
                         id,
-                        endpoint: submit_path(row.kind),
+                        endpoint: row.kind.submit_path(),
                         keep: self.cfg.log.keep_attempts,
                     })
                     .await;
@@ -467,6 +460,14 @@ impl Scheduler {
             }
             None => {}
         }
+    }
+
+    /// A submit of row `id` that got no answer (its task died, or it never left): the lane
+    /// no longer waits for it, and whatever webhook it carried is spent.
+    fn forget_submit(&mut self, li: usize, id: i64) {
+        self.lanes[li].submitting.remove(&id);
+        self.early_hints.remove(&id);
+        self.spend_webhook(id);
     }
 
     /// A step of the wall clock (NTP, an operator) leaves the budgets' pacing, kept in wall
@@ -533,7 +534,10 @@ impl Scheduler {
     async fn recover(&mut self) -> anyhow::Result<()> {
         self.join().await?;
         let keep = self.cfg.log.keep_attempts;
-        let recovered = self.store.recover_submitting(keep, submit_path).await?;
+        let recovered = self
+            .store
+            .recover_submitting(keep, JobKind::submit_path)
+            .await?;
         if !recovered.is_empty() {
             tracing::warn!(
                 rows = ?recovered,
@@ -1035,7 +1039,11 @@ impl Scheduler {
             }
         }
         let keep = self.cfg.log.keep_attempts;
-        match self.store.recover_submitting(keep, submit_path).await {
+        match self
+            .store
+            .recover_submitting(keep, JobKind::submit_path)
+            .await
+        {
             Ok(ids) if !ids.is_empty() => {
                 tracing::warn!(rows = ?ids, "submits abandoned at shutdown; rows back to pending")
             }

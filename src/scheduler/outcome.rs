@@ -63,9 +63,7 @@ impl Scheduler {
                 self.on_poll(id, ex).await;
             }
             Done::Unsent { li, row } => {
-                self.lanes[li].submitting.remove(&row.id);
-                self.early_hints.remove(&row.id);
-                self.spend_webhook(row.id);
+                self.forget_submit(li, row.id);
                 self.persist(Write::GiveBackUnsent { id: row.id }).await;
                 self.look_for_due_rows();
             }

@@ -165,12 +165,7 @@ pub async fn throughput(store: &Store, now: SystemTime) -> Result<Vec<MinuteCoun
     let since = now
         .checked_sub(Duration::from_secs(3600))
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let since = crate::clock::from_unix_secs(
-        since
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() / 60 * 60)
-            .unwrap_or(0),
-    );
+    let since = crate::clock::from_unix_ms(crate::clock::unix_ms(since) / 60_000 * 60_000);
     Ok(store.finished_per_minute(since).await?)
 }
 
