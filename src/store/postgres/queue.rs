@@ -16,7 +16,7 @@ use super::{PgStore, iso};
 use crate::clock;
 use crate::importly::JobKind;
 use crate::store::queue::ambiguous_submit;
-use crate::store::state::Iso;
+use crate::store::state::{Iso, LaxIso};
 use crate::store::*;
 
 /// Makes the imports waiting on metadata row `$1`'s URL due now: run in the transaction
@@ -133,9 +133,10 @@ impl PgStore {
     /// When the next pending row of `kind` is due, if any. Due is
     /// decided by the database's clock: a row due by it but not yet by this host's clock
     /// (running behind) is reported as due now, so the caller's "is it due?" agrees with
-    /// the claim's.
+    /// the claim's. `next_attempt_at` is a time users write, read as [`LaxIso`]: a row due
+    /// before 1970 is due at the epoch, not an error on every tick.
     pub async fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>> {
-        let next: Option<(Iso, bool)> = sqlx::query_as(concat!(
+        let next: Option<(LaxIso, bool)> = sqlx::query_as(concat!(
             "SELECT ",
             iso!("next_attempt_at"),
             ", next_attempt_at <= now() \
@@ -145,7 +146,7 @@ impl PgStore {
         .bind(kind)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(next.map(|(Iso(at), due)| {
+        Ok(next.map(|(LaxIso(at), due)| {
             let here = SystemTime::now();
             if due && at > here { here } else { at }
         }))

@@ -8,7 +8,7 @@ use crate::importly::JobKind;
 use crate::store::Result;
 use crate::store::attempts::{self, AttemptRecord, Written};
 use crate::store::queue::*;
-use crate::store::state::Iso;
+use crate::store::state::LaxIso;
 
 /// The claim statement for one kind. `?1` is the batch size, `?2` the time. The CAST keeps
 /// `LIMIT` from being a bare parameter: SQLite plans a bare one by its bound value and so
@@ -92,10 +92,12 @@ impl SqliteStore {
         Ok(rows)
     }
 
-    /// When the next pending row of `kind` is due, if any.
+    /// When the next pending row of `kind` is due, if any. `next_attempt_at` is a time users
+    /// write, read as [`LaxIso`]: a row due before 1970 is due at the epoch, not an error on
+    /// every tick.
     pub async fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>> {
         let sql = by_kind(kind, next_due_sql!("import"), next_due_sql!("metadata"));
-        Ok(sqlx::query_scalar::<_, Iso>(sql)
+        Ok(sqlx::query_scalar::<_, LaxIso>(sql)
             .fetch_optional(&self.reader)
             .await?
             .map(SystemTime::from))
