@@ -12,8 +12,11 @@ crate::conformance!(
     a_registered_daemon_holds_its_lease,
     the_shared_budget_never_grants_more_than_the_window_holds,
     headers_correct_the_shared_budget_and_a_429_blocks_it,
-    pg_a_lapsed_lease_is_lost_and_its_rows_adopted,
     a_budgeted_claim_claims_only_what_the_budget_grants,
+);
+
+crate::conformance_pg!(
+    pg_a_lapsed_lease_is_lost_and_its_rows_adopted,
     pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full,
 );
 
@@ -128,9 +131,6 @@ async fn headers_correct_the_shared_budget_and_a_429_blocks_it(b: Backend) {
 }
 
 async fn pg_a_lapsed_lease_is_lost_and_its_rows_adopted(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let dead = b.open_again().await;
     dead.register_daemon(DaemonInfo::this_process(), Duration::from_secs(30))
         .await
@@ -271,9 +271,6 @@ async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
 }
 
 async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let s = b.as_daemon().await;
     let other = b.open_again().await;
     other

@@ -14,12 +14,15 @@ use importlyd::limits::{Budget, Scope};
 use importlyd::store::{StoredBucket, StoredPause};
 
 use crate::metadata::register;
-use crate::{Backend, conformance};
+use crate::{Backend, conformance, conformance_pg};
 
 conformance!(
     pauses_are_set_refreshed_and_cleared,
     a_budget_snapshot_round_trips,
     saving_budgets_renews_a_live_daemons_heartbeat,
+);
+
+conformance_pg!(
     a_lapsed_or_stopped_lease_is_not_renewed,
     the_shared_budget_row_reads_back_by_its_source,
 );
@@ -237,9 +240,6 @@ async fn saving_budgets_renews_a_live_daemons_heartbeat(b: Backend) {
 /// PostgreSQL: a daemon whose lease lapsed may already have lost its claims to another;
 /// its next save must not make it look alive again (nor may a stopped one's).
 async fn a_lapsed_or_stopped_lease_is_not_renewed(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let s = &b.store;
     register(&b, s).await;
     let lapsed = clock::iso(SystemTime::now() - Duration::from_secs(3600));
@@ -284,9 +284,6 @@ async fn a_lapsed_or_stopped_lease_is_not_renewed(b: Backend) {
 /// PostgreSQL: a row the shared-budget code wrote reads back under the name its source
 /// gives it, with its window converted, and no snapshot overwrites it.
 async fn the_shared_budget_row_reads_back_by_its_source(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     b.exec(
         "INSERT INTO budgets (scope, lim, used, window_ms, window_end, blocked_until, source) \
          VALUES ('import', 600, 650, 3600000, '2026-12-07T10:00:00.123Z', \
