@@ -20,6 +20,7 @@ conformance!(
     pauses_are_set_refreshed_and_cleared,
     a_budget_snapshot_round_trips,
     saving_budgets_renews_a_live_daemons_heartbeat,
+    a_time_no_canonical_text_shows_is_a_store_error,
 );
 
 conformance_pg!(
@@ -325,4 +326,28 @@ async fn the_shared_budget_row_reads_back_by_its_source(b: Backend) {
     .await
     .expect("save");
     assert_eq!(by_name(&s.buckets().await.expect("read")), got);
+}
+
+/// A time an outside writer put in a daemon's own table that the canonical text cannot
+/// show (before 1970: both databases store it) comes back as an error naming the column and
+/// the text, never as a panic or a silently dropped pause. SQLite also keeps text that is no
+/// time at all, with the same error.
+async fn a_time_no_canonical_text_shows_is_a_store_error(b: Backend) {
+    let mut odd = vec!["1960-01-01T00:00:00.000Z"];
+    if !b.is_postgres() {
+        odd.push("yesterday");
+    }
+    for since in odd {
+        b.exec("DELETE FROM pauses").await;
+        b.exec(&format!(
+            "INSERT INTO pauses (scope, reason, http_status, since, next_probe) \
+             VALUES ('all', 'x', 401, '{since}', '2026-01-01T00:00:00.000Z')"
+        ))
+        .await;
+        let e = b.store.pauses().await.unwrap_err().to_string();
+        assert!(
+            e.contains("since") && e.contains(&format!("not a time: \"{since}\"")),
+            "{since}: {e}"
+        );
+    }
 }
