@@ -3,8 +3,7 @@
 
 use super::ops::Params;
 use super::{PgStore, ROW_COLUMNS, iso};
-use crate::store::audit::like_pattern;
-use crate::store::state;
+use crate::store::audit::{like_pattern, per_minute};
 use crate::store::*;
 
 /// Matches `$n` (a [`like_pattern`]) anywhere in the columns a search reads. ILIKE: SQLite's
@@ -112,25 +111,7 @@ impl PgStore {
         .bind(crate::clock::iso(since))
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<MinuteCount> = Vec::new();
-        for (minute, state, n) in rows {
-            let minute = state::lax_minute(&minute);
-            if out.last().is_none_or(|m| m.minute != minute) {
-                out.push(MinuteCount {
-                    minute,
-                    completed: 0,
-                    failed: 0,
-                });
-            }
-            if let Some(m) = out.last_mut() {
-                if state == "completed" {
-                    m.completed = n;
-                } else {
-                    m.failed = n;
-                }
-            }
-        }
-        Ok(out)
+        Ok(per_minute(rows))
     }
 
     /// The ids of up to `cap` failed rows matching `q` (as [`PgStore::page`]), lowest first.
