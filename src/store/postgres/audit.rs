@@ -93,10 +93,9 @@ impl PgStore {
         .await?)
     }
 
-    /// Rows completed and failed per minute since `since`, oldest
-    /// first; minutes without any are absent. The minute is the canonical text's first 16
-    /// characters (`2026-12-07T01:52`), in UTC whatever the session's time zone. A range of
-    /// `imports_by_state` per state.
+    /// Rows completed and failed per minute since `since`, oldest first; minutes without
+    /// any are absent. The minute is its start (UTC whatever the session's time zone),
+    /// shown as `2026-12-07T01:52`. A range of `imports_by_state` per state.
     pub async fn finished_per_minute(
         &self,
         since: std::time::SystemTime,

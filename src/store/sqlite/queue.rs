@@ -103,9 +103,9 @@ impl SqliteStore {
             .map(SystemTime::from))
     }
 
-    /// Back to `pending`, due at `due`. With `count` the failure is the row's own and
-    /// counts against `max_attempts` (the row fails once it reaches it); without, it is a
-    /// snooze (429, 401, 402) and `attempts` stays. `due` `None` keeps the row's
+    /// Back to `pending`, due `after` from now. With `count` the failure is the row's own
+    /// and counts against `max_attempts` (the row fails once it reaches it); without, it is
+    /// a snooze (429, 401, 402) and `attempts` stays. `after` `None` keeps the row's
     /// `next_attempt_at`, so a row snoozed for an account-wide reason keeps its place in the
     /// queue (the limits, not the row, hold it back).
     #[allow(clippy::too_many_arguments)]
@@ -275,7 +275,8 @@ impl SqliteStore {
         Ok(written)
     }
 
-    /// Gives back claimed rows whose submit never started (shutdown, pause).
+    /// Gives back claimed rows whose submit never started (shutdown, pause): `submitting`
+    /// rows back to `pending`, untouched otherwise.
     pub async fn release(&self, ids: &[i64]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
