@@ -12,13 +12,13 @@
 -- caller takes none). Otherwise at most p_n due rows of p_kind, no more than the account's
 -- free slots (anyone's submitting and running rows count) and no more than the budget of
 -- scope p_kind grants (importlyd_take_budget, 0002) become this daemon's `submitting` rows.
--- Returns them, each with the grant (granted, until_ms as importlyd_take_budget's) and
--- whether the account's slots are all taken now (`slots_full`); when no row was claimed, one row
--- of NULLs carrying those.
+-- Returns them, each with the grant's until_ms (importlyd_take_budget's) and whether the
+-- account's slots are all taken now (`slots_full`); when no row was claimed, one row of NULLs
+-- carrying those. How many were granted is how many rows came back.
 CREATE FUNCTION importlyd_claim(p_kind text, p_n integer, p_slots integer, p_owner bigint,
                                 p_lim integer, p_reserve integer, p_window_ms bigint)
 RETURNS TABLE (claimed_id bigint, claimed_url text, claimed_kind text, claimed_options text,
-               claimed_attempts bigint, granted integer, until_ms bigint, slots_full boolean)
+               claimed_attempts bigint, until_ms bigint, slots_full boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     n integer := p_n;
@@ -36,7 +36,7 @@ BEGIN
     END IF;
     IF n <= 0 THEN
         RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint,
-                            0, NULL::bigint, true;
+                            NULL::bigint, true;
         RETURN;
     END IF;
     -- Rows another daemon is claiming right now are skipped, not waited for; the ones
@@ -48,7 +48,7 @@ BEGIN
           FOR UPDATE SKIP LOCKED) AS q;
     IF ids IS NULL THEN
         RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint,
-                            0, NULL::bigint, false;
+                            NULL::bigint, false;
         RETURN;
     END IF;
     IF p_lim IS NULL THEN
@@ -60,14 +60,14 @@ BEGIN
     END IF;
     IF g = 0 THEN
         RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint,
-                            0, u, false;
+                            u, false;
         RETURN;
     END IF;
     RETURN QUERY
         UPDATE imports AS i SET state = 'submitting', owner = p_owner, claimed_at = now(),
             updated_at = now()
         WHERE i.id = ANY (ids[1:g])
-        RETURNING i.id, i.url, i.kind, i.options::text, i.attempts::bigint, g, u,
+        RETURNING i.id, i.url, i.kind, i.options::text, i.attempts::bigint, u,
             p_slots IS NOT NULL AND busy + g >= p_slots;
 END;
 $$;

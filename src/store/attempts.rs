@@ -86,7 +86,12 @@ pub struct StoredAttempt {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Written {
+    /// The row was written.
     Row,
+    /// Nothing was written, and the caller drops the row as a deleted one: it was deleted,
+    /// or (PostgreSQL's fencing) it is no longer this daemon's (another daemon adopted it,
+    /// lease expiry handed it back), or it is no longer in the state the write expects (as
+    /// `complete_from_cache`'s `submitting`).
     Gone,
 }
 

@@ -43,6 +43,31 @@ pub struct MinuteCount {
     pub failed: i64,
 }
 
+/// `finished_per_minute`'s rows, `(minute, state, count)` ordered by minute (the minute as
+/// the first 16 characters of the stored `updated_at`, read leniently as `state::LaxIso`;
+/// the state `completed` or `failed`), folded into one count per minute.
+pub(crate) fn per_minute(rows: Vec<(String, String, i64)>) -> Vec<MinuteCount> {
+    let mut out: Vec<MinuteCount> = Vec::new();
+    for (minute, state, n) in rows {
+        let minute = state::lax_minute(&minute);
+        if out.last().is_none_or(|m| m.minute != minute) {
+            out.push(MinuteCount {
+                minute,
+                completed: 0,
+                failed: 0,
+            });
+        }
+        if let Some(m) = out.last_mut() {
+            if state == "completed" {
+                m.completed = n;
+            } else {
+                m.failed = n;
+            }
+        }
+    }
+    out
+}
+
 /// What a page of rows is cut by: all filters apply.
 #[derive(Clone, Debug, Default)]
 pub struct PageFilter {

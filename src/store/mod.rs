@@ -291,7 +291,8 @@ verbs! {
     fn recover_submitting(&self, keep: u32, endpoint: fn(JobKind) -> &'static str) -> Result<Vec<i64>>;
     /// One `submitting` row whose submit's answer was lost, back to `pending`.
     fn release_ambiguous(&self, id: i64, endpoint: &str, why: &str, keep: u32) -> Result<Written>;
-    /// `submitting` rows never sent back to `pending`, untouched otherwise.
+    /// Claimed (`submitting`) rows whose submit never started back to `pending`, untouched
+    /// otherwise.
     fn release(&self, ids: &[i64]) -> Result<()>;
     /// The group commit: accepted submits started, finished jobs recorded, one transaction.
     fn record_progress(&self, p: &Progress) -> Result<Vec<i64>>;

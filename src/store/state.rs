@@ -108,6 +108,24 @@ impl FromStr for Scope {
     }
 }
 
+/// The `sqlx::Type` of a type both backends store as text (a name, or a time's canonical
+/// text).
+macro_rules! text_type {
+    ($t:ty) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+        where
+            String: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+    };
+}
+
 /// The lowercase name everywhere: `Display`, serde, and the SQL text of both backends.
 macro_rules! named {
     ($t:ty) => {
@@ -130,17 +148,7 @@ macro_rules! named {
             }
         }
 
-        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
-        where
-            String: sqlx::Type<DB>,
-        {
-            fn type_info() -> DB::TypeInfo {
-                <String as sqlx::Type<DB>>::type_info()
-            }
-            fn compatible(ty: &DB::TypeInfo) -> bool {
-                <String as sqlx::Type<DB>>::compatible(ty)
-            }
-        }
+        text_type!($t);
 
         impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $t
         where
@@ -209,28 +217,6 @@ pub fn parse_time(s: &str) -> Result<SystemTime, NotATime> {
     clock::parse_iso(s).ok_or_else(|| NotATime(s.to_owned()))
 }
 
-impl<DB: sqlx::Database> sqlx::Type<DB> for Iso
-where
-    String: sqlx::Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <String as sqlx::Type<DB>>::type_info()
-    }
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <String as sqlx::Type<DB>>::compatible(ty)
-    }
-}
-
-impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Iso
-where
-    String: sqlx::Decode<'r, DB>,
-{
-    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<Iso, BoxDynError> {
-        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
-        Ok(Iso(parse_time(&s)?))
-    }
-}
-
 /// A time that may be absent (a nullable column, or an aggregate over no rows), read back as
 /// [`Iso`] reads one: `NULL` is `None`, garbled text an error
 /// (`#[sqlx(try_from = "OptIso")]`).
@@ -277,67 +263,36 @@ pub fn lax_time(s: &str) -> SystemTime {
     clock::parse_iso(s).unwrap_or(std::time::UNIX_EPOCH)
 }
 
-/// The `sqlx::Type` of a type read from the text both backends render times as.
-macro_rules! text_type {
-    ($t:ty) => {
-        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+/// The `sqlx::Type` and `Decode` of a time read back from the text both backends render
+/// times as: `read` makes the value from the text `s`; `null => v` reads `NULL` as `v`
+/// (without it, `NULL` is `String`'s decode error).
+macro_rules! time_decode {
+    ($t:ident, $(null => $null:expr,)? |$s:ident| $read:expr) => {
+        text_type!($t);
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $t
         where
-            String: sqlx::Type<DB>,
+            String: sqlx::Decode<'r, DB>,
         {
-            fn type_info() -> DB::TypeInfo {
-                <String as sqlx::Type<DB>>::type_info()
-            }
-            fn compatible(ty: &DB::TypeInfo) -> bool {
-                <String as sqlx::Type<DB>>::compatible(ty)
+            fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<$t, BoxDynError> {
+                $(
+                    if value.is_null() {
+                        return Ok($null);
+                    }
+                )?
+                let $s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
+                Ok($read)
             }
         }
     };
 }
 
-text_type!(OptIso);
-text_type!(LaxIso);
-text_type!(OptLaxIso);
-
-impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for OptIso
-where
-    String: sqlx::Decode<'r, DB>,
-{
-    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<OptIso, BoxDynError> {
-        if value.is_null() {
-            return Ok(OptIso(None));
-        }
-        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
-        Ok(OptIso(Some(parse_time(&s)?)))
-    }
-}
-
-impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for LaxIso
-where
-    String: sqlx::Decode<'r, DB>,
-{
-    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<LaxIso, BoxDynError> {
-        // NULL only where PostgreSQL's `to_char` met a `timestamptz` of 'infinity', which
-        // is no time either.
-        if value.is_null() {
-            return Ok(LaxIso(std::time::UNIX_EPOCH));
-        }
-        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
-        Ok(LaxIso(lax_time(&s)))
-    }
-}
-
-impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for OptLaxIso
-where
-    String: sqlx::Decode<'r, DB>,
-{
-    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<OptLaxIso, BoxDynError> {
-        if value.is_null() {
-            return Ok(OptLaxIso(None));
-        }
-        let s = <String as sqlx::Decode<'r, DB>>::decode(value)?;
-        Ok(OptLaxIso(Some(lax_time(&s))))
-    }
-}
+time_decode!(Iso, |s| Iso(parse_time(&s)?));
+time_decode!(OptIso, null => OptIso(None), |s| OptIso(Some(parse_time(&s)?)));
+// NULL only where PostgreSQL's `to_char` met a `timestamptz` of 'infinity', which is no time
+// either.
+time_decode!(LaxIso, null => LaxIso(std::time::UNIX_EPOCH), |s| LaxIso(lax_time(&s)));
+time_decode!(OptLaxIso, null => OptLaxIso(None), |s| OptLaxIso(Some(lax_time(&s))));
 
 /// Serializes a time as the canonical text, so JSON that carried the stored text before it
 /// was typed prints the same bytes (`#[serde(serialize_with = "iso")]`).
@@ -348,7 +303,7 @@ pub fn iso<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 /// [`iso`] for an optional time: `null` when absent.
 pub fn iso_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&clock::iso(*t)),
+        Some(t) => iso(t, s),
         None => s.serialize_none(),
     }
 }

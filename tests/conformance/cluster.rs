@@ -12,9 +12,13 @@ crate::conformance!(
     a_registered_daemon_holds_its_lease,
     the_shared_budget_never_grants_more_than_the_window_holds,
     headers_correct_the_shared_budget_and_a_429_blocks_it,
-    pg_a_lapsed_lease_is_lost_and_its_rows_adopted,
     a_budgeted_claim_claims_only_what_the_budget_grants,
+);
+
+crate::conformance_pg!(
+    pg_a_lapsed_lease_is_lost_and_its_rows_adopted,
     pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full,
+    pg_attach_job_takes_only_a_row_still_waiting_for_a_job,
 );
 
 fn endpoint(kind: JobKind) -> &'static str {
@@ -49,6 +53,15 @@ async fn a_registered_daemon_holds_its_lease(b: Backend) {
     if b.is_postgres() {
         let d = s.daemons().await.unwrap();
         assert_eq!(d[0].in_flight, Some(0), "nothing claimed yet: {d:?}");
+    } else {
+        // One daemon per file never loses a row, so it never attaches a job to one
+        // (PostgreSQL's cases: `pg_attach_job_takes_only_a_row_still_waiting_for_a_job`).
+        let id = b
+            .scalar("INSERT INTO imports (url) VALUES ('https://e.com/attach') RETURNING id")
+            .await;
+        assert!(!s.attach_job(id, "job-late").await.unwrap());
+        let r = s.row(id).await.unwrap().unwrap();
+        assert_eq!((r.state.as_str(), r.importly_job_id), ("pending", None));
     }
 }
 
@@ -128,9 +141,6 @@ async fn headers_correct_the_shared_budget_and_a_429_blocks_it(b: Backend) {
 }
 
 async fn pg_a_lapsed_lease_is_lost_and_its_rows_adopted(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let dead = b.open_again().await;
     dead.register_daemon(DaemonInfo::this_process(), Duration::from_secs(30))
         .await
@@ -271,9 +281,6 @@ async fn a_budgeted_claim_claims_only_what_the_budget_grants(b: Backend) {
 }
 
 async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let s = b.as_daemon().await;
     let other = b.open_again().await;
     other
@@ -324,4 +331,112 @@ async fn pg_a_budgeted_claim_into_full_slots_takes_no_budget_and_says_full(b: Ba
     let (x, y) = (x.unwrap(), y.unwrap());
     assert_eq!(x.rows.len() + y.rows.len(), 1, "{x:?} {y:?}");
     assert!(x.full && y.full);
+}
+
+/// A daemon whose lease lapsed while its submit was in flight reads the accepted job late
+/// and hands it over (`attach_job`): the row takes it only while it still waits for a job
+/// (back in `pending` unowned, or `submitting` under a dead daemon), never from a live
+/// daemon, never a second job.
+async fn pg_attach_job_takes_only_a_row_still_waiting_for_a_job(b: Backend) {
+    use crate::metadata::register;
+    let dead_store = b.open_again().await;
+    let dead = register(&b, &dead_store).await;
+    let live_store = b.open_again().await;
+    let live = register(&b, &live_store).await;
+    let me_store = b.open_again().await;
+    let me = register(&b, &me_store).await;
+    let s = &me_store;
+    let row = |u: &str| {
+        format!(
+            "INSERT INTO imports (url, last_error) VALUES ('https://e.com/{u}', 'x') RETURNING id"
+        )
+    };
+    let submitting = |id: i64, owner: i64| {
+        format!(
+            "UPDATE imports SET state = 'submitting', owner = {owner}, claimed_at = now() \
+             WHERE id = {id}"
+        )
+    };
+    // state, job, owner, last_error
+    let seen = |id: i64| {
+        let b = &b;
+        async move {
+            b.text(&format!(
+                "SELECT state || ' ' || coalesce(importly_job_id, '-') || ' ' \
+                     || coalesce(CAST(owner AS TEXT), '-') || ' ' || coalesce(last_error, '-') \
+                 FROM imports WHERE id = {id}"
+            ))
+            .await
+            .unwrap()
+        }
+    };
+
+    let pending = b.scalar(&row("pending")).await;
+    let held_live = b.scalar(&row("live")).await;
+    b.exec(&submitting(held_live, live)).await;
+    let held_dead = b.scalar(&row("dead")).await;
+    b.exec(&submitting(held_dead, dead)).await;
+    let mine = b.scalar(&row("mine")).await;
+    b.exec(&submitting(mine, me)).await;
+    let running_dead = b.scalar(&row("running")).await;
+    crate::metadata::hold(&b, running_dead, "running", dead).await;
+    let completed = b.scalar(&row("completed")).await;
+    b.exec(&format!(
+        "UPDATE imports SET state = 'completed', completed_at = now() WHERE id = {completed}"
+    ))
+    .await;
+    b.exec(&format!(
+        "UPDATE daemons SET heartbeat_at = now() - interval '1 hour' WHERE id = {dead}"
+    ))
+    .await;
+
+    // A store that never registered owns nothing and takes nothing.
+    let unregistered = b.open_again().await;
+    assert!(!unregistered.attach_job(pending, "job-a").await.unwrap());
+    assert_eq!(seen(pending).await, "pending - - x");
+
+    assert!(
+        s.attach_job(pending, "job-a").await.unwrap(),
+        "pending, unowned"
+    );
+    assert_eq!(seen(pending).await, format!("running job-a {me} -"));
+    assert!(
+        !s.attach_job(pending, "job-b").await.unwrap(),
+        "it has a job now"
+    );
+    assert_eq!(seen(pending).await, format!("running job-a {me} -"));
+
+    assert!(
+        !s.attach_job(held_live, "job-c").await.unwrap(),
+        "a live daemon's row stays its own"
+    );
+    assert_eq!(seen(held_live).await, format!("submitting - {live} x"));
+
+    assert!(
+        s.attach_job(held_dead, "job-d").await.unwrap(),
+        "a dead daemon's submitting row"
+    );
+    assert_eq!(seen(held_dead).await, format!("running job-d {me} -"));
+
+    // A daemon that stopped holds nothing either.
+    live_store.daemon_stopped().await.unwrap();
+    assert!(s.attach_job(held_live, "job-c").await.unwrap());
+    assert_eq!(seen(held_live).await, format!("running job-c {me} -"));
+
+    // My own submit answers through `started`, not here.
+    assert!(!s.attach_job(mine, "job-e").await.unwrap(), "my own row");
+    assert_eq!(seen(mine).await, format!("submitting - {me} x"));
+
+    assert!(
+        !s.attach_job(running_dead, "job-f").await.unwrap(),
+        "running another job, even under a dead daemon"
+    );
+    assert_eq!(
+        seen(running_dead).await,
+        format!("running job-{running_dead} {dead} x")
+    );
+    assert!(!s.attach_job(completed, "job-g").await.unwrap(), "finished");
+    assert_eq!(seen(completed).await, "completed - - x");
+    assert!(!s.attach_job(-1, "job-h").await.unwrap(), "no such row");
+    assert_eq!(s.running().await.unwrap().len(), 3);
 }

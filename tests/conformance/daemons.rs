@@ -9,13 +9,14 @@ use std::time::SystemTime;
 use importlyd::store::{DaemonInfo, StoredDaemon};
 
 use crate::metadata::{hold, insert, register};
-use crate::{Backend, conformance};
+use crate::{Backend, conformance, conformance_pg};
 
 conformance!(
     a_registered_daemon_is_listed_live,
     a_stopped_daemon_is_not_live,
-    each_daemon_counts_only_its_own_jobs,
 );
+
+conformance_pg!(each_daemon_counts_only_its_own_jobs);
 
 async fn listed(b: &Backend) -> Vec<StoredDaemon> {
     b.store.daemons().await.expect("daemons")
@@ -84,9 +85,6 @@ async fn a_stopped_daemon_is_not_live(b: Backend) {
 /// PostgreSQL: two daemons on one database are both listed, each with its own jobs, and
 /// one stopping leaves the other live.
 async fn each_daemon_counts_only_its_own_jobs(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let (one, two) = (b.open_again().await, b.open_again().await);
     let first = register(&b, &one).await;
     let second = register(&b, &two).await;

@@ -14,12 +14,16 @@ use importlyd::limits::{Budget, Scope};
 use importlyd::store::{StoredBucket, StoredPause};
 
 use crate::metadata::register;
-use crate::{Backend, conformance};
+use crate::{Backend, conformance, conformance_pg};
 
 conformance!(
     pauses_are_set_refreshed_and_cleared,
     a_budget_snapshot_round_trips,
     saving_budgets_renews_a_live_daemons_heartbeat,
+    a_time_no_canonical_text_shows_is_a_store_error,
+);
+
+conformance_pg!(
     a_lapsed_or_stopped_lease_is_not_renewed,
     the_shared_budget_row_reads_back_by_its_source,
 );
@@ -237,9 +241,6 @@ async fn saving_budgets_renews_a_live_daemons_heartbeat(b: Backend) {
 /// PostgreSQL: a daemon whose lease lapsed may already have lost its claims to another;
 /// its next save must not make it look alive again (nor may a stopped one's).
 async fn a_lapsed_or_stopped_lease_is_not_renewed(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let s = &b.store;
     register(&b, s).await;
     let lapsed = clock::iso(SystemTime::now() - Duration::from_secs(3600));
@@ -284,9 +285,6 @@ async fn a_lapsed_or_stopped_lease_is_not_renewed(b: Backend) {
 /// PostgreSQL: a row the shared-budget code wrote reads back under the name its source
 /// gives it, with its window converted, and no snapshot overwrites it.
 async fn the_shared_budget_row_reads_back_by_its_source(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     b.exec(
         "INSERT INTO budgets (scope, lim, used, window_ms, window_end, blocked_until, source) \
          VALUES ('import', 600, 650, 3600000, '2026-12-07T10:00:00.123Z', \
@@ -328,4 +326,28 @@ async fn the_shared_budget_row_reads_back_by_its_source(b: Backend) {
     .await
     .expect("save");
     assert_eq!(by_name(&s.buckets().await.expect("read")), got);
+}
+
+/// A time an outside writer put in a daemon's own table that the canonical text cannot
+/// show (before 1970: both databases store it) comes back as an error naming the column and
+/// the text, never as a panic or a silently dropped pause. SQLite also keeps text that is no
+/// time at all, with the same error.
+async fn a_time_no_canonical_text_shows_is_a_store_error(b: Backend) {
+    let mut odd = vec!["1960-01-01T00:00:00.000Z"];
+    if !b.is_postgres() {
+        odd.push("yesterday");
+    }
+    for since in odd {
+        b.exec("DELETE FROM pauses").await;
+        b.exec(&format!(
+            "INSERT INTO pauses (scope, reason, http_status, since, next_probe) \
+             VALUES ('all', 'x', 401, '{since}', '2026-01-01T00:00:00.000Z')"
+        ))
+        .await;
+        let e = b.store.pauses().await.unwrap_err().to_string();
+        assert!(
+            e.contains("since") && e.contains(&format!("not a time: \"{since}\"")),
+            "{since}: {e}"
+        );
+    }
 }

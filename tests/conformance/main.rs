@@ -5,7 +5,9 @@
 //!
 //! A test is an `async fn(Backend)` in one of the modules below, listed in that module's
 //! `conformance!` invocation, which makes `<module>::<test>::sqlite` and
-//! `<module>::<test>::postgres`. A test may only use the store interface and
+//! `<module>::<test>::postgres`; a test of what only PostgreSQL has (several daemons,
+//! owners, leases, the shared budget) is listed in `conformance_pg!` instead, which makes
+//! only `<module>::<test>::postgres`, so no SQLite test passes without checking anything. A test may only use the store interface and
 //! [`Backend::exec`]/[`Backend::scalar`] with SQL both databases accept (no placeholders;
 //! times as ISO-8601 literals, which PostgreSQL reads as `timestamptz`).
 
@@ -183,6 +185,24 @@ macro_rules! conformance {
                     super::$test($crate::Backend::sqlite().await).await;
                 }
 
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(b) = $crate::Backend::postgres(stringify!($test)).await {
+                        super::$test(b).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// `conformance_pg!(a, b)`: as [`conformance!`], making only `a::postgres`, ... (tests of what
+/// only the PostgreSQL store has).
+#[macro_export]
+macro_rules! conformance_pg {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
                 #[tokio::test]
                 async fn postgres() {
                     if let Some(b) = $crate::Backend::postgres(stringify!($test)).await {

@@ -12,7 +12,7 @@ use importlyd::clock;
 use importlyd::store::{DaemonInfo, MetadataRow, Store, Written};
 use serde_json::{Value, json};
 
-use crate::{Backend, LEASE, conformance};
+use crate::{Backend, LEASE, conformance, conformance_pg};
 
 conformance!(
     the_cache_answers_only_while_fresh,
@@ -23,6 +23,9 @@ conformance!(
     ensure_metadata_row_queues_one_fetch_and_then_waits_on_it,
     a_waiting_import_gets_the_outcome_of_its_metadata_row,
     a_new_look_fetches_again_whatever_the_last_outcome,
+);
+
+conformance_pg!(
     complete_metadata_writes_only_a_running_row_of_mine,
     complete_from_cache_writes_only_a_submitting_row_of_mine,
     two_daemons_guarding_one_url_at_once_queue_one_metadata_row,
@@ -509,9 +512,6 @@ async fn a_new_look_fetches_again_whatever_the_last_outcome(b: Backend) {
 /// A daemon whose running metadata row was adopted by another (its lease lapsed) must not
 /// complete it, fill the cache or wake anything: the adopter records the job itself.
 async fn complete_metadata_writes_only_a_running_row_of_mine(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let (one, two) = (b.open_again().await, b.open_again().await);
     let _first = register(&b, &one).await;
     let second = register(&b, &two).await;
@@ -560,9 +560,6 @@ async fn complete_metadata_writes_only_a_running_row_of_mine(b: Backend) {
 }
 
 async fn complete_from_cache_writes_only_a_submitting_row_of_mine(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let (one, two) = (b.open_again().await, b.open_again().await);
     let first = register(&b, &one).await;
     let second = register(&b, &two).await;
@@ -608,9 +605,6 @@ async fn complete_from_cache_writes_only_a_submitting_row_of_mine(b: Backend) {
 /// to insert; with it, the second waits before it looks and then finds the first's row.
 async fn two_daemons_guarding_one_url_at_once_queue_one_metadata_row(b: Backend) {
     use sqlx::{Connection, Executor};
-    if !b.is_postgres() {
-        return;
-    }
     let (one, two) = (b.open_again().await, b.open_again().await);
     register(&b, &one).await;
     register(&b, &two).await;

@@ -38,6 +38,9 @@ crate::conformance!(
     running_lists_the_started_rows,
     a_big_group_is_one_commit,
     nul_characters_from_a_server_are_stored_not_refused,
+);
+
+crate::conformance_pg!(
     pg_claims_carry_the_owner_and_leaving_clears_it,
     pg_another_daemon_cannot_write_my_rows,
     pg_a_row_handed_to_another_daemon_is_gone_for_me,
@@ -1220,9 +1223,6 @@ async fn nul_characters_from_a_server_are_stored_not_refused(b: Backend) {
 /// PostgreSQL: a claim names its daemon and when; every way out of `submitting`/`running`
 /// clears the owner.
 async fn pg_claims_carry_the_owner_and_leaving_clears_it(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let s = b.as_daemon().await;
     let me = newest_daemon(&b).await;
     let mut ids = Vec::new();
@@ -1299,9 +1299,6 @@ async fn pg_claims_carry_the_owner_and_leaving_clears_it(b: Backend) {
 /// PostgreSQL: daemon A's claimed rows are A's alone. Another daemon (or an operator
 /// command's store) can neither change them nor see them as its own to recover or poll.
 async fn pg_another_daemon_cannot_write_my_rows(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let a = b.as_daemon().await;
     let a_id = newest_daemon(&b).await;
     let other = another_daemon(&b).await;
@@ -1410,9 +1407,6 @@ async fn pg_another_daemon_cannot_write_my_rows(b: Backend) {
 /// claimed by B) and its `running` row was adopted by B. A, back from a freeze, finds both
 /// gone: it writes nothing to them.
 async fn pg_a_row_handed_to_another_daemon_is_gone_for_me(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let a = b.as_daemon().await;
     let other = another_daemon(&b).await;
     let other_id = newest_daemon(&b).await;
@@ -1497,9 +1491,6 @@ async fn pg_a_row_handed_to_another_daemon_is_gone_for_me(b: Backend) {
 /// Two daemons, 2 slots: whoever claims, the rows submitting or running (anyone's) never
 /// exceed the slots, even when both claim at the same moment.
 async fn pg_claims_keep_the_accounts_slots_across_daemons(b: Backend) {
-    if !b.is_postgres() {
-        return;
-    }
     let a = b.as_daemon().await;
     let other = another_daemon(&b).await;
     for i in 0..6 {

@@ -3,8 +3,7 @@
 
 use super::ops::Params;
 use super::{PgStore, ROW_COLUMNS, iso};
-use crate::store::audit::like_pattern;
-use crate::store::state;
+use crate::store::audit::{like_pattern, per_minute};
 use crate::store::*;
 
 /// Matches `$n` (a [`like_pattern`]) anywhere in the columns a search reads. ILIKE: SQLite's
@@ -94,10 +93,9 @@ impl PgStore {
         .await?)
     }
 
-    /// Rows completed and failed per minute since `since`, oldest
-    /// first; minutes without any are absent. The minute is the canonical text's first 16
-    /// characters (`2026-12-07T01:52`), in UTC whatever the session's time zone. A range of
-    /// `imports_by_state` per state.
+    /// Rows completed and failed per minute since `since`, oldest first; minutes without
+    /// any are absent. The minute is its start (UTC whatever the session's time zone),
+    /// shown as `2026-12-07T01:52`. A range of `imports_by_state` per state.
     pub async fn finished_per_minute(
         &self,
         since: std::time::SystemTime,
@@ -112,25 +110,7 @@ impl PgStore {
         .bind(crate::clock::iso(since))
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<MinuteCount> = Vec::new();
-        for (minute, state, n) in rows {
-            let minute = state::lax_minute(&minute);
-            if out.last().is_none_or(|m| m.minute != minute) {
-                out.push(MinuteCount {
-                    minute,
-                    completed: 0,
-                    failed: 0,
-                });
-            }
-            if let Some(m) = out.last_mut() {
-                if state == "completed" {
-                    m.completed = n;
-                } else {
-                    m.failed = n;
-                }
-            }
-        }
-        Ok(out)
+        Ok(per_minute(rows))
     }
 
     /// The ids of up to `cap` failed rows matching `q` (as [`PgStore::page`]), lowest first.

@@ -1,7 +1,7 @@
 //! PostgreSQL: the cluster's leases, the adoption of a dead daemon's rows and the shared
 //! rate budgets (`migrations_pg/0002_budget_functions.sql`), all on the database's clock.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::{PgStore, attempts, iso};
 use crate::clock;
@@ -11,14 +11,6 @@ use crate::store::{Adopted, BudgetGuess, BudgetSeen, Grant, Lease, Result, Runni
 /// Why an adopted `submitting` row went back to `pending` (its attempt record's error).
 const ORPHANED: &str = "the daemon submitting this row stopped renewing its lease before \
      it recorded the answer; a job may exist at Importly";
-
-fn unix_ms(t: SystemTime) -> i64 {
-    clock::unix_ms(t)
-}
-
-pub(super) fn from_unix_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
 
 pub(super) fn clamp_i32(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -163,7 +155,7 @@ impl PgStore {
         .await?;
         Ok(Grant {
             granted: u32::try_from(granted).unwrap_or(0).min(n),
-            until: until.map(from_unix_ms),
+            until: until.map(clock::from_unix_ms),
         })
     }
 
@@ -179,9 +171,9 @@ impl PgStore {
         .bind(scope)
         .bind(seen.limit.map(clamp_i32))
         .bind(seen.remaining.map(clamp_i32))
-        .bind(seen.reset.map(unix_ms))
+        .bind(seen.reset.map(clock::unix_ms))
         .bind(window_ms)
-        .bind(seen.blocked_until.map(unix_ms))
+        .bind(seen.blocked_until.map(clock::unix_ms))
         .execute(&self.pool)
         .await?;
         Ok(())

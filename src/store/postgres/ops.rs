@@ -22,8 +22,8 @@ use crate::store::state::{LaxIso, OptLaxIso};
 use crate::store::*;
 
 /// Delta rows (`imports_counts_delta`, see migrations_pg) `status_counts` lets pile up before
-/// it folds them into `imports_counts`: reading them is part of every count, so they are
-/// kept to about this many.
+/// it folds them into `imports_counts`: reading them is part of every count, so a read that
+/// meets more than this many folds them (see `totals` for what bounds them).
 const FOLD_AFTER: i64 = 1000;
 
 /// The advisory lock (transaction-scoped) a fold takes, or skips folding when another fold
@@ -340,8 +340,11 @@ impl PgStore {
 
     /// The totals per (state, kind, rows, credits): the folded ones plus the delta rows not
     /// folded yet, in one statement, so a fold committing meanwhile is seen wholly or not
-    /// at all. Folds the delta afterwards once it has grown past [`FOLD_AFTER`] rows, which
-    /// keeps this read a few thousand rows at most. A few rows at any table size.
+    /// at all. Folds the delta afterwards once it has grown past [`FOLD_AFTER`] rows, so the
+    /// delta this reads is the state changes made since the last read that folded, not a
+    /// fixed bound: the counts are read often (each daemon's systemd notifier every 5 s at
+    /// most, `status`, the admin API), and a burst between two reads is read whole once.
+    /// The answer is a few rows at any table size.
     async fn totals(&self) -> Result<Vec<(State, JobKind, i64, i64)>> {
         let rows: Vec<(State, JobKind, i64, i64, i64)> = sqlx::query_as(
             "SELECT state, kind, sum(n)::bigint, sum(credits)::bigint, sum(delta)::bigint \

@@ -11,12 +11,12 @@
 use std::time::{Duration, SystemTime};
 
 use super::attempts::{self, json, owned, text};
-use super::cluster::{clamp_i32, from_unix_ms, window_ms};
+use super::cluster::{clamp_i32, window_ms};
 use super::{PgStore, iso};
 use crate::clock;
 use crate::importly::JobKind;
 use crate::store::queue::ambiguous_submit;
-use crate::store::state::Iso;
+use crate::store::state::{Iso, LaxIso};
 use crate::store::*;
 
 /// Makes the imports waiting on metadata row `$1`'s URL due now: run in the transaction
@@ -29,10 +29,6 @@ pub(super) const WAKE_WAITERS: &str = concat!(
     "' AND url = (SELECT url FROM imports WHERE id = $1 AND kind = 'metadata')"
 );
 
-// The advisory lock class of a claim that keeps the account's concurrency (two-key form,
-// apart from the metadata preflight's class and sqlx's migration lock) is 0x1d_c1a1, in
-// `importlyd_claim` (migrations_pg/0003_claim_function.sql).
-
 impl PgStore {
     /// Claims up to `n` due pending rows of `kind`, oldest due first, for this daemon. Rows
     /// another daemon is claiming at this moment are skipped, not waited for (`SKIP
@@ -43,7 +39,8 @@ impl PgStore {
     /// already submitting or running, whoever holds them, count against it. Counting and
     /// claiming happen under a per-kind advisory lock, so two daemons claiming at once
     /// cannot both take the last slot; the lock lives for one function call only
-    /// (`importlyd_claim`, migrations_pg/0003).
+    /// (`importlyd_claim`, migrations_pg/0003). Its class, in the two-key form, is 0x1d_c1a1:
+    /// apart from the metadata preflight's class and sqlx's migration lock.
     pub async fn claim_due(
         &self,
         kind: JobKind,
@@ -88,13 +85,12 @@ impl PgStore {
             Option<JobKind>,
             Option<String>,
             Option<i64>,
-            i32,
             Option<i64>,
             bool,
         );
         let out: Vec<Out> = sqlx::query_as(
             "SELECT claimed_id, claimed_url, claimed_kind, claimed_options, claimed_attempts, \
-                    granted, until_ms, slots_full \
+                    until_ms, slots_full \
              FROM importlyd_claim($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(kind)
@@ -106,11 +102,11 @@ impl PgStore {
         .bind(guess.map(|g| window_ms(g.window)))
         .fetch_all(&self.pool)
         .await?;
-        let until = out.first().and_then(|o| o.6).map(from_unix_ms);
-        let full = out.first().is_some_and(|o| o.7);
+        let until = out.first().and_then(|o| o.5).map(clock::from_unix_ms);
+        let full = out.first().is_some_and(|o| o.6);
         let mut rows: Vec<Claimed> = out
             .into_iter()
-            .filter_map(|(id, url, kind, options, attempts, _, _, _)| {
+            .filter_map(|(id, url, kind, options, attempts, _, _)| {
                 Some(Claimed {
                     id: id?,
                     url: url?,
@@ -133,9 +129,10 @@ impl PgStore {
     /// When the next pending row of `kind` is due, if any. Due is
     /// decided by the database's clock: a row due by it but not yet by this host's clock
     /// (running behind) is reported as due now, so the caller's "is it due?" agrees with
-    /// the claim's.
+    /// the claim's. `next_attempt_at` is a time users write, read as [`LaxIso`]: a row due
+    /// before 1970 is due at the epoch, not an error on every tick.
     pub async fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>> {
-        let next: Option<(Iso, bool)> = sqlx::query_as(concat!(
+        let next: Option<(LaxIso, bool)> = sqlx::query_as(concat!(
             "SELECT ",
             iso!("next_attempt_at"),
             ", next_attempt_at <= now() \
@@ -145,7 +142,7 @@ impl PgStore {
         .bind(kind)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(next.map(|(Iso(at), due)| {
+        Ok(next.map(|(LaxIso(at), due)| {
             let here = SystemTime::now();
             if due && at > here { here } else { at }
         }))

@@ -3,7 +3,6 @@
 use super::SqliteStore;
 use crate::clock;
 use crate::store::audit::*;
-use crate::store::state;
 use crate::store::{ROW_COLUMNS, Result, Row};
 
 impl SqliteStore {
@@ -97,25 +96,7 @@ impl SqliteStore {
         .bind(crate::clock::iso(since))
         .fetch_all(&self.reader)
         .await?;
-        let mut out: Vec<MinuteCount> = Vec::new();
-        for (minute, state, n) in rows {
-            let minute = state::lax_minute(&minute);
-            if out.last().is_none_or(|m| m.minute != minute) {
-                out.push(MinuteCount {
-                    minute,
-                    completed: 0,
-                    failed: 0,
-                });
-            }
-            if let Some(m) = out.last_mut() {
-                if state == "completed" {
-                    m.completed = n;
-                } else {
-                    m.failed = n;
-                }
-            }
-        }
-        Ok(out)
+        Ok(per_minute(rows))
     }
 
     /// The ids of up to `cap` failed rows matching `q` (as [`Store::page`]), lowest first.

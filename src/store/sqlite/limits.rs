@@ -95,29 +95,3 @@ impl SqliteStore {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A time an outside writer garbled comes back as an error naming the column and the
-    /// text, never as a panic or a silently dropped pause.
-    #[tokio::test]
-    async fn a_garbled_time_is_a_store_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
-        sqlx::query(
-            "INSERT INTO pauses (scope, reason, http_status, since, next_probe) \
-             VALUES ('all', 'x', 401, 'yesterday', '2026-01-01T00:00:00.000Z')",
-        )
-        .execute(&mut *store.writer().await.unwrap())
-        .await
-        .unwrap();
-        let e = store.pauses().await.unwrap_err().to_string();
-        assert!(
-            e.contains("since") && e.contains("not a time: \"yesterday\""),
-            "{e}"
-        );
-        store.close().await;
-    }
-}

@@ -8,7 +8,7 @@ use crate::importly::JobKind;
 use crate::store::Result;
 use crate::store::attempts::{self, AttemptRecord, Written};
 use crate::store::queue::*;
-use crate::store::state::Iso;
+use crate::store::state::LaxIso;
 
 /// The claim statement for one kind. `?1` is the batch size, `?2` the time. The CAST keeps
 /// `LIMIT` from being a bare parameter: SQLite plans a bare one by its bound value and so
@@ -92,18 +92,20 @@ impl SqliteStore {
         Ok(rows)
     }
 
-    /// When the next pending row of `kind` is due, if any.
+    /// When the next pending row of `kind` is due, if any. `next_attempt_at` is a time users
+    /// write, read as [`LaxIso`]: a row due before 1970 is due at the epoch, not an error on
+    /// every tick.
     pub async fn next_due(&self, kind: JobKind) -> Result<Option<SystemTime>> {
         let sql = by_kind(kind, next_due_sql!("import"), next_due_sql!("metadata"));
-        Ok(sqlx::query_scalar::<_, Iso>(sql)
+        Ok(sqlx::query_scalar::<_, LaxIso>(sql)
             .fetch_optional(&self.reader)
             .await?
             .map(SystemTime::from))
     }
 
-    /// Back to `pending`, due at `due`. With `count` the failure is the row's own and
-    /// counts against `max_attempts` (the row fails once it reaches it); without, it is a
-    /// snooze (429, 401, 402) and `attempts` stays. `due` `None` keeps the row's
+    /// Back to `pending`, due `after` from now. With `count` the failure is the row's own
+    /// and counts against `max_attempts` (the row fails once it reaches it); without, it is
+    /// a snooze (429, 401, 402) and `attempts` stays. `after` `None` keeps the row's
     /// `next_attempt_at`, so a row snoozed for an account-wide reason keeps its place in the
     /// queue (the limits, not the row, hold it back).
     #[allow(clippy::too_many_arguments)]
@@ -273,7 +275,8 @@ impl SqliteStore {
         Ok(written)
     }
 
-    /// Gives back claimed rows whose submit never started (shutdown, pause).
+    /// Gives back claimed rows whose submit never started (shutdown, pause): `submitting`
+    /// rows back to `pending`, untouched otherwise.
     pub async fn release(&self, ids: &[i64]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
