@@ -148,6 +148,31 @@ pub fn start_cluster() -> bool {
     control(|c| c.pg_ctl(&["start"], "start"))
 }
 
+/// Whether this process's tests run on a private cluster that [`restart_cluster`],
+/// [`stop_cluster`] and [`start_cluster`] can control (not on `IMPORTLYD_TEST_DATABASE_URL`).
+/// Call it after [`database`], which starts the server.
+pub fn controls_cluster() -> bool {
+    matches!(SERVER.get(), Some(Ok(Server::Private(_))))
+}
+
+/// A test that cannot run here says so loudly, by name, and returns; under `CI=true` it
+/// fails instead, so that CI never passes on a test that did not run.
+pub fn skip_test(name_hint: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and this test cannot run: {why}"
+    );
+    // libtest names a test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(name_hint);
+    // Straight to the process's stderr: eprintln! is captured by the test harness and shown
+    // only for failures, and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n======== SKIPPED {test}: {why} ========\n"
+    );
+}
+
 fn control(action: impl FnOnce(&Cluster)) -> bool {
     // One operation at a time: two tests stopping and starting at once would race pg_ctl.
     static CONTROL: Mutex<()> = Mutex::new(());
@@ -210,22 +235,13 @@ fn server() -> Result<&'static Server, &'static str> {
 
 /// Every test that wanted a server says it was skipped, by name; under CI=true it fails.
 fn skip(name_hint: &str, why: &str) {
-    let what = format!(
-        "{why} (looked in ${BINDIR_ENV}, `pg_config --bindir`, /usr/lib/postgresql/*/bin and PATH; \
-         set ${URL_ENV} to use a running server, or apt-get install postgresql)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true and there is no PostgreSQL to test against: {what}"
-    );
-    // libtest names a test's thread after the test.
-    let thread = std::thread::current();
-    let test = thread.name().filter(|n| *n != "main").unwrap_or(name_hint);
-    // Straight to the process's stderr: eprintln! is captured by the test harness and shown
-    // only for failures, and a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n======== SKIPPED {test}: no PostgreSQL: {what} ========\n"
+    skip_test(
+        name_hint,
+        &format!(
+            "no PostgreSQL: {why} (looked in ${BINDIR_ENV}, `pg_config --bindir`, \
+             /usr/lib/postgresql/*/bin and PATH; set ${URL_ENV} to use a running server, \
+             or apt-get install postgresql)"
+        ),
     );
 }
 
