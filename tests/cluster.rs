@@ -511,8 +511,23 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
     assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
     let later: i64 = count(&pool, "SELECT id FROM imports WHERE url LIKE '%later%'").await;
     cli(&config, &["cancel", &later.to_string()]).await.ok();
+    // The daemon stops for the retry, so that nothing claims the rows before they are seen
+    // back in pending; a second one takes them after.
+    assert!(d.terminate(secs(10)).await.success());
+    let first_log = d.log_text();
     let retried = cli(&config, &["retry", "--failed"]).await.ok();
-    assert!(retried.stdout.contains('2'), "{}", retried.stdout);
+    assert_eq!(retried.stdout, "2 rows back to pending\n", "{retried:?}");
+    let pending: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT id, attempts FROM imports WHERE state = 'pending' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        pending,
+        failed.iter().map(|&id| (id, 0)).collect::<Vec<_>>(),
+        "the failed rows, and only they, are pending again with a fresh attempt count"
+    );
+    let mut d = Proc::start(&config, Some(KEY), "ops-after-retry");
     wait_until("the retried rows fail again", secs(30), || async {
         count(&pool, "SELECT count(*) FROM imports WHERE state = 'failed'").await == 2
     })
@@ -530,9 +545,18 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
     let audit: i64 = count(&pool, "SELECT count(*) FROM audit").await;
     assert!(audit >= 2, "cancel and retry are audited: {audit}");
     let purged = cli(&config, &["purge", "--older-than", "0s"]).await.ok();
-    assert!(purged.stdout.contains('4'), "{}", purged.stdout);
+    let first = purged.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("deleted 4 rows last changed before "),
+        "{purged:?}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM imports").await,
+        0,
+        "every row was finished, so purge leaves none"
+    );
     assert!(d.terminate(secs(10)).await.success());
-    let log = d.log_text();
+    let log = format!("{first_log}{}", d.log_text());
     assert!(
         !log.contains("s3cret"),
         "the password is never logged:\n{log}"
