@@ -9,15 +9,6 @@ mod common;
 use common::*;
 use importlyd::config::BucketLimit;
 use importlyd::sim::BucketConfig;
-use sqlx::PgPool;
-
-/// A free loopback port for the admin listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// The status code of GET `url`, `None` when nothing answers within 2 s (a daemon stuck on
 /// its database must not stall the poll past the waits' deadlines).
@@ -35,13 +26,6 @@ async fn cluster_op(op: fn() -> bool) -> bool {
     tokio::task::spawn_blocking(op)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
-async fn count(pool: &PgPool, sql: &str) -> Option<i64> {
-    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .ok()
 }
 
 #[tokio::test]
@@ -76,13 +60,7 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_the_daemons_stay_up() {
     // Each daemon has an admin listener of its own, to watch both /healthz.
     let port_a = free_port();
     cfg.admin.listen = format!("127.0.0.1:{port_a}");
-    let toml = config_toml(&cfg).replacen(
-        "[database]\n",
-        &format!("[database]\nurl = {:?}\n", db.url),
-        1,
-    );
-    let config = dir.path().join("d.toml");
-    std::fs::write(&config, toml).unwrap();
+    let config = write_config_with_url(dir.path(), "a", &cfg, &db.url);
     cli(&config, &["migrate"]).await.ok();
     let pool = db.pool().await;
     let n = 30i64;
@@ -97,13 +75,7 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_the_daemons_stay_up() {
     let mut cfg_b = cfg.clone();
     let port_b = free_port();
     cfg_b.admin.listen = format!("127.0.0.1:{port_b}");
-    let toml_b = config_toml(&cfg_b).replacen(
-        "[database]\n",
-        &format!("[database]\nurl = {:?}\n", db.url),
-        1,
-    );
-    let config_b = dir.path().join("b.toml");
-    std::fs::write(&config_b, toml_b).unwrap();
+    let config_b = write_config_with_url(dir.path(), "b", &cfg_b, &db.url);
     let b = Proc::start(&config_b, Some(KEY), "b");
     let healthz = [
         format!("http://127.0.0.1:{port_a}/healthz"),
@@ -122,7 +94,8 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_the_daemons_stay_up() {
     };
     wait_until("both daemons' /healthz say ok", secs(15), all_answer(200)).await;
     let completed = || async {
-        count(
+        // The pool's connections may be the dead ones of the old server for a moment.
+        common::pg::try_count(
             &pool,
             "SELECT count(*) FROM imports WHERE state = 'completed'",
         )

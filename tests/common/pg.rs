@@ -118,6 +118,21 @@ pub async fn database(name_hint: &str) -> Option<TestDb> {
     })
 }
 
+/// The one `bigint` that `sql` (a `SELECT count(*) ...`) returns; panics naming `sql` if the
+/// query fails.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    try_count(pool, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// [`count`] for a test that expects the query may fail for a while (a server restarting).
+pub async fn try_count(pool: &PgPool, sql: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+}
+
 /// Runs `sql` with the `psql` binary, the way a user would from a shell: no ~/.psqlrc, stop
 /// at the first error. The caller looks at the status, stdout ("INSERT 0 1") and stderr
 /// (the server's ERROR line, which names the violated constraint).
@@ -495,6 +510,8 @@ fn postgres_user() -> Option<(u32, u32)> {
     }
 }
 
+/// common's `free_port`, repeated: benches/cluster.rs includes this file alone, without
+/// tests/common/mod.rs.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
