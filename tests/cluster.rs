@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::pg::TestDb;
+use common::pg::{TestDb, count};
 use common::*;
 use importlyd::config::{BucketLimit, Config};
 use importlyd::sim::{BucketConfig, Sim};
@@ -30,16 +30,6 @@ fn cluster_config(dir: &Path, sim: &Sim, import: BucketLimit) -> Config {
     cfg
 }
 
-/// Writes `cfg` with `database.url` (the URL is a secret and never serialised) as
-/// `<dir>/<name>.toml`.
-fn write_cluster_config(dir: &Path, name: &str, cfg: &Config, url: &str) -> PathBuf {
-    let toml =
-        config_toml(cfg).replacen("[database]\n", &format!("[database]\nurl = {url:?}\n"), 1);
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml).expect("write config");
-    path
-}
-
 async fn insert_urls(pool: &PgPool, urls: &[String]) {
     for u in urls {
         sqlx::query("INSERT INTO imports (url) VALUES ($1)")
@@ -50,45 +40,35 @@ async fn insert_urls(pool: &PgPool, urls: &[String]) {
     }
 }
 
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn wait_all_completed(pool: &PgPool, n: i64, timeout: Duration, procs: &[&Proc]) {
-    let done = || async {
-        count(
-            pool,
-            "SELECT count(*) FROM imports WHERE state = 'completed'",
-        )
-        .await
-            == n
-    };
-    if tokio::time::timeout(timeout, async {
-        while !done().await {
-            tokio::time::sleep(ms(50)).await;
+/// Waits until `n` rows are completed; on a timeout the row states are printed (the
+/// daemons' logs come from `Proc`'s drop as the panic unwinds through the test).
+async fn wait_all_completed(pool: &PgPool, n: i64, timeout: Duration) {
+    struct States(String);
+    impl Drop for States {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("row states at the deadline: {}", self.0);
+            }
         }
-    })
-    .await
-    .is_err()
-    {
+    }
+    let last = std::cell::RefCell::new(States(String::new()));
+    let what = format!("all {n} rows completed");
+    wait_until(&what, timeout, || async {
         let states: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM imports GROUP BY state")
                 .fetch_all(pool)
                 .await
                 .unwrap_or_default();
-        for p in procs {
-            eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
-        }
-        panic!("not all {n} rows completed within {timeout:?}: {states:?}");
-    }
+        let done = states.iter().any(|(s, c)| s == "completed" && *c == n);
+        last.borrow_mut().0 = format!("{states:?}");
+        done
+    })
+    .await;
 }
 
 /// Migrates the database once (as an operator would) before the daemons start.
 async fn migrated(db: &TestDb, dir: &Path, cfg: &Config) -> PathBuf {
-    let config = write_cluster_config(dir, "migrate", cfg, &db.url);
+    let config = write_config_with_url(dir, "migrate", cfg, &db.url);
     cli(&config, &["migrate"]).await.ok();
     config
 }
@@ -148,11 +128,10 @@ async fn three_daemons_share_a_tight_account_and_import_each_url_once() {
     insert_urls(&pool, &all).await;
     let mut procs = Vec::new();
     for i in 0..3 {
-        let config = write_cluster_config(dir.path(), &format!("d{i}"), &cfg, &db.url);
+        let config = write_config_with_url(dir.path(), &format!("d{i}"), &cfg, &db.url);
         procs.push(Proc::start(&config, Some(KEY), &format!("d{i}")));
     }
-    let refs: Vec<&Proc> = procs.iter().collect();
-    wait_all_completed(&pool, 40, secs(60), &refs).await;
+    wait_all_completed(&pool, 40, secs(60)).await;
     assert_each_url_once(&sim, &all);
     let stats = sim.stats();
     assert!(
@@ -202,7 +181,7 @@ async fn a_paused_daemon_takes_nothing_from_the_shared_budget() {
     migrated(&db, dir.path(), &cfg).await;
     let pool = db.pool().await;
     insert_urls(&pool, &urls("paused", 2)).await;
-    let config = write_cluster_config(dir.path(), "d", &cfg, &db.url);
+    let config = write_config_with_url(dir.path(), "d", &cfg, &db.url);
     let mut d = Proc::start(&config, Some(KEY), "d");
     wait_until("both jobs are polled", secs(20), || async {
         count(
@@ -282,7 +261,7 @@ async fn a_killed_daemons_running_jobs_are_adopted_and_never_posted_again() {
     let pool = db.pool().await;
     let all = urls("adopt", 4);
     insert_urls(&pool, &all).await;
-    let a_config = write_cluster_config(dir.path(), "a", &cfg, &db.url);
+    let a_config = write_config_with_url(dir.path(), "a", &cfg, &db.url);
     let mut a = Proc::start(&a_config, Some(KEY), "a");
     wait_until(
         "the first daemon runs both slots' jobs",
@@ -300,10 +279,10 @@ async fn a_killed_daemons_running_jobs_are_adopted_and_never_posted_again() {
     a.signal("KILL");
     a.wait_exit(secs(5)).await;
     let posts_at_kill = sim.stats().import_posts;
-    let b_config = write_cluster_config(dir.path(), "b", &cfg, &db.url);
+    let b_config = write_config_with_url(dir.path(), "b", &cfg, &db.url);
     let mut b = Proc::start(&b_config, Some(KEY), "b");
     b.wait_log("adopted the running jobs", secs(15)).await;
-    wait_all_completed(&pool, 4, secs(40), &[&a, &b]).await;
+    wait_all_completed(&pool, 4, secs(40)).await;
     assert_each_url_once(&sim, &all);
     let stats = sim.stats();
     assert_eq!(
@@ -342,8 +321,8 @@ async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() 
     let pool = db.pool().await;
     let all = urls("frozen", 8);
     insert_urls(&pool, &all).await;
-    let a_config = write_cluster_config(dir.path(), "a", &cfg, &db.url);
-    let b_config = write_cluster_config(dir.path(), "b", &cfg, &db.url);
+    let a_config = write_config_with_url(dir.path(), "a", &cfg, &db.url);
+    let b_config = write_config_with_url(dir.path(), "b", &cfg, &db.url);
     let a = Proc::start(&a_config, Some(KEY), "a");
     wait_until("the first daemon holds both slots", secs(20), || async {
         count(
@@ -366,7 +345,7 @@ async fn a_frozen_daemon_past_its_lease_rejoins_without_overrun_or_duplicates() 
     b.wait_log("adopted the running jobs", secs(15)).await;
     a.signal("CONT");
     a.wait_log("joining again", secs(15)).await;
-    wait_all_completed(&pool, 8, secs(60), &[&a, &b]).await;
+    wait_all_completed(&pool, 8, secs(60)).await;
     assert_each_url_once(&sim, &all);
     let stats = sim.stats();
     assert_eq!(stats.rate_limited, 0, "no request over the rate limit");
@@ -392,7 +371,7 @@ async fn an_insert_from_psql_wakes_an_idle_daemon_without_waiting_for_its_poll()
     cfg.cluster.lease = secs(3);
     // Polling alone would take 20 s: a pickup within a few seconds is the NOTIFY's doing.
     cfg.poll.queue_interval = secs(20);
-    let config = write_cluster_config(dir.path(), "d", &cfg, &db.url);
+    let config = write_config_with_url(dir.path(), "d", &cfg, &db.url);
     let d = Proc::start(&config, Some(KEY), "d");
     d.wait_log("importlyd started", secs(15)).await;
     // Its first queue look is over once it has renewed its lease after starting (the
@@ -440,7 +419,7 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
     // there to be hidden.
     let url = db.url.replacen("://postgres@", "://postgres:s3cret-pw@", 1);
     assert_ne!(url, db.url, "the test URL has the expected user");
-    let config = write_cluster_config(dir.path(), "ops", &cfg, &url);
+    let config = write_config_with_url(dir.path(), "ops", &cfg, &url);
     cli(&config, &["migrate"]).await.ok();
     let out = cli(
         &config,
@@ -511,8 +490,23 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
     assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
     let later: i64 = count(&pool, "SELECT id FROM imports WHERE url LIKE '%later%'").await;
     cli(&config, &["cancel", &later.to_string()]).await.ok();
+    // The daemon stops for the retry, so that nothing claims the rows before they are seen
+    // back in pending; a second one takes them after.
+    assert!(d.terminate(secs(10)).await.success());
+    let first_log = d.log_text();
     let retried = cli(&config, &["retry", "--failed"]).await.ok();
-    assert!(retried.stdout.contains('2'), "{}", retried.stdout);
+    assert_eq!(retried.stdout, "2 rows back to pending\n", "{retried:?}");
+    let pending: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT id, attempts FROM imports WHERE state = 'pending' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        pending,
+        failed.iter().map(|&id| (id, 0)).collect::<Vec<_>>(),
+        "the failed rows, and only they, are pending again with a fresh attempt count"
+    );
+    let mut d = Proc::start(&config, Some(KEY), "ops-after-retry");
     wait_until("the retried rows fail again", secs(30), || async {
         count(&pool, "SELECT count(*) FROM imports WHERE state = 'failed'").await == 2
     })
@@ -530,9 +524,18 @@ async fn operator_commands_work_on_postgres_and_never_show_the_password() {
     let audit: i64 = count(&pool, "SELECT count(*) FROM audit").await;
     assert!(audit >= 2, "cancel and retry are audited: {audit}");
     let purged = cli(&config, &["purge", "--older-than", "0s"]).await.ok();
-    assert!(purged.stdout.contains('4'), "{}", purged.stdout);
+    let first = purged.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("deleted 4 rows last changed before "),
+        "{purged:?}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM imports").await,
+        0,
+        "every row was finished, so purge leaves none"
+    );
     assert!(d.terminate(secs(10)).await.success());
-    let log = d.log_text();
+    let log = format!("{first_log}{}", d.log_text());
     assert!(
         !log.contains("s3cret"),
         "the password is never logged:\n{log}"
@@ -562,18 +565,16 @@ async fn the_admin_api_and_dashboard_answer_on_postgres() {
     );
     // Trusted loopback: the password is only there to be hidden.
     let url = db.url.replacen("://postgres@", "://postgres:s3cret-pw@", 1);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    let port = free_port();
     cfg.admin.listen = format!("127.0.0.1:{port}");
     let token = "pg-admin-token-4d1e";
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     cfg.admin.token_file = token_file.display().to_string();
-    let a_config = write_cluster_config(dir.path(), "a", &cfg, &url);
+    let a_config = write_config_with_url(dir.path(), "a", &cfg, &url);
     cfg.admin.listen = String::new();
     cfg.admin.token_file = String::new();
-    let b_config = write_cluster_config(dir.path(), "b", &cfg, &url);
+    let b_config = write_config_with_url(dir.path(), "b", &cfg, &url);
     cli(&a_config, &["migrate"]).await.ok();
     let pool = db.pool().await;
     let ok_url = format!("{}/media/ok.mp4", sim.base_url());

@@ -97,6 +97,15 @@ where
     assert!(cond().await, "expected {what} to hold for {period:?}");
 }
 
+/// A free loopback port (for an admin listener, a cluster): free when asked, so another
+/// process may take it before the caller binds; callers that can retry do.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 // ---- simulator and configuration ----
 
 /// Generous limits and short jobs; each test tightens what it checks.
@@ -191,6 +200,16 @@ pub fn config_toml(cfg: &Config) -> String {
         }
     }
     out
+}
+
+/// Writes `cfg` with `database.url` (PostgreSQL) (the URL is a secret and never serialised) as
+/// `<dir>/<name>.toml`.
+pub fn write_config_with_url(dir: &Path, name: &str, cfg: &Config, url: &str) -> PathBuf {
+    let toml =
+        config_toml(cfg).replacen("[database]\n", &format!("[database]\nurl = {url:?}\n"), 1);
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).expect("write config");
+    path
 }
 
 pub fn write_config(dir: &Path, cfg: &Config) -> PathBuf {

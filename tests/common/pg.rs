@@ -118,6 +118,21 @@ pub async fn database(name_hint: &str) -> Option<TestDb> {
     })
 }
 
+/// The one `bigint` that `sql` (a `SELECT count(*) ...`) returns; panics naming `sql` if the
+/// query fails.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    try_count(pool, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// [`count`] for a test that expects the query may fail for a while (a server restarting).
+pub async fn try_count(pool: &PgPool, sql: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+}
+
 /// Runs `sql` with the `psql` binary, the way a user would from a shell: no ~/.psqlrc, stop
 /// at the first error. The caller looks at the status, stdout ("INSERT 0 1") and stderr
 /// (the server's ERROR line, which names the violated constraint).
@@ -146,6 +161,31 @@ pub fn stop_cluster() -> bool {
 /// Starts the private cluster again after [`stop_cluster`], on the same port.
 pub fn start_cluster() -> bool {
     control(|c| c.pg_ctl(&["start"], "start"))
+}
+
+/// Whether this process's tests run on a private cluster that [`restart_cluster`],
+/// [`stop_cluster`] and [`start_cluster`] can control (not on `IMPORTLYD_TEST_DATABASE_URL`).
+/// Call it after [`database`], which starts the server.
+pub fn controls_cluster() -> bool {
+    matches!(SERVER.get(), Some(Ok(Server::Private(_))))
+}
+
+/// A test that cannot run here says so loudly, by name, and returns; under `CI=true` it
+/// fails instead, so that CI never passes on a test that did not run.
+pub fn skip_test(name_hint: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and this test cannot run: {why}"
+    );
+    // libtest names a test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(name_hint);
+    // Straight to the process's stderr: eprintln! is captured by the test harness and shown
+    // only for failures, and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n======== SKIPPED {test}: {why} ========\n"
+    );
 }
 
 fn control(action: impl FnOnce(&Cluster)) -> bool {
@@ -210,22 +250,13 @@ fn server() -> Result<&'static Server, &'static str> {
 
 /// Every test that wanted a server says it was skipped, by name; under CI=true it fails.
 fn skip(name_hint: &str, why: &str) {
-    let what = format!(
-        "{why} (looked in ${BINDIR_ENV}, `pg_config --bindir`, /usr/lib/postgresql/*/bin and PATH; \
-         set ${URL_ENV} to use a running server, or apt-get install postgresql)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true and there is no PostgreSQL to test against: {what}"
-    );
-    // libtest names a test's thread after the test.
-    let thread = std::thread::current();
-    let test = thread.name().filter(|n| *n != "main").unwrap_or(name_hint);
-    // Straight to the process's stderr: eprintln! is captured by the test harness and shown
-    // only for failures, and a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n======== SKIPPED {test}: no PostgreSQL: {what} ========\n"
+    skip_test(
+        name_hint,
+        &format!(
+            "no PostgreSQL: {why} (looked in ${BINDIR_ENV}, `pg_config --bindir`, \
+             /usr/lib/postgresql/*/bin and PATH; set ${URL_ENV} to use a running server, \
+             or apt-get install postgresql)"
+        ),
     );
 }
 
@@ -479,6 +510,8 @@ fn postgres_user() -> Option<(u32, u32)> {
     }
 }
 
+/// common's `free_port`, repeated: benches/cluster.rs includes this file alone, without
+/// tests/common/mod.rs.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
