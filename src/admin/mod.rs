@@ -156,6 +156,11 @@ async fn follow_reloads(
     }
 }
 
+/// How long `/healthz` waits for its read of the database. An unreachable PostgreSQL makes
+/// a read wait out the pool's acquire timeout (10 s), and the daemon's own writes notice it
+/// only after that too: a health check must answer before a load balancer gives up on it.
+const HEALTH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.health.db_failing() {
         return (
@@ -163,7 +168,13 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
             "database writes are failing\n".to_owned(),
         );
     }
-    match s.store.pauses().await {
+    let Ok(read) = tokio::time::timeout(HEALTH_READ_TIMEOUT, s.store.pauses()).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreadable: no answer within {HEALTH_READ_TIMEOUT:?}\n"),
+        );
+    };
+    match read {
         Ok(p) if p.is_empty() => (StatusCode::OK, "ok\n".to_owned()),
         Ok(p) => {
             let reasons: Vec<String> = p
